@@ -1,0 +1,54 @@
+"""The molecule record that flows from readers to the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Molecule:
+    """One molecule: atomic numbers and Cartesian positions in Å, plus where the geometry came from.
+
+    Immutable: arrays are stored read-only copies. ``provenance`` records how the geometry was made
+    (``{"source": "smiles", "conformer": {"method": "ETKDGv3", "seed": 42, "force_field": "MMFF94"}}``,
+    ``{"source": "xyz"}``, ...). ``charge`` is the total formal charge (QM9 molecules are neutral).
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    id: str | None = None
+    charge: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        numbers = np.array(self.numbers, dtype=np.int64).reshape(-1)
+        positions = np.array(self.positions, dtype=np.float64).reshape(-1, 3)
+        if positions.shape[0] != numbers.shape[0]:
+            raise ValueError(f"{numbers.shape[0]} atomic numbers but {positions.shape[0]} positions")
+        numbers.setflags(write=False)
+        positions.setflags(write=False)
+        object.__setattr__(self, "numbers", numbers)
+        object.__setattr__(self, "positions", positions)
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+
+    def __reduce__(self):
+        # Rebuild through __init__ so that arrays stay read-only after pickling (process pools).
+        fields = (self.numbers, self.positions, self.id, self.charge, self.provenance, self.warnings)
+        return (type(self), fields)
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    @property
+    def n_heavy(self) -> int:
+        return int((self.numbers > 1).sum())
+
+    def with_warnings(self, *extra: str) -> Molecule:
+        """A copy with more warnings attached."""
+        return Molecule(self.numbers, self.positions, self.id, self.charge, dict(self.provenance),
+                        self.warnings + tuple(extra))

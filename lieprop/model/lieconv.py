@@ -1,0 +1,100 @@
+"""The LieConv layer (Finzi et al. 2020): a continuous convolution over a Lie group.
+
+For lifted points u_i with values v_i, LieConv computes
+
+    h_i = W vec( (1 / |N(i)|) sum_{j in N(i)} v_j (x) g(a_ij) ),   a_ij = log(u_j^-1 u_i) (+ orbit ids),
+
+where g is a small MLP (the kernel) evaluated on the pair embedding. Contracting the values with the
+kernel outputs first and applying W afterwards (the PointConv trick) never materialises a per-pair
+weight matrix. Neighbourhoods are shared by all layers of a network and chosen once per forward pass by
+:func:`neighbourhood`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lieprop.model.norm import MaskedBatchNorm
+
+
+@dataclass
+class Neighbourhood:
+    """Pair embeddings and masks for every output point's neighbours.
+
+    ``index`` is None when every point is every point's neighbour (the embedding is then the full
+    (B, M, M, d) grid); otherwise ``index[b, i, k]`` is the k-th neighbour of point i.
+    """
+
+    embedding: torch.Tensor  # (B, M, K, d)
+    mask: torch.Tensor  # (B, M, K) valid pairs
+    index: torch.Tensor | None  # (B, M, K) or None
+
+
+def neighbourhood(embedding: torch.Tensor, distance: torch.Tensor, mask: torch.Tensor,
+                  nbhd: int, fill: float) -> Neighbourhood:
+    """Each point's neighbours: the ``ceil(fill * n)`` nearest (by group distance) of its molecule's ``n``
+    points, at most ``nbhd``. This is the adaptive ball of LieConv with the radius set exactly by the
+    fill fraction, deterministic instead of sampled. With ``fill >= 1`` and ``nbhd`` covering the largest
+    molecule, every point is a neighbour and nothing is gathered.
+    """
+    b, m = mask.shape
+    pair_mask = mask[:, :, None] & mask[:, None, :]
+    if fill >= 1.0 and nbhd >= m:
+        return Neighbourhood(embedding, pair_mask, None)
+    k = min(nbhd, m)
+    d = distance.masked_fill(~pair_mask, math.inf)
+    dist_k, index = torch.topk(d, k, dim=-1, largest=False, sorted=True)
+    n_valid = mask.sum(1, keepdim=True)  # (B, 1)
+    keep = torch.clamp(torch.ceil(fill * n_valid.to(distance.dtype)), min=1).to(torch.long)  # (B, 1)
+    rank = torch.arange(k, device=mask.device)[None, None, :]
+    nbr_mask = (rank < keep[:, :, None]) & torch.isfinite(dist_k) & mask[:, :, None]
+    emb = torch.gather(embedding, 2, index[..., None].expand(*index.shape, embedding.shape[-1]))
+    return Neighbourhood(emb, nbr_mask, index)
+
+
+class KernelMLP(nn.Module):
+    """g: pair embedding (d) -> ``cmco`` kernel channels, Linear-BN-Swish twice then Linear."""
+
+    def __init__(self, d_in: int, hidden: int = 32, out: int = 16, norm: bool = True):
+        super().__init__()
+        self.lin1, self.lin2, self.lin3 = nn.Linear(d_in, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, out)
+        self.bn1 = MaskedBatchNorm(hidden) if norm else None
+        self.bn2 = MaskedBatchNorm(hidden) if norm else None
+        self.act = nn.SiLU()
+
+    def forward(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.lin1(a)
+        h = self.act(self.bn1(h, mask) if self.bn1 is not None else h)
+        h = self.lin2(h)
+        h = self.act(self.bn2(h, mask) if self.bn2 is not None else h)
+        return self.lin3(h)
+
+
+class LieConv(nn.Module):
+    """One LieConv layer: (B, M, c_in) values -> (B, M, c_out), given a :class:`Neighbourhood`."""
+
+    def __init__(self, c_in: int, c_out: int, d_embed: int, kernel_hidden: int = 32, kernel_out: int = 16,
+                 kernel_norm: bool = True):
+        super().__init__()
+        self.kernel = KernelMLP(d_embed, kernel_hidden, kernel_out, kernel_norm)
+        self.linear = nn.Linear(c_in * kernel_out, c_out)
+        self.kernel_out = kernel_out
+
+    def forward(self, values: torch.Tensor, nb: Neighbourhood) -> torch.Tensor:
+        bsz, m, c = values.shape
+        g = self.kernel(nb.embedding, nb.mask) * nb.mask[..., None].to(values.dtype)  # (B, M, K, cm)
+        count = nb.mask.sum(-1, keepdim=True).clamp_min(1).to(values.dtype)  # (B, M, 1)
+        if nb.index is None:
+            # sum_j g[b,i,j,:] (x) v[b,j,:] for all i at once: (B, M*cm, M) @ (B, M, c)
+            s = torch.bmm(g.permute(0, 1, 3, 2).reshape(bsz, m * self.kernel_out, m), values)
+        else:
+            k = nb.index.shape[-1]
+            v = torch.gather(values[:, None].expand(bsz, m, m, c), 2,
+                             nb.index[..., None].expand(bsz, m, k, c))  # (B, M, K, c)
+            s = torch.matmul(g.transpose(-1, -2), v)  # (B, M, cm, c)
+        s = s.reshape(bsz, m, self.kernel_out * c) / count
+        return self.linear(s)

@@ -1,0 +1,84 @@
+"""QM9 prepared for training: one split's molecules packed contiguously, targets and frames precomputed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lieprop.data.batch import Batch, collate_ragged
+from lieprop.data.properties import PROPERTY_NAMES
+from lieprop.data.qm9 import QM9Arrays
+from lieprop.model.frames import molecule_frames
+from lieprop.model.groups import random_rotations
+
+
+@dataclass
+class SplitData:
+    """Molecules of one split: ragged arrays, targets (n, T) in lieprop units, and each molecule's frames."""
+
+    numbers: np.ndarray
+    positions: np.ndarray  # float64
+    offsets: np.ndarray
+    targets: np.ndarray  # (n, T) float64
+    qm9_rows: np.ndarray  # row of each molecule in QM9Arrays
+    frame_offsets: np.ndarray | None = None  # (n + 1,)
+    frame_axes: np.ndarray | None = None  # (total_frames, 3, 3)
+    frame_centers: np.ndarray | None = None  # (n, 3)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.numbers[a:b], self.positions[a:b]
+
+    def compute_frames(self, fix_signs: bool = True) -> None:
+        axes, counts, centers = [], [], []
+        for i in range(len(self)):
+            fr = molecule_frames(*self.molecule(i), fix_signs=fix_signs)
+            axes.append(fr.axes)
+            counts.append(len(fr))
+            centers.append(fr.center)
+        self.frame_axes = np.concatenate(axes)
+        self.frame_offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.frame_centers = np.stack(centers)
+
+    def batch(self, idx: np.ndarray, orientation: str, rng: np.random.Generator | None) -> Batch:
+        """Collate molecules ``idx``; orient them by a sampled frame, a random rotation, or not at all."""
+        b = collate_ragged(self.numbers, self.positions, self.offsets, idx, dtype=torch.float64)
+        x = b.positions
+        if orientation == "frames":
+            n_frames = self.frame_offsets[idx + 1] - self.frame_offsets[idx]
+            pick = np.zeros(len(idx), dtype=np.int64) if rng is None else rng.integers(0, n_frames)
+            axes = torch.from_numpy(self.frame_axes[self.frame_offsets[idx] + pick])
+            centers = torch.from_numpy(self.frame_centers[idx])
+            x = (x - centers[:, None]) @ axes.transpose(1, 2)
+        elif orientation == "rotate":
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62))) if rng is not None else None
+            rot = random_rotations(len(idx), gen, dtype=torch.float64)
+            centre = (x * b.mask[..., None]).sum(1) / b.mask.sum(1, keepdim=True)
+            x = (x - centre[:, None]) @ rot.transpose(1, 2)
+        x = x * b.mask[..., None]
+        return Batch(b.numbers, x.to(torch.float32), b.mask)
+
+
+def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str, ...]) -> SplitData:
+    """Pack QM9 molecules ``rows`` contiguously with their targets (lieprop units, total energies)."""
+    rows = np.asarray(rows)
+    sizes = data.n_atoms[rows]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    src = np.concatenate([np.arange(data.offsets[r], data.offsets[r + 1]) for r in rows]) if len(rows) else []
+    cols = [PROPERTY_NAMES.index(t) for t in targets]
+    return SplitData(
+        numbers=data.numbers[src].astype(np.int64),
+        positions=data.positions[src].astype(np.float64),
+        offsets=offsets,
+        targets=data.targets_in_units()[rows][:, cols],
+        qm9_rows=rows,
+    )

@@ -1,0 +1,299 @@
+"""The training loop: L1 on standardised targets, Adam with warm-up + cosine, EMA, budgets, exact resume.
+
+Every random choice of a step (batch order, sampled frames or rotations, SE(3) lifts) is drawn from a
+generator seeded by (seed, epoch) or (seed, step), so a resumed run continues exactly where it stopped
+from nothing more than the step counters, the weights and the optimiser state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lieprop.data.batch import featurize, size_bucketed_batches
+from lieprop.data.properties import BY_NAME
+from lieprop.data.qm9 import load_qm9, split_indices
+from lieprop.model.bundle import save_bundle
+from lieprop.model.network import NetworkConfig
+from lieprop.model.predictor import PropertyModel
+from lieprop.training.config import TrainConfig
+from lieprop.training.data import SplitData, split_data
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def network_config(cfg: TrainConfig) -> NetworkConfig:
+    return NetworkConfig(
+        group=cfg.group, width=cfg.width, depth=cfg.depth, fill=cfg.fill, nbhd=cfg.nbhd,
+        lift_samples=cfg.lift_samples, kernel_norm=cfg.kernel_norm, distance_feature=cfg.distance_feature,
+        targets=list(cfg.targets), pooling=["sum" if BY_NAME[t].extensive else "mean" for t in cfg.targets],
+    )
+
+
+def fit_normalisation(model: PropertyModel, train: SplitData) -> None:
+    """Set the model's scale, bias and per-element offsets from the training split.
+
+    Extensive targets (sum pooling) get per-element offsets by least squares on element counts (for
+    energies this subsumes the QM9 atom references), intensive ones a mean; the scale is the standard
+    deviation of what is left, so the network learns O(1) residuals.
+    """
+    from lieprop.data.elements import ELEMENT_INDEX
+
+    counts = np.zeros((len(train), 5))
+    mol = np.repeat(np.arange(len(train)), train.sizes)
+    np.add.at(counts, (mol, ELEMENT_INDEX[train.numbers]), 1.0)
+    y = train.targets
+    bias = np.zeros(y.shape[1])
+    offsets = np.zeros((5, y.shape[1]))
+    for t, pool in enumerate(model.cfg.pooling):
+        if pool == "sum":
+            present = counts.any(0)
+            coef, *_ = np.linalg.lstsq(counts[:, present], y[:, t], rcond=None)
+            offsets[present, t] = coef
+        else:
+            bias[t] = y[:, t].mean()
+    resid = y - bias - counts @ offsets
+    scale = resid.std(0)
+    scale[scale < 1e-12] = 1.0
+    model.bias.copy_(torch.as_tensor(bias))
+    model.offsets.copy_(torch.as_tensor(offsets))
+    model.scale.copy_(torch.as_tensor(scale))
+
+
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the run, then cosine to zero. ``progress`` in [0, 1]."""
+    w = cfg.warmup_fraction
+    if progress < w:
+        return cfg.lr * (progress + 1e-3) / w
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - w) / max(1e-9, 1 - w))))
+
+
+@dataclass
+class RunState:
+    """What a checkpoint stores besides weights and optimiser state."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training so far, across resumes
+    best_valid: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+class EMA:
+    """Exponential moving average of floating-point parameters; buffers follow the live model."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point and k.startswith("net.") and "running" not in k:
+                self.shadow[k].lerp_(v, 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+class Trainer:
+    """Owns a run directory: ``checkpoint.pt`` (resume state), ``best.pt`` (bundle), ``log.csv``."""
+
+    def __init__(self, cfg: TrainConfig, data=None, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        qm9 = data if data is not None else load_qm9()
+        parts = split_indices(len(qm9) if data is not None else 130_831, cfg.split, seed=0)
+        train_rows = parts["train"][: cfg.limit_train] if cfg.limit_train else parts["train"]
+        valid_rows = parts["valid"][: cfg.limit_valid] if cfg.limit_valid else parts["valid"]
+        t0 = time.time()
+        self.train = split_data(qm9, train_rows, cfg.targets)
+        self.valid = split_data(qm9, valid_rows, cfg.targets)
+        if cfg.orientation == "frames":
+            self.train.compute_frames(cfg.fix_signs)
+        self.log(f"data: {len(self.train)} train / {len(self.valid)} valid molecules ({time.time() - t0:.1f} s)")
+        self.model = PropertyModel(network_config(cfg), fix_signs=cfg.fix_signs)
+        fit_normalisation(self.model, self.train)
+        self.model.to(self.device)
+        self.opt = torch.optim.Adam(self.model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.state = RunState()
+        self.weights = torch.tensor([cfg.target_weights.get(t, 1.0) for t in cfg.targets], device=self.device)
+        self.steps_per_epoch = len(self._epoch_batches(0))
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        ck = {
+            "config": self.cfg.model_dump(), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "ema": self.ema.shadow if self.ema else None, "state": self.state.__dict__,
+        }
+        tmp = self.out / "checkpoint.pt.tmp"
+        torch.save(ck, tmp)
+        tmp.replace(self.out / "checkpoint.pt")
+
+    def resume(self) -> bool:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            return False
+        ck = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["opt"])
+        if self.ema and ck["ema"] is not None:
+            self.ema.shadow = ck["ema"]
+        self.state = RunState(**ck["state"])
+        self.log(f"resumed at epoch {self.state.epoch}, step {self.state.step}, {self.state.elapsed / 60:.1f} min")
+        return True
+
+    # ------------------------------------------------------------------------------------ schedule
+    def progress(self) -> float:
+        if self.cfg.max_minutes:
+            return min(1.0, self.state.elapsed / (60 * self.cfg.max_minutes))
+        return min(1.0, self.state.step / max(1, self.cfg.epochs * self.steps_per_epoch))
+
+    def done(self) -> bool:
+        if self.cfg.max_minutes and self.state.elapsed >= 60 * self.cfg.max_minutes:
+            return True
+        return self.state.epoch >= self.cfg.epochs
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.cfg.seed, epoch])
+        return size_bucketed_batches(self.train.sizes, self.cfg.batch_size, rng)
+
+    # ------------------------------------------------------------------------------------ steps
+    def train_step(self, idx: np.ndarray) -> float:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, 1_000_003, self.state.step])
+        b = self.train.batch(idx, cfg.orientation, rng).to(self.device)
+        y = torch.from_numpy(self.train.targets[idx]).to(self.device)
+        target = self.model.standardise(y, b.numbers).to(torch.float32)
+        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        self.model.train()
+        out = self.model.net(featurize(b.numbers).to(self.device), b.positions, b.mask, generator=gen)
+        loss = ((out - target).abs() * self.weights).sum(1).mean() / self.weights.sum()
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(cfg, self.progress())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        if self.ema:
+            self.ema.update(self.model, self.state.step)
+        self.state.step += 1
+        return float(loss.detach())
+
+    def eval_model(self) -> PropertyModel:
+        """The model to evaluate and ship: the EMA weights when EMA is on."""
+        if not self.ema:
+            return self.model
+        m = PropertyModel(self.model.cfg, self.model.fix_signs).to(self.device)
+        self.ema.copy_to(m)
+        return m
+
+    def validate(self) -> dict[str, float]:
+        m = self.eval_model()
+        zs, xs = zip(*(self.valid.molecule(i) for i in range(len(self.valid))), strict=True)
+        pred = m.predict(zs, xs, batch_size=256)
+        mae = np.abs(pred - self.valid.targets).mean(0)
+        return {t: float(v) for t, v in zip(self.cfg.targets, mae, strict=True)}
+
+    def normalised(self, mae: dict[str, float]) -> float:
+        """Mean over targets of MAE / target scale: one number to pick the best checkpoint by."""
+        scale = self.model.scale.cpu().numpy()
+        return float(np.mean([mae[t] / scale[i] for i, t in enumerate(self.cfg.targets)]))
+
+    # ------------------------------------------------------------------------------------ the loop
+    def fit(self) -> RunState:
+        cfg = self.cfg
+        last_ck = time.time()
+        show = sys.stderr.isatty()
+        bar = tqdm(total=self.steps_per_epoch, disable=not show, dynamic_ncols=True)
+        while not self.done():
+            batches = self._epoch_batches(self.state.epoch)
+            bar.reset(total=len(batches))
+            bar.set_description(f"epoch {self.state.epoch + 1}")
+            bar.update(self.state.batch_in_epoch)
+            losses, n_mol, t_epoch = [], 0, time.time()
+            while self.state.batch_in_epoch < len(batches) and not self.done():
+                idx = batches[self.state.batch_in_epoch]
+                t = time.time()
+                losses.append(self.train_step(idx))
+                self.state.elapsed += time.time() - t
+                self.state.batch_in_epoch += 1
+                n_mol += len(idx)
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", mol_s=f"{n_mol / (time.time() - t_epoch):.0f}")
+                if time.time() - last_ck > 60 * cfg.checkpoint_minutes:
+                    self.save_checkpoint()
+                    last_ck = time.time()
+            finished_epoch = self.state.batch_in_epoch >= len(batches)
+            if finished_epoch:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+            self.end_of_epoch(np.mean(losses) if losses else float("nan"), n_mol / max(1e-9, time.time() - t_epoch))
+        bar.close()
+        return self.state
+
+    def end_of_epoch(self, train_loss: float, mol_s: float) -> None:
+        mae = self.validate()
+        score = self.normalised(mae)
+        row = {"epoch": self.state.epoch, "step": self.state.step, "minutes": round(self.state.elapsed / 60, 2),
+               "lr": lr_at(self.cfg, self.progress()), "train_loss": train_loss, "train_mol_s": round(mol_s, 1),
+               "valid_score": score, **{f"valid_mae_{k}": v for k, v in mae.items()}}
+        self.state.history.append(row)
+        if score < self.state.best_valid:
+            self.state.best_valid = score
+            self.save_best(mae)
+        self.save_checkpoint()
+        self.write_log()
+        self.log(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}))
+
+    def save_best(self, valid_mae: dict[str, float]) -> None:
+        meta = {"training": {"config": self.cfg.model_dump(), "epoch": self.state.epoch, "step": self.state.step,
+                             "minutes": round(self.state.elapsed / 60, 2), "device": str(self.device),
+                             "threads": torch.get_num_threads(), "valid_mae": valid_mae,
+                             "n_valid": len(self.valid)},
+                "split": self.cfg.split}
+        save_bundle(self.eval_model().cpu(), self.out / "best.pt", self.cfg.name, meta)
+        self.model.to(self.device)
+
+    def write_log(self) -> None:
+        rows = self.state.history
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(self.out / "log.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, keys)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def train(cfg: TrainConfig, resume: bool = False, data=None, log=print) -> Trainer:
+    """Run (or resume) a training run; returns the trainer (its ``out_dir`` holds best.pt and log.csv)."""
+    tr = Trainer(cfg, data=data, log=log)
+    if resume:
+        tr.resume()
+    tr.fit()
+    return tr

@@ -1,3 +1,16 @@
 """lieprop: quantum-chemical properties of small organic molecules with LieConv, trained on QM9."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "predict"]
+
+
+def __getattr__(name: str) -> Any:  # `import lieprop` stays light: torch, RDKit and ASE load on first use
+    if name == "predict":
+        from lieprop.inference import predict
+
+        return predict
+    raise AttributeError(f"module 'lieprop' has no attribute {name!r}")

@@ -1,0 +1,433 @@
+"""Predict properties from Python: ``lieprop.predict(molecules, properties=None, model=None)``.
+
+This is the library face of the REST contract (DESIGN.md): the same inputs (SMILES strings, :class:`Molecule`
+records, ASE ``Atoms``, or dicts shaped like the REST items ``{"id", "smiles" | "xyz" | "sdf" | "numbers" +
+"positions"}``) and the same result structure, built by the same functions, so the library and ``POST
+/v1/predict`` give identical values for the same input::
+
+    >>> import lieprop
+    >>> out = lieprop.predict(["CCO", {"id": "w", "numbers": [8, 1, 1], "positions": [[0, 0, 0.12], ...]}],
+    ...                       properties=["homo", "u0_atomization"])
+    >>> out["results"][0]["properties"]["homo"]
+    {'value': -7.1..., 'unit': 'eV'}
+
+Every result carries ``ok``; a molecule that cannot be predicted gets ``{"ok": false, "error": {"code", "message"}}``
+and never stops the others. The service imports the parsing and formatting helpers from here; this module imports
+neither torch nor RDKit at import time, so embedding worker processes that unpickle :func:`parse_items` stay small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import itertools
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from lieprop.data.elements import ELEMENT_INDEX
+from lieprop.data.molecule import Molecule
+from lieprop.data.properties import BY_NAME, ENERGY_NAMES, PROPERTIES, atomref_matrix, resolve
+from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, validate
+
+if TYPE_CHECKING:
+    from lieprop.model.bundle import Bundle
+
+#: File name of the bundled model inside ``lieprop/models``.
+DEFAULT_MODEL = "lieprop-qm9.pt"
+#: Input kinds of a REST item and the provenance ``source`` each produces.
+INPUT_KINDS: dict[str, str] = {"smiles": "smiles", "xyz": "xyz", "sdf": "sdf", "numbers": "atoms"}
+#: Kinds whose parsing may embed a conformer (RDKit, tens of ms): the service sends them to its process pool.
+EMBEDDING_KINDS = frozenset({"smiles", "sdf"})
+_ITEM_KEYS = frozenset({"id", "smiles", "xyz", "sdf", "numbers", "positions", "charge"})
+#: Item error code of a molecule that was read but the model could not predict (not a DESIGN.md input code).
+PREDICTION_FAILED = "prediction_failed"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model bundle to serve or to predict with does not exist."""
+
+
+class UnknownPropertyError(ValueError):
+    """Property names that are not known, or not predicted by the model; ``names`` lists them."""
+
+    def __init__(self, message: str, names: Sequence[str]) -> None:
+        super().__init__(message)
+        self.names = list(names)
+
+
+class Column(NamedTuple):
+    """One output property: its name, unit, the model output it comes from, and whether the atom references are
+    subtracted (``*_atomization``)."""
+
+    name: str
+    unit: str
+    target: int
+    atomization: bool
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def default_model_path() -> Path:
+    """Where the bundled model lives: ``lieprop/models/lieprop-qm9.pt`` inside the installed package."""
+    return Path(str(importlib.resources.files("lieprop").joinpath("models", DEFAULT_MODEL)))
+
+
+def load_model(path: str | os.PathLike | None = None) -> Bundle:
+    """Load and verify a bundle (default: the bundled model), cached until the file changes.
+
+    Raises :class:`ModelNotFoundError` when the file is missing and :class:`~lieprop.model.bundle.BundleError`
+    when it is not a usable bundle.
+    """
+    resolved = Path(path) if path is not None else default_model_path()
+    try:
+        stat = resolved.resolve().stat()
+    except OSError:
+        hint = ("the bundled model is not installed yet: train one (lieprop train) or point at a bundle with "
+                "--model PATH / LIEPROP_MODEL" if path is None or resolved == default_model_path()
+                else "check the path given with --model / LIEPROP_MODEL")
+        raise ModelNotFoundError(f"model bundle {resolved} does not exist; {hint}") from None
+    return _load_cached(str(resolved.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int) -> Bundle:
+    from lieprop.model.bundle import load_bundle
+
+    return load_bundle(path)
+
+
+def model_info(bundle: Bundle) -> dict[str, str]:
+    """``{"name", "version", "sha256"}``: which model made a prediction."""
+    return {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
+
+
+def select_properties(targets: Sequence[str], names: Sequence[str] | None = None) -> list[Column]:
+    """The output columns for ``names`` (None: every target of the model, then the atomization energies of its
+    energy targets). Raises :class:`UnknownPropertyError` naming unknown properties or ones the model lacks."""
+    index = {t: i for i, t in enumerate(targets)}
+    if names is None:
+        chosen = list(targets) + [f"{e}_atomization" for e in ENERGY_NAMES if e in index]
+    else:
+        names = list(names)
+        try:
+            resolve(names)
+        except ValueError as exc:
+            unknown = [n for n in names if not _known_property(n)]
+            raise UnknownPropertyError(str(exc), unknown) from None
+        missing = [n for n in names if n.removesuffix("_atomization") not in index]
+        if missing:
+            raise UnknownPropertyError(
+                f"the model does not predict {missing}; it predicts {list(targets)} (and the atomization energies "
+                "of its energy targets)", missing,
+            )
+        chosen = list(dict.fromkeys(names))  # duplicates asked for once
+    return [Column(n, BY_NAME[n.removesuffix("_atomization")].unit, index[n.removesuffix("_atomization")],
+                   n.endswith("_atomization")) for n in chosen]
+
+
+def model_card(bundle: Bundle) -> dict[str, Any]:
+    """What a bundle is and how good it is: name, version, sha256, targets, every output property (unit,
+    description, test MAE when the bundle records one) and the training facts (``GET /v1/models``, ``lieprop info``).
+    """
+    test_mae = bundle.meta.get("test_mae")
+    test_mae = test_mae if isinstance(test_mae, Mapping) else {}
+    props = []
+    for col in select_properties(bundle.model.targets):
+        base = col.name.removesuffix("_atomization")
+        mae = test_mae.get(base)  # an atomization energy differs from the total by a constant per formula
+        props.append({
+            "name": col.name, "unit": col.unit, "atomization": col.atomization,
+            "description": BY_NAME[base].description + (" minus the atom references" if col.atomization else ""),
+            "test_mae": float(mae) if isinstance(mae, int | float) and math.isfinite(mae) else None,
+        })
+    return {**model_info(bundle), "targets": list(bundle.model.targets), "properties": props,
+            "training": _json_safe(bundle.meta.get("training"))}
+
+
+def _json_safe(value: Any) -> Any:
+    """A copy that strict JSON can carry: non-finite floats become None, tuples lists, keys strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _known_property(name: str) -> bool:
+    try:
+        resolve([name])
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def input_kind(item: Mapping[str, Any]) -> str:
+    """Which of ``smiles``, ``xyz``, ``sdf``, ``numbers`` (with ``positions``) a REST item holds.
+
+    Raises ``ValueError`` unless exactly one is given (``numbers`` and ``positions`` together), or for unknown keys.
+    """
+    unknown = sorted(set(item) - _ITEM_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}; an item has 'id' and one of 'smiles', 'xyz', 'sdf' or "
+                         "'numbers' + 'positions' (+ optional 'charge')")
+    given = [k for k in INPUT_KINDS if item.get(k) is not None]
+    if (item.get("numbers") is None) != (item.get("positions") is None):
+        raise ValueError("'numbers' and 'positions' go together")
+    if len(given) != 1:
+        what = "none" if not given else ", ".join(repr(k) for k in given)
+        raise ValueError(f"an item needs exactly one of 'smiles', 'xyz', 'sdf' or 'numbers' + 'positions'; got {what}")
+    if item.get("charge") is not None and given[0] != "numbers":
+        raise ValueError("'charge' goes with 'numbers' + 'positions' (SMILES, XYZ and SDF carry their own)")
+    return given[0]
+
+
+def parse_item(item: Any, index: int, limits: ValidationLimits = DEFAULT_LIMITS) -> Molecule:
+    """One input (SMILES string, :class:`Molecule`, ASE ``Atoms`` or REST item dict) as a validated molecule.
+
+    The molecule's id is the item's own (dict ``id``, ``Molecule.id``, ``atoms.info["id"]``), else ``str(index)``.
+    Raises :class:`MoleculeError` for molecules that cannot be predicted, ``TypeError`` / ``ValueError`` for inputs
+    that are no molecule description at all.
+    """
+    from lieprop.data import readers
+
+    if isinstance(item, str):
+        return readers.from_smiles(item, str(index), limits=limits)
+    if isinstance(item, Molecule):
+        molecule = validate(item, limits)
+        return molecule if molecule.id is not None else dataclasses.replace(molecule, id=str(index))
+    if isinstance(item, Mapping):
+        kind = input_kind(item)
+        ident = str(item["id"]) if item.get("id") is not None else str(index)
+        if kind == "smiles":
+            return readers.from_smiles(item["smiles"], ident, limits=limits)
+        if kind == "numbers":
+            return readers.from_arrays(item["numbers"], item["positions"], id=ident,
+                                       charge=int(item.get("charge") or 0), limits=limits)
+        reader = readers.read_xyz if kind == "xyz" else readers.read_sdf
+        found = list(itertools.islice(reader(item[kind], limits=limits, text=True), 2))
+        if len(found) > 1:
+            what = "frames" if kind == "xyz" else "records"
+            raise MoleculeError(f"invalid_{kind}", f"the {kind} text holds more than one molecule ({what}); send "
+                                "one molecule per item")
+        if found[0].error is not None:
+            raise found[0].error
+        return dataclasses.replace(found[0].molecule, id=ident)
+    if hasattr(item, "numbers") and hasattr(item, "get_positions"):  # ASE Atoms, without importing ASE
+        molecule = readers.from_atoms(item, limits=limits)
+        return molecule if molecule.id is not None else dataclasses.replace(molecule, id=str(index))
+    raise TypeError(f"molecule {index}: cannot predict a {type(item).__name__}; give a SMILES string, a Molecule, "
+                    "ASE Atoms or a dict like the REST items")
+
+
+def item_kind(item: Any) -> str:
+    """``smiles``, ``xyz``, ``sdf``, ``atoms`` or ``molecule``: what :func:`parse_item` will do with ``item``."""
+    if isinstance(item, str):
+        return "smiles"
+    if isinstance(item, Mapping):
+        return input_kind(item)
+    return "molecule" if isinstance(item, Molecule) else "atoms"
+
+
+class Parsed(NamedTuple):
+    """:func:`parse_items`' answer for one input: its index, the molecule or its error, and the seconds it took."""
+
+    index: int
+    outcome: Molecule | MoleculeError
+    seconds: float
+
+
+def parse_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits = DEFAULT_LIMITS) -> list[Parsed]:
+    """Parse ``(index, input)`` pairs; a process-pool task (picklable arguments and results, never raises for a
+    bad molecule). Unforeseen reader failures become the kind's error code, so one input cannot fail the rest."""
+    out = []
+    for index, item in items:
+        start = time.perf_counter()
+        try:
+            outcome: Molecule | MoleculeError = parse_item(item, index, limits)
+        except MoleculeError as exc:
+            outcome = exc
+        except Exception as exc:  # RDKit/ASE surprises; TypeError for non-molecules is the library caller's
+            if isinstance(exc, TypeError) and not isinstance(item, Mapping | str):
+                raise
+            code = {"smiles": "embedding_failed", "xyz": "invalid_xyz", "sdf": "invalid_sdf"}.get(
+                _safe_kind(item), "invalid_geometry")
+            outcome = MoleculeError(code, f"cannot read molecule {index}: {type(exc).__name__}: {exc}")
+        out.append(Parsed(index, outcome, time.perf_counter() - start))
+    return out
+
+
+def _safe_kind(item: Any) -> str:
+    try:
+        return item_kind(item)
+    except ValueError:
+        return "atoms"
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+@functools.lru_cache(maxsize=1)
+def _atomref_by_z() -> np.ndarray:
+    """(n_Z, 12): per-atom reference of every property (zeros outside H, C, N, O, F)."""
+    table = np.zeros((ELEMENT_INDEX.shape[0], len(PROPERTIES)))
+    rows = ELEMENT_INDEX >= 0
+    table[rows] = atomref_matrix()[ELEMENT_INDEX[rows]]
+    return table
+
+
+def atom_reference(numbers: np.ndarray, target: str) -> float:
+    """Sum over the atoms of ``target``'s atom reference (eV for energies): total - this = atomization."""
+    j = next(k for k, p in enumerate(PROPERTIES) if p.name == target)
+    return float(_atomref_by_z()[np.asarray(numbers, dtype=np.int64), j].sum())
+
+
+def ok_result(molecule: Molecule, row: np.ndarray, columns: Sequence[Column], targets: Sequence[str]) -> dict:
+    """The REST result of a predicted molecule (or a ``prediction_failed`` error when a value is not finite)."""
+    props: dict[str, dict[str, Any]] = {}
+    for col in columns:
+        value = float(row[col.target])
+        if col.atomization:
+            value -= atom_reference(molecule.numbers, targets[col.target])
+        if not math.isfinite(value):
+            return error_result(molecule.id, {"code": PREDICTION_FAILED,
+                                              "message": f"the model produced a non-finite {col.name}"})
+        props[col.name] = {"value": value, "unit": col.unit}
+    provenance = dict(molecule.provenance)
+    provenance.setdefault("source", "atoms")
+    provenance.setdefault("conformer", None)
+    return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance,
+            "warnings": list(molecule.warnings)}
+
+
+def error_result(ident: str | None, error: MoleculeError | Mapping[str, str]) -> dict:
+    """The REST result of a molecule that could not be predicted."""
+    body = error.to_dict() if isinstance(error, MoleculeError) else dict(error)
+    return {"id": ident, "ok": False, "error": body}
+
+
+def failure_result(ident: str | None, exc: BaseException) -> dict:
+    """The result of a molecule whose model batch failed (see :class:`~lieprop.service.batcher.DynamicBatcher`)."""
+    return error_result(ident, {"code": PREDICTION_FAILED, "message": f"the model failed on this molecule: "
+                                f"{type(exc).__name__}: {exc}"})
+
+
+def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[str],
+                  predictions: Sequence[np.ndarray | BaseException], columns: Sequence[Column],
+                  targets: Sequence[str]) -> list[dict]:
+    """One result per input, in order: ``predictions`` holds one row (or exception) per molecule in ``outcomes``."""
+    rows = iter(predictions)
+    results = []
+    for outcome, ident in zip(outcomes, ids, strict=True):
+        if isinstance(outcome, MoleculeError):
+            results.append(error_result(ident, outcome))
+            continue
+        row = next(rows)
+        results.append(failure_result(outcome.id, row) if isinstance(row, BaseException)
+                       else ok_result(outcome, row, columns, targets))
+    return results
+
+
+def fallback_id(item: Any, index: int) -> str:
+    """The id a result gets when its input could not be read: the item's own, else its position."""
+    if isinstance(item, Mapping) and item.get("id") is not None:
+        return str(item["id"])
+    own = getattr(item, "id", None)
+    if isinstance(own, str):
+        return own
+    info = getattr(item, "info", None)
+    if isinstance(info, Mapping):
+        for key in ("id", "name"):
+            if info.get(key) is not None:
+                return str(info[key])
+    return str(index)
+
+
+# --------------------------------------------------------------------------------------------------
+# The library call
+
+
+def predict(
+    molecules: Any,
+    properties: Sequence[str] | None = None,
+    model: Bundle | str | os.PathLike | None = None,
+    *,
+    limits: ValidationLimits | None = None,
+    workers: int = 1,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Predict ``properties`` (default: all the model has, plus atomization energies) for ``molecules``.
+
+    ``molecules``: one input or an iterable of inputs, each a SMILES string, a :class:`Molecule`, ASE ``Atoms`` or
+    a REST item dict. ``model``: a loaded bundle, a bundle path, or None for the bundled model. ``limits``: the
+    validation limits (default: QM9's domain, as the service). ``workers`` > 1 embeds SMILES in that many processes
+    (or pass a long-lived ``executor``, e.g. :func:`lieprop.data.readers.embedding_pool`).
+
+    Returns the REST response: ``{"model": {"name", "version", "sha256"}, "results": [...]}``, one result per
+    input in order. Raises :class:`UnknownPropertyError` for unknown properties, ``TypeError`` / ``ValueError`` for
+    inputs that describe no molecule at all, :class:`ModelNotFoundError` / ``BundleError`` for an unusable model.
+    """
+    from lieprop.model.bundle import Bundle
+
+    bundle = model if isinstance(model, Bundle) else load_model(model)
+    targets = bundle.model.targets
+    columns = select_properties(targets, properties)
+    items = _as_items(molecules)
+    for i, item in enumerate(items):  # malformed inputs fail the call, as a 422 fails the REST request
+        try:
+            item_kind(item)
+        except ValueError as exc:
+            raise ValueError(f"molecule {i}: {exc}") from None
+    limits = limits or DEFAULT_LIMITS
+    indexed = list(enumerate(items))
+    if (workers > 1 or executor is not None) and len(indexed) > 1:
+        parsed = _parse_in_pool(indexed, limits, workers, executor)
+    else:
+        parsed = parse_items(indexed, limits)
+    outcomes = [p.outcome for p in parsed]
+    valid = [m for m in outcomes if isinstance(m, Molecule)]
+    values = (bundle.model.predict([m.numbers for m in valid], [m.positions for m in valid]) if valid
+              else np.zeros((0, len(targets))))
+    ids = [fallback_id(item, i) for i, item in indexed]
+    return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(values), columns, targets)}
+
+
+def _as_items(molecules: Any) -> list[Any]:
+    if isinstance(molecules, str | Mapping | Molecule) or hasattr(molecules, "get_positions"):
+        return [molecules]
+    if isinstance(molecules, Iterable):
+        return list(molecules)
+    raise TypeError(f"cannot predict a {type(molecules).__name__}; give a SMILES string, a Molecule, ASE Atoms, a "
+                    "dict like the REST items, or a list of them")
+
+
+def _parse_in_pool(indexed: list[tuple[int, Any]], limits: ValidationLimits, workers: int,
+                   executor: Executor | None) -> list[Parsed]:
+    from lieprop.data.readers import embedding_pool
+
+    pool = executor or embedding_pool(workers)
+    try:
+        n = max(1, workers)
+        chunks = [indexed[k::n] for k in range(n) if indexed[k::n]]
+        futures = [pool.submit(parse_items, chunk, limits) for chunk in chunks]
+        parsed = [p for f in futures for p in f.result()]
+    finally:
+        if executor is None:
+            pool.shutdown(wait=True)
+    return sorted(parsed, key=lambda p: p.index)

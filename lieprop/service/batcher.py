@@ -1,0 +1,330 @@
+"""Dynamic batching: molecules from concurrent requests share model batches, computed on one worker thread.
+
+Why one thread: torch already spreads one forward pass over all cores, and a single consumer keeps the model's
+memory flat and its results independent of scheduling. The event loop only enqueues and awaits; it never runs the
+model.
+
+How a batch forms. Molecules wait in one FIFO queue per :class:`Priority`; the worker serves the most urgent
+non-empty queue. When the batch cannot be filled at once, it waits until the queue holds ``max_batch_size``
+molecules or the oldest has waited ``max_wait_ms`` (under load, batches fill while the previous one computes, so
+the wait is only paid at low load). When more molecules wait than fit, the batch is the oldest molecule plus the
+ones closest to it in atom count: padded all-pairs convolutions cost the square of the largest molecule, so
+similar sizes batch cheaply, and taking the oldest first means nobody starves. With batching off, every
+submission runs alone.
+
+Failures. If a batch raises, each of its molecules is retried alone, so one molecule that breaks the model fails
+only itself; its slot gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("lieprop.service.batcher")
+
+PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], np.ndarray]
+Outcome = np.ndarray | BaseException
+
+
+class Priority(IntEnum):
+    """Queue priority: interactive requests always go before background (batch job) work."""
+
+    INTERACTIVE = 0
+    BACKGROUND = 1
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shutting down and takes no new work."""
+
+
+class QueueFull(RuntimeError):
+    """More molecules are waiting than ``max_queue`` allows."""
+
+
+@dataclass(eq=False)
+class _Ticket:
+    future: concurrent.futures.Future
+    results: list[Outcome | None]
+    remaining: int
+
+
+@dataclass(eq=False)
+class _Entry:
+    ticket: _Ticket
+    slot: int
+    numbers: np.ndarray
+    positions: np.ndarray
+    enqueued: float
+    seq: int
+    n_atoms: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_atoms = int(len(self.numbers))
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What a finished batch reports to the ``on_batch`` observer."""
+
+    size: int
+    seconds: float
+    waits: list[float]
+    priority: Priority
+    failed: int
+
+
+class DynamicBatcher:
+    """Queue molecules, batch them, run ``predict`` on one worker thread, hand each submission its rows in order.
+
+    ``predict(numbers_list, positions_list) -> (n, T) array`` must give each molecule the same row whatever
+    batch it shares (``PropertyModel.predict`` does). ``initializer`` runs first on the worker thread (e.g.
+    ``torch.set_num_threads``); ``on_batch`` is called there after every batch with :class:`BatchStats`.
+
+    Use :meth:`submit` from asyncio code, :meth:`submit_nowait` from threads; both return one outcome per
+    molecule: a row of ``predict``'s output or the exception that molecule met.
+    """
+
+    def __init__(self, predict: PredictFn, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
+                 batching: bool = True, max_queue: int | None = None,
+                 initializer: Callable[[], None] | None = None,
+                 on_batch: Callable[[BatchStats], None] | None = None, name: str = "lieprop-model") -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.batching = batching
+        self.max_queue = max_queue
+        self._initializer = initializer
+        self._on_batch = on_batch
+        self._queues: tuple[deque[_Entry], ...] = tuple(deque() for _ in Priority)
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._closing = False
+        self._drain = True
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+
+    # ---------------------------------------------------------------------------------------------- public
+
+    def start(self) -> DynamicBatcher:
+        """Start the worker thread (idempotent)."""
+        with self._cond:
+            if not self._started:
+                self._started = True
+                self._thread.start()
+        return self
+
+    @property
+    def queued(self) -> int:
+        """Molecules waiting for the model."""
+        return sum(len(q) for q in self._queues)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def submit_nowait(self, molecules: Sequence[tuple[np.ndarray, np.ndarray]],
+                      priority: Priority = Priority.INTERACTIVE) -> concurrent.futures.Future:
+        """Enqueue ``(numbers, positions)`` pairs; the future resolves to a list of outcomes, in order.
+
+        Raises :class:`BatcherClosed` after :meth:`close`, :class:`QueueFull` when ``max_queue`` would be
+        exceeded. Cancelling the future drops the molecules not yet computed.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if not molecules:
+            future.set_result([])
+            return future
+        ticket = _Ticket(future, [None] * len(molecules), len(molecules))
+        now = time.perf_counter()
+        with self._cond:
+            if self._closing:
+                raise BatcherClosed("the model worker is shutting down")
+            if self.max_queue is not None and self.queued + len(molecules) > self.max_queue:
+                raise QueueFull(f"{self.queued} molecules are waiting for the model (limit {self.max_queue})")
+            queue = self._queues[priority]
+            for slot, (numbers, positions) in enumerate(molecules):
+                queue.append(_Entry(ticket, slot, numbers, positions, now, next(self._seq)))
+            self._cond.notify()
+        return future
+
+    async def submit(self, molecules: Sequence[tuple[np.ndarray, np.ndarray]],
+                     priority: Priority = Priority.INTERACTIVE) -> list[Outcome]:
+        """:meth:`submit_nowait` for asyncio: awaits the outcomes; cancelling the awaiting task drops the work."""
+        return await asyncio.wrap_future(self.submit_nowait(molecules, priority))
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn`` on the worker thread between batches (warm-up, reloading); the future gets its result."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._closing:
+                raise BatcherClosed("the model worker is shutting down")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking work; with ``drain`` finish what is queued, else fail it with :class:`BatcherClosed`.
+        Blocks until the worker has stopped (or ``timeout`` seconds): call it off the event loop."""
+        with self._cond:
+            self._closing = True
+            self._drain = drain
+            self._cond.notify_all()
+        if self._started:
+            self._thread.join(timeout)
+        else:
+            self._fail_pending(BatcherClosed("the model worker was never started"))
+
+    # ---------------------------------------------------------------------------------------------- worker
+
+    def _run(self) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer()
+            except Exception:
+                log.exception("model worker initializer failed")
+        while True:
+            with self._cond:
+                batch, priority, call = self._next_work()
+            if call is not None:
+                fn, future = call
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(exc)
+                continue
+            if batch is None:
+                break
+            self._execute(batch, priority)
+        self._fail_pending(BatcherClosed("the model worker stopped"))
+
+    def _next_work(self) -> tuple[list[_Entry] | None, Priority, tuple | None]:
+        """Under the lock: the next call or batch; (None, _, None) means stop."""
+        while True:
+            if self._calls:
+                return None, Priority.INTERACTIVE, self._calls.popleft()
+            self._drop_cancelled()
+            queue, priority = self._most_urgent()
+            if queue is None:
+                if self._closing:
+                    return None, Priority.INTERACTIVE, None
+                self._cond.wait()
+                continue
+            if self._closing and not self._drain:
+                return None, Priority.INTERACTIVE, None
+            if self.batching and not self._closing and len(queue) < self.max_batch_size:
+                remaining = queue[0].enqueued + self.max_wait - time.perf_counter()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue  # re-check: more work, an urgent queue, a call or a close may have arrived
+            return self._take(queue), priority, None
+
+    def _most_urgent(self) -> tuple[deque[_Entry] | None, Priority]:
+        for priority in Priority:
+            if self._queues[priority]:
+                return self._queues[priority], priority
+        return None, Priority.INTERACTIVE
+
+    def _drop_cancelled(self) -> None:
+        for q in self._queues:
+            if any(e.ticket.future.done() for e in q):
+                kept = [e for e in q if not e.ticket.future.done()]
+                q.clear()
+                q.extend(kept)
+
+    def _take(self, queue: deque[_Entry]) -> list[_Entry]:
+        size = self.max_batch_size
+        if not self.batching:  # the oldest submission alone (its first max_batch_size molecules)
+            ticket = queue[0].ticket
+            batch = []
+            while queue and queue[0].ticket is ticket and len(batch) < size:
+                batch.append(queue.popleft())
+            return batch
+        if len(queue) <= size:
+            batch = list(queue)
+            queue.clear()
+            return batch
+        anchor = queue[0]
+        chosen = sorted(itertools.islice(queue, 1, None), key=lambda e: (abs(e.n_atoms - anchor.n_atoms), e.seq))
+        picked = {id(e) for e in chosen[: size - 1]}
+        batch = [anchor]
+        kept = []
+        for e in itertools.islice(queue, 1, None):
+            (batch if id(e) in picked else kept).append(e)
+        queue.clear()
+        queue.extend(kept)
+        return batch
+
+    def _execute(self, batch: list[_Entry], priority: Priority) -> None:
+        start = time.perf_counter()
+        waits = [start - e.enqueued for e in batch]
+        outcomes: list[Outcome]
+        try:
+            outcomes = list(self._run_model(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                outcomes = [exc]
+            else:
+                log.warning("a batch of %d molecules failed (%s: %s); retrying them one by one",
+                            len(batch), type(exc).__name__, exc)
+                outcomes = [self._run_alone(e) for e in batch]
+        seconds = time.perf_counter() - start
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            self._deliver(entry, outcome)
+        if self._on_batch is not None:
+            try:
+                failed = sum(isinstance(o, BaseException) for o in outcomes)
+                self._on_batch(BatchStats(len(batch), seconds, waits, priority, failed))
+            except Exception:
+                log.exception("on_batch observer failed")
+
+    def _run_model(self, batch: list[_Entry]) -> np.ndarray:
+        values = np.asarray(self._predict([e.numbers for e in batch], [e.positions for e in batch]))
+        if values.shape[0] != len(batch):
+            raise RuntimeError(f"predict returned {values.shape[0]} rows for {len(batch)} molecules")
+        return values
+
+    def _run_alone(self, entry: _Entry) -> Outcome:
+        try:
+            return self._run_model([entry])[0]
+        except Exception as exc:
+            return exc
+
+    @staticmethod
+    def _deliver(entry: _Entry, outcome: Outcome) -> None:
+        ticket = entry.ticket
+        ticket.results[entry.slot] = outcome
+        ticket.remaining -= 1
+        if ticket.remaining == 0 and not ticket.future.done():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                ticket.future.set_result(ticket.results)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        with self._cond:
+            entries = [e for q in self._queues for e in q]
+            for q in self._queues:
+                q.clear()
+            calls = list(self._calls)
+            self._calls.clear()
+        for entry in entries:
+            if not entry.ticket.future.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    entry.ticket.future.set_exception(exc)
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(exc)

@@ -1,0 +1,170 @@
+"""Request and response bodies of REST contract v1 (DESIGN.md), as pydantic models for validation and OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lieprop.data.validation import ErrorCode
+from lieprop.inference import PREDICTION_FAILED, input_kind
+
+#: Longest ``numbers`` / ``positions`` array a request may carry (molecules above ``max_atoms`` are refused per
+#: item anyway; this only bounds the work of reading the request).
+MAX_ARRAY_ATOMS = 10_000
+
+AtomicNumber = Annotated[int, Field(ge=0, le=255)]
+Position = Annotated[list[float], Field(min_length=3, max_length=3, description="x, y, z in Å")]
+
+
+class MoleculeInput(BaseModel):
+    """One molecule: exactly one of ``smiles``, ``xyz``, ``sdf``, or ``numbers`` + ``positions``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["smiles"]}, {"required": ["xyz"]}, {"required": ["sdf"]}, {"required": ["numbers", "positions"]},
+    ]})
+
+    id: str | None = Field(None, max_length=256, description="echoed in the result; default: the item's position")
+    smiles: str | None = Field(None, description="SMILES; a 3D conformer is generated (ETKDGv3 + MMFF94, seeded)")
+    xyz: str | None = Field(None, description="XYZ / extended-XYZ text of one molecule (Å)")
+    sdf: str | None = Field(None, description="MOL block / one SDF record; 2D blocks are embedded in 3D")
+    numbers: list[AtomicNumber] | None = Field(None, max_length=MAX_ARRAY_ATOMS, description="atomic numbers")
+    positions: list[Position] | None = Field(None, max_length=MAX_ARRAY_ATOMS, description="positions in Å")
+    charge: int | None = Field(None, ge=-100, le=100, description="total charge, with numbers + positions only")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MoleculeInput:
+        input_kind(self.model_dump(exclude_none=True))  # ValueError -> 422 naming the problem
+        return self
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    molecules: list[MoleculeInput] = Field(min_length=1, description="molecules to predict, answered in order")
+    properties: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=64,
+        description="property names (e.g. homo, u0, u0_atomization); default: all, with atomization energies")
+    model: str | None = Field(None, max_length=256, description="model name; default: the served model")
+
+
+class PropertyValue(BaseModel):
+    value: float
+    unit: str
+
+
+class ItemError(BaseModel):
+    code: ErrorCode | Literal["prediction_failed"] = Field(
+        description=f"a DESIGN.md error code, or {PREDICTION_FAILED!r} when the model failed on a valid molecule")
+    message: str
+
+
+class ResultOk(BaseModel):
+    id: str | None
+    ok: Literal[True]
+    properties: dict[str, PropertyValue]
+    provenance: dict[str, Any] = Field(description='{"source": "smiles|xyz|sdf|atoms", "conformer": {...} | null, ...}')
+    warnings: list[str]
+
+
+class ResultError(BaseModel):
+    id: str | None
+    ok: Literal[False]
+    error: ItemError
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    results: list[ResultOk | ResultError]
+
+
+class PropertyInfo(BaseModel):
+    name: str
+    description: str
+    unit: str
+    atomization: bool = Field(description="total energy minus the QM9 atom references")
+    test_mae: float | None = Field(description="mean absolute error on the test split, in `unit`, if known")
+
+
+class ModelCard(ModelRef):
+    default: bool
+    targets: list[str]
+    properties: list[PropertyInfo]
+    training: dict[str, Any] | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelCard]
+
+
+class PropertiesResponse(BaseModel):
+    model: ModelRef
+    properties: list[PropertyInfo]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="invalid_json, invalid_request, unknown_property, unknown_model, body_too_large, "
+                                  "too_many_molecules, unauthorized, not_found, method_not_allowed, overloaded, "
+                                  "shutting_down, timeout, internal_error")
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+    request_id: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    model: ModelRef | None = None
+    detail: str | None = None
+
+
+ETHANOL_XYZ = """9
+ethanol
+C      0.877051     0.180808     0.125786
+C     -0.469183    -0.508067     0.041336
+O     -1.335208     0.222451    -0.814962
+H      0.768618     1.194844     0.524455
+H      1.561723    -0.378815     0.769151
+H      1.324183     0.276044    -0.869158
+H     -0.933904    -0.584030     1.029036
+H     -0.358002    -1.517088    -0.366169
+H     -1.435277     1.113853    -0.439474
+"""
+METHANAL_SDF = """methanal
+     RDKit          3D
+
+  4  3  0  0  0  0  0  0  0  0999 V2000
+   -0.5297    0.0000    0.0000 C   0  0  0  0  0  0  0  0  0  0  0  0
+    0.6806    0.0000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0
+   -1.0848    0.9440    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0
+   -1.0848   -0.9440    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0
+  1  2  2  0
+  1  3  1  0
+  1  4  1  0
+M  END
+$$$$
+"""
+WATER = {"numbers": [8, 1, 1], "positions": [[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]]}
+
+#: OpenAPI examples of POST /v1/predict, one per input kind and a mixed batch.
+PREDICT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "smiles": {"summary": "SMILES (a conformer is generated)",
+               "value": {"molecules": [{"id": "ethanol", "smiles": "CCO"}], "properties": ["homo", "lumo", "gap"]}},
+    "xyz": {"summary": "XYZ text", "value": {"molecules": [{"id": "ethanol", "xyz": ETHANOL_XYZ}]}},
+    "sdf": {"summary": "MOL block / SDF record", "value": {"molecules": [{"sdf": METHANAL_SDF}],
+                                                          "properties": ["u0", "u0_atomization"]}},
+    "atoms": {"summary": "atomic numbers and positions (Å)",
+              "value": {"molecules": [{"id": "water", **WATER}], "properties": ["mu", "alpha"]}},
+    "mixed": {"summary": "several kinds at once; bad molecules get per-item errors",
+              "value": {"molecules": [{"id": "ok", "smiles": "CC(=O)O"}, {"id": "bad", "smiles": "C1CC"},
+                                      {"id": "chlorine", "smiles": "CCl"}, {"id": "ion", "smiles": "[NH4+]"}]}},
+}

@@ -449,3 +449,17 @@ def test_missing_model_stops_start_up_with_a_clear_message(tmp_path):
                            "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "none.pt does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_slow_requests_get_504_json(bundle_path):
+    """In-process (Starlette's TestClient runs the lifespan): a request over request_timeout_s is cut off."""
+    from fastapi.testclient import TestClient
+
+    from lieprop.service import Settings, create_app
+
+    settings = Settings(model=bundle_path, request_timeout_s=0.001, warmup=False, workers_embed=1)
+    with TestClient(create_app(settings)) as c:
+        body = assert_json_error(post(c, [{"smiles": "CCCCCCO"}] * 8), 504, "timeout")
+        assert "0.001" in body["error"]["message"]
+        assert c.get("/healthz").status_code == 200

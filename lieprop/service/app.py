@@ -100,6 +100,7 @@ class Service:
         self.info: dict[str, str] = {}
         self.cards: dict[str, Any] = {}
         self._warm_task: asyncio.Task | None = None
+        self.parsing = 0  # requests being read: their molecules will reach the batcher soon
 
     @property
     def ready(self) -> bool:
@@ -116,7 +117,7 @@ class Service:
             functools.partial(self.bundle.model.predict, batch_size=s.model_chunk),
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
             max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
-            on_batch=self.metrics.observe_batch,
+            on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,
         ).start()
         self.metrics.track_queue(lambda: self.batcher.queued if self.batcher else 0)
         self.metrics.model.labels(**self.info).set(1)
@@ -204,10 +205,15 @@ class Service:
     async def predict(self, items: list[dict], columns: list[Column],
                       priority: Priority = Priority.INTERACTIVE) -> list[dict]:
         """Results for REST items, in order (raises QueueFull / BatcherClosed)."""
-        parsed = await self.parse(items)
+        self.parsing += 1
+        try:
+            parsed = await self.parse(items)
+        finally:
+            self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
         outcomes = [p.outcome for p in parsed]
         valid = [o for o in outcomes if isinstance(o, Molecule)]
-        rows = await self.batcher.submit([(m.numbers, m.positions) for m in valid], priority)
+        future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
+        rows = await asyncio.wrap_future(future)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
         return build_results(outcomes, ids, rows, columns, self.bundle.model.targets)
 

@@ -7,10 +7,11 @@ model.
 How a batch forms. Molecules wait in one FIFO queue per :class:`Priority`; the worker serves the most urgent
 non-empty queue. When the batch cannot be filled at once, it waits until the queue holds ``max_batch_size``
 molecules or the oldest has waited ``max_wait_ms`` (under load, batches fill while the previous one computes, so
-the wait is only paid at low load). When more molecules wait than fit, the batch is the oldest molecule plus the
-ones closest to it in atom count: padded all-pairs convolutions cost the square of the largest molecule, so
-similar sizes batch cheaply, and taking the oldest first means nobody starves. With batching off, every
-submission runs alone.
+the wait is only paid at low load). It does not wait at all when the ``incoming`` hint says that no other work is
+on its way (the service counts requests still being parsed): a lone request never pays ``max_wait_ms``.
+When more molecules wait than fit, the batch is the oldest molecule plus the ones closest to it in atom count:
+padded all-pairs convolutions cost the square of the largest molecule, so similar sizes batch cheaply, and taking
+the oldest first means nobody starves. With batching off, every submission runs alone.
 
 Failures. If a batch raises, each of its molecules is retried alone, so one molecule that breaks the model fails
 only itself; its slot gets the exception.
@@ -91,7 +92,8 @@ class DynamicBatcher:
 
     ``predict(numbers_list, positions_list) -> (n, T) array`` must give each molecule the same row whatever
     batch it shares (``PropertyModel.predict`` does). ``initializer`` runs first on the worker thread (e.g.
-    ``torch.set_num_threads``); ``on_batch`` is called there after every batch with :class:`BatchStats`.
+    ``torch.set_num_threads``); ``on_batch`` is called there after every batch with :class:`BatchStats`;
+    ``incoming()``, if given, counts submissions on their way (0: do not wait for the batch to fill).
 
     Use :meth:`submit` from asyncio code, :meth:`submit_nowait` from threads; both return one outcome per
     molecule: a row of ``predict``'s output or the exception that molecule met.
@@ -100,7 +102,8 @@ class DynamicBatcher:
     def __init__(self, predict: PredictFn, *, max_batch_size: int = 64, max_wait_ms: float = 5.0,
                  batching: bool = True, max_queue: int | None = None,
                  initializer: Callable[[], None] | None = None,
-                 on_batch: Callable[[BatchStats], None] | None = None, name: str = "lieprop-model") -> None:
+                 on_batch: Callable[[BatchStats], None] | None = None,
+                 incoming: Callable[[], int] | None = None, name: str = "lieprop-model") -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self._predict = predict
@@ -110,6 +113,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self._initializer = initializer
         self._on_batch = on_batch
+        self._incoming = incoming
         self._queues: tuple[deque[_Entry], ...] = tuple(deque() for _ in Priority)
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._cond = threading.Condition()
@@ -227,7 +231,8 @@ class DynamicBatcher:
                 continue
             if self._closing and not self._drain:
                 return None, Priority.INTERACTIVE, None
-            if self.batching and not self._closing and len(queue) < self.max_batch_size:
+            if (self.batching and not self._closing and len(queue) < self.max_batch_size
+                    and (self._incoming is None or self._incoming() > 0)):
                 remaining = queue[0].enqueued + self.max_wait - time.perf_counter()
                 if remaining > 0:
                     self._cond.wait(remaining)

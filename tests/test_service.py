@@ -327,6 +327,12 @@ def test_streamed_oversize_body_without_length_gets_413(client):
     assert_json_error(client.post("/v1/predict", content=chunks(), headers=JSON), 413, "body_too_large")
 
 
+def test_body_that_is_not_sent_as_json_gets_415(client):
+    response = client.post("/v1/predict", content=b'{"molecules": [{"smiles": "C"}]}',
+                           headers={"content-type": "text/plain"})
+    assert_json_error(response, 415, "unsupported_media_type")
+
+
 def test_wrong_route_and_method_get_json(client):
     assert_json_error(client.get("/v1/nothing"), 404, "not_found")
     assert_json_error(client.get("/v1/predict"), 405, "method_not_allowed")
@@ -390,7 +396,8 @@ def test_fuzzing_finds_no_server_errors(server):
     statuses: Counter = Counter()
 
     @given(case=cases)
-    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=int(os.environ.get("LIEPROP_TEST_FUZZ_EXAMPLES", "100")), deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
     def fuzz(case) -> None:
         response = case.call(base_url=server.base_url, timeout=60)
         statuses[response.status_code] += 1

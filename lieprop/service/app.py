@@ -62,6 +62,7 @@ log = logging.getLogger("lieprop.service")
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse, "description": text} for code, text in {
         400: "the body is not JSON", 401: "missing or wrong X-API-Key", 413: "body or molecule count over the limit",
+        415: "the body was not sent as application/json",
         422: "the body does not follow the contract, or names unknown properties / models",
         503: "overloaded or shutting down", 504: "the request took longer than request_timeout_s",
     }.items()
@@ -366,6 +367,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reason = (e.get("ctx") or {}).get("error", "JSON decode error")
                 return error_response(400, "invalid_json", f"the body is not valid JSON: {reason} (at character "
                                       f"{where})")
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type.lower() and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+            return error_response(415, "unsupported_media_type", f"the body must be JSON, sent with Content-Type: "
+                                  f"application/json (got {content_type[:100]!r})")
         details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
                     "type": str(e.get("type", ""))} for e in errors[:50]]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}

@@ -55,3 +55,4 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # the service logs one line per request itself
+    logging.captureWarnings(True)  # numpy/torch RuntimeWarnings become log lines too, with the request id

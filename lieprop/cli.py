@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lieprop
+from lieprop.training.commands import add_evaluate, add_train
 
 Subparsers = Any  # argparse._SubParsersAction, which argparse does not export
 
@@ -150,14 +151,13 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# lieprop train      -> add `add_train(sub)` + `run_train(args)` here and list add_train in COMMANDS
-# lieprop evaluate   -> add `add_evaluate(sub)` + `run_evaluate(args)` here and list add_evaluate in COMMANDS
+# lieprop train, lieprop evaluate: lieprop/training/commands.py
 # lieprop predict    -> add `add_predict(sub)` + `run_predict(args)` here and list add_predict in COMMANDS
 #                       (lieprop.inference.predict / parse_items give per-item results like REST)
 # --------------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_train, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

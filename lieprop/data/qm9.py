@@ -142,10 +142,15 @@ def load_qm9(rebuild: bool = False) -> QM9Arrays:
 
 
 def split_indices(n: int = N_MOLECULES, scheme: str = "cormorant", seed: int = 0) -> dict[str, np.ndarray]:
-    """Train/valid/test molecule indices: a ``numpy.random.seed(seed)`` permutation cut into parts."""
+    """Train/valid/test molecule indices: a ``numpy.random.seed(seed)`` permutation cut into parts.
+
+    For ``n`` other than the size of QM9 the parts keep the scheme's proportions.
+    """
     if scheme not in SPLITS:
         raise ValueError(f"unknown split {scheme!r}; known: {sorted(SPLITS)}")
     n_train, n_valid = SPLITS[scheme]
+    if n != N_MOLECULES:  # a subset (tests, pilots): the same proportions
+        n_train, n_valid = int(n * n_train / N_MOLECULES), int(n * n_valid / N_MOLECULES)
     rng = np.random.RandomState(seed)
     perm = rng.permutation(n)
     return {"train": perm[:n_train], "valid": perm[n_train:n_train + n_valid], "test": perm[n_train + n_valid:]}

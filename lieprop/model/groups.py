@@ -146,11 +146,14 @@ class Group:
     def inv(self, g: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def lift(self, x: Tensor, n_samples: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def lift(self, x: Tensor, n_samples: int, generator: torch.Generator | None = None,
+             per_position: bool = False) -> tuple[Tensor, Tensor]:
         """Points (..., N, 3) -> (elements (..., N * n_samples, *elem_shape), orbits (..., N * n_samples, orbit_dim)).
 
         Point ``i`` becomes elements ``i * n_samples ... (i + 1) * n_samples - 1``: group elements that
-        move the origin of its orbit to ``x_i`` (the stabiliser sampled ``n_samples`` times).
+        move the origin of its orbit to ``x_i`` (the stabiliser sampled ``n_samples`` times). With
+        ``per_position`` the stabiliser samples depend only on the point's index ``i`` (shared along
+        leading batch dimensions), so a seeded generator gives the same lift for a molecule in any batch.
         """
         raise NotImplementedError
 
@@ -208,7 +211,7 @@ class Trivial(Group):
     def inv(self, g: Tensor) -> Tensor:
         return -g
 
-    def lift(self, x, n_samples=1, generator=None):
+    def lift(self, x, n_samples=1, generator=None, per_position=False):
         return x.new_zeros(*x.shape[:-1], 1), x
 
     def distance(self, a: Tensor) -> Tensor:
@@ -233,7 +236,7 @@ class T3(Group):
     def inv(self, g: Tensor) -> Tensor:
         return -g
 
-    def lift(self, x, n_samples=1, generator=None):
+    def lift(self, x, n_samples=1, generator=None, per_position=False):
         return x, x.new_zeros(*x.shape[:-1], 0)
 
     def pair_embedding(self, g: Tensor, orbits: Tensor) -> Tensor:
@@ -261,7 +264,7 @@ class SO3(Group):
     def _elem_rank(self) -> int:
         return 2
 
-    def lift(self, x, n_samples=4, generator=None):
+    def lift(self, x, n_samples=4, generator=None, per_position=False):
         r = x.norm(dim=-1, keepdim=True)
         ez = torch.zeros_like(x)
         ez[..., 2] = 1
@@ -272,7 +275,9 @@ class SO3(Group):
         ang = torch.atan2(s, d[..., 2:3])
         unit = torch.where(s > 1e-9, axis / s.clamp_min(1e-12), torch.zeros_like(axis) + ez.roll(-2, -1))
         base = so3_exp(unit * ang)  # (..., N, 3, 3)
-        phi = torch.rand(*x.shape[:-1], n_samples, generator=generator, dtype=x.dtype, device=x.device)
+        shape = (x.shape[-2], n_samples) if per_position else (*x.shape[:-1], n_samples)
+        phi = torch.rand(*shape, generator=generator, dtype=x.dtype, device=generator.device if generator else None)
+        phi = phi.to(x.device).expand(*x.shape[:-1], n_samples)
         stab = so3_exp(torch.stack([torch.zeros_like(phi), torch.zeros_like(phi), 2 * math.pi * phi - math.pi], -1))
         g = base[..., None, :, :] @ stab  # (..., N, L, 3, 3)
         return g.flatten(-4, -3), r.repeat_interleave(n_samples, dim=-2)
@@ -317,9 +322,10 @@ class SE3(Group):
         rt = g[..., :3, :3].transpose(-1, -2)
         return self._compose(rt, -(rt @ g[..., :3, 3:4])[..., 0])
 
-    def lift(self, x, n_samples=4, generator=None):
-        n_pts = x.shape[:-1].numel()
-        r = random_rotations(n_pts * n_samples, generator, x.dtype, x.device).reshape(*x.shape[:-1], n_samples, 3, 3)
+    def lift(self, x, n_samples=4, generator=None, per_position=False):
+        lead = x.shape[-2:-1] if per_position else x.shape[:-1]
+        r = random_rotations(lead.numel() * n_samples, generator, x.dtype, x.device).reshape(*lead, n_samples, 3, 3)
+        r = r.expand(*x.shape[:-1], n_samples, 3, 3)
         t = x[..., None, :].expand(*x.shape[:-1], n_samples, 3)
         g = self._compose(r, t)
         return g.flatten(-4, -3), x.new_zeros(*x.shape[:-2], x.shape[-2] * n_samples, 0)

@@ -27,6 +27,7 @@ class NetworkConfig:
     kernel_out: int = 16
     kernel_norm: bool = True
     distance_feature: bool = True  # append the group distance of each pair to its embedding
+    radial_basis: int = 0  # also append this many Gaussians of that distance (0-8 Å), a smoother kernel input
     targets: list[str] = field(default_factory=lambda: ["homo"])
     pooling: list[str] = field(default_factory=lambda: ["mean"])
 
@@ -76,7 +77,8 @@ class LieResNet(nn.Module):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {cfg.pooling}")
         self.cfg = cfg
         self.group = get_group(cfg.group)
-        d_embed = self.group.lie_dim + 2 * self.group.orbit_dim + int(cfg.distance_feature)
+        d_embed = self.group.lie_dim + 2 * self.group.orbit_dim + int(cfg.distance_feature) + cfg.radial_basis
+        self.register_buffer("rbf_centers", torch.linspace(0.0, 8.0, cfg.radial_basis), persistent=False)
         self.embed = nn.Linear(N_FEATURES, cfg.width)
         self.blocks = nn.ModuleList(Bottleneck(cfg.width, d_embed, cfg) for _ in range(cfg.depth))
         self.bn_out = MaskedBatchNorm(cfg.width)
@@ -85,16 +87,24 @@ class LieResNet(nn.Module):
         self.register_buffer("sum_pool", torch.tensor([p == "sum" for p in cfg.pooling]), persistent=False)
 
     def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, deterministic_lifts: bool = False) -> torch.Tensor:
+        """``deterministic_lifts``: stabiliser samples fixed per atom position (seed 0), for inference on
+        canonically ordered atoms; otherwise fresh Haar samples from ``generator``."""
         lifts = self.cfg.lift_samples
-        g, orbits = self.group.lift(positions, lifts, generator)
+        if deterministic_lifts:
+            generator = torch.Generator().manual_seed(0)
+        g, orbits = self.group.lift(positions, lifts, generator, per_position=deterministic_lifts)
         if lifts > 1:
             features = features.repeat_interleave(lifts, dim=1)
             mask = mask.repeat_interleave(lifts, dim=1)
         emb = self.group.pair_embedding(g, orbits).to(features.dtype)
         dist = self.group.distance(emb)
-        if self.cfg.distance_feature:
-            emb = torch.cat([emb, dist[..., None]], dim=-1)
+        extra = [dist[..., None]] if self.cfg.distance_feature else []
+        if self.cfg.radial_basis:
+            width = 8.0 / max(1, self.cfg.radial_basis - 1)
+            extra.append(torch.exp(-(((dist[..., None] - self.rbf_centers) / width) ** 2)))
+        if extra:
+            emb = torch.cat([emb, *extra], dim=-1)
         nb = neighbourhood(emb, dist, mask, self.cfg.nbhd, self.cfg.fill)
         h = self.embed(features)
         for block in self.blocks:

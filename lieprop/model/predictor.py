@@ -20,6 +20,8 @@ from lieprop.data.elements import ELEMENT_INDEX, QM9_ELEMENTS
 from lieprop.model.frames import molecule_frames
 from lieprop.model.network import LieResNet, NetworkConfig
 
+_GENERIC_DIRECTION = np.array([1.0, np.sqrt(2.0), np.sqrt(3.0)]) / np.sqrt(6.0)
+
 
 class PropertyModel(nn.Module):
     """network output o (standardised) -> property = o * scale + bias + sum over atoms of offset[element]."""
@@ -72,9 +74,12 @@ class PropertyModel(nn.Module):
             for m, (z, x) in enumerate(zip(numbers, positions, strict=True)):
                 fr = molecule_frames(z, x, fix_signs=self.fix_signs)
                 for c in fr.coordinates(x):
+                    # Canonical atom order (by a generic projection of the frame coordinates): with it,
+                    # per-position lift samples make SE(3)/SO(3) inference deterministic and invariant.
+                    order = np.argsort(c @ _GENERIC_DIRECTION, kind="stable")
                     owners.append(m)
-                    coords.append(c)
-                    zs.append(np.asarray(z))
+                    coords.append(c[order])
+                    zs.append(np.asarray(z)[order])
             n_mol = len(numbers)
             if n_mol == 0:
                 return np.zeros((0, len(self.targets)))
@@ -87,7 +92,7 @@ class PropertyModel(nn.Module):
                 sel = order[s:s + batch_size]
                 b = collate([zs[i] for i in sel], [coords[i] for i in sel]).to(dev)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask)
+                    o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic_lifts=True)
                 outs[torch.as_tensor(sel)] = o.to(torch.float64).cpu()
             own = torch.as_tensor(owners_np)
             mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs)

@@ -40,6 +40,7 @@ def network_config(cfg: TrainConfig) -> NetworkConfig:
     return NetworkConfig(
         group=cfg.group, width=cfg.width, depth=cfg.depth, fill=cfg.fill, nbhd=cfg.nbhd,
         lift_samples=cfg.lift_samples, kernel_norm=cfg.kernel_norm, distance_feature=cfg.distance_feature,
+        radial_basis=cfg.radial_basis,
         targets=list(cfg.targets), pooling=["sum" if BY_NAME[t].extensive else "mean" for t in cfg.targets],
     )
 
@@ -127,7 +128,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
         qm9 = data if data is not None else load_qm9()
-        parts = split_indices(len(qm9) if data is not None else 130_831, cfg.split, seed=0)
+        parts = split_indices(len(qm9), cfg.split, seed=0)
         train_rows = parts["train"][: cfg.limit_train] if cfg.limit_train else parts["train"]
         valid_rows = parts["valid"][: cfg.limit_valid] if cfg.limit_valid else parts["valid"]
         t0 = time.time()
@@ -254,7 +255,8 @@ class Trainer:
             if finished_epoch:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-            self.end_of_epoch(np.mean(losses) if losses else float("nan"), n_mol / max(1e-9, time.time() - t_epoch))
+            self.end_of_epoch(float(np.mean(losses)) if losses else float("nan"),
+                              float(n_mol / max(1e-9, time.time() - t_epoch)))
         bar.close()
         return self.state
 

@@ -1,0 +1,183 @@
+"""Model speed: molecules/second of LieConv (T(3), SE(3); training width and paper width) next to PyG SchNet.
+
+Each configuration runs in its own process (clean peak memory), on the same QM9 molecules, under the same
+allocator settings. "forward" is eval mode under no_grad; "train" is forward + L1 loss + backward; "predict"
+is lieprop's invariant inference (frames, canonical order, frame averaging) on a list of molecules.
+Achieved GFLOP/s (counted by torch's FlopCounterMode) is printed next to a plain 2048x2048 matmul.
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
+      .venv/bin/python benchmarks/model_speed.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def molecules(n: int = 2000, seed: int = 0):
+    """``n`` random molecules of QM9's test split (mean ~18 atoms, like real QM9 batches)."""
+    from lieprop.data.qm9 import load_qm9, split_indices
+
+    data = load_qm9()
+    rows = np.random.default_rng(seed).choice(split_indices(len(data))["test"], n, replace=False)
+    return [data.molecule(int(r)) for r in rows]
+
+
+def timed(fn, reps: int) -> float:
+    fn()  # warm-up
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def run_one(spec: dict) -> dict:
+    torch.set_num_threads(spec.get("threads", 2))
+    mols = molecules()
+    bs, mode, reps = spec["batch"], spec["mode"], spec["reps"]
+    batches = [mols[i:i + bs] for i in range(0, len(mols) - bs + 1, bs)][: max(reps + 2, 3)]
+    if spec["model"] == "schnet":
+        from baselines import schnet
+
+        net = schnet()
+
+        def inputs(b):
+            z = torch.from_numpy(np.concatenate([m[0] for m in b]))
+            pos = torch.from_numpy(np.concatenate([m[1] for m in b])).float()
+            batch = torch.repeat_interleave(torch.arange(len(b)), torch.tensor([len(m[0]) for m in b]))
+            return z, pos, batch
+
+        prepared = [inputs(b) for b in batches]
+
+        def step(i):
+            z, pos, batch = prepared[i % len(prepared)]
+            if mode == "train":
+                net.train()
+                net(z, pos, batch).abs().mean().backward()
+            else:
+                net.eval()
+                with torch.no_grad():
+                    net(z, pos, batch)
+    else:
+        from lieprop.data.batch import collate, featurize
+        from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+        from lieprop.model.network import NetworkConfig
+        from lieprop.model.predictor import PropertyModel
+
+        g = spec["model"]
+        extra = {"fill": 0.5, "nbhd": 25, "lift_samples": 4} if g == "SE3" else {}
+        cfg = NetworkConfig(group=g, width=spec["width"], depth=6, targets=list(PROPERTY_NAMES),
+                            pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES],
+                            kernel_norm=spec.get("kernel_norm", True), **extra)
+        model = PropertyModel(cfg)
+        net = model.net
+        prepared = []
+        for b in batches:
+            cb = collate([m[0] for m in b], [m[1] for m in b])
+            prepared.append((featurize(cb.numbers), cb.positions, cb.mask, b))
+
+        def step(i):
+            f, x, m, b = prepared[i % len(prepared)]
+            if mode == "train":
+                net.train()
+                net(f, x, m).abs().mean().backward()
+            elif mode == "forward":
+                net.eval()
+                with torch.no_grad():
+                    net(f, x, m)
+            else:  # predict: the invariant path a user gets
+                model.predict([q[0] for q in b], [q[1] for q in b], batch_size=max(bs, 32))
+
+    counter = iter(range(10**9))
+    sec = timed(lambda: step(next(counter)), reps)
+    flops = count_flops(lambda: step(0)) if mode != "predict" else float("nan")
+    params = sum(p.numel() for p in net.parameters())
+    return {**spec, "mol_s": bs / sec, "gflops": flops / sec / 1e9, "params_m": params / 1e6,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def matmul_gflops() -> float:
+    torch.set_num_threads(2)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    sec = timed(lambda: a @ b, 5)
+    return 2 * 2048**3 / sec / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer configurations and repetitions")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    reps = 3 if args.quick else args.reps
+    specs = []
+    for bs in ((1, 32) if args.quick else (1, 32, 256)):
+        for mode in ("forward", "train", "predict"):
+            specs.append({"model": "T3", "width": 256, "batch": bs, "mode": mode})
+        for mode in ("forward", "train"):
+            specs.append({"model": "schnet", "width": 128, "batch": bs, "mode": mode})
+        if bs <= 32:
+            specs.append({"model": "SE3", "width": 256, "batch": bs, "mode": "forward"})
+            specs.append({"model": "SE3", "width": 256, "batch": bs, "mode": "train"})
+    for bs in ((32,) if args.quick else (32, 256)):
+        specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "forward"})
+        specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "train"})
+    print(f"# {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')})")
+    mm = matmul_gflops()
+    print(f"plain matmul 2048x2048: {mm:.0f} GFLOP/s\n")
+    print("| model | width | batch | mode | mol/s | GFLOP/s | % of matmul | params (M) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for spec in specs:
+        spec["reps"] = reps
+        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"| {spec['model']} | {spec['width']} | {spec['batch']} | {spec['mode']} | failed: "
+                  f"{out.stderr.strip().splitlines()[-1][:80]} |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(r)
+        pct = f"{100 * r['gflops'] / mm:.0f}%" if r["gflops"] == r["gflops"] else ""
+        gf = f"{r['gflops']:.0f}" if r["gflops"] == r["gflops"] else ""
+        print(f"| {r['model']} | {r['width']} | {r['batch']} | {r['mode']} | {r['mol_s']:.0f} | {gf} | {pct} | "
+              f"{r['params_m']:.2f} | {r['peak_rss_mb']:.0f} |", flush=True)
+    print("\nRatios (LieConv T3 k=256 / SchNet, same batch):")
+    by = {(r["model"], r["width"], r["batch"], r["mode"]): r["mol_s"] for r in results}
+    for bs in sorted({r["batch"] for r in results}):
+        for mode in ("forward", "predict", "train"):
+            ours = by.get(("T3", 256, bs, mode))
+            ref = by.get(("schnet", 128, bs, "train" if mode == "train" else "forward"))
+            if ours and ref:
+                note = " (vs SchNet forward)" if mode == "predict" else ""
+                print(f"  batch {bs:>3} {mode:>8}: {ours / ref:.2f}x{note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Evaluate a bundle on a QM9 split: MAE per target in the units of the published tables, plots, JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+from lieprop.data.qm9 import load_qm9, split_indices
+from lieprop.model.bundle import load_bundle
+
+#: Published test MAE (QM9.md), in each property's paper unit (meV for energies).
+PUBLISHED: dict[str, dict[str, float]] = {
+    "LieConv T(3)": {"alpha": 0.084, "gap": 49, "homo": 30, "lumo": 25, "mu": 0.032, "cv": 0.038, "g298": 22,
+                     "h298": 24, "r2": 0.800, "u298": 19, "u0": 19, "zpve": 2.28},
+    "SchNet*": {"alpha": 0.235, "gap": 63, "homo": 41, "lumo": 34, "mu": 0.033, "cv": 0.033, "g298": 14,
+                "h298": 14, "r2": 0.073, "u298": 19, "u0": 14, "zpve": 1.70},
+    "EGNN": {"alpha": 0.071, "gap": 48, "homo": 29, "lumo": 25, "mu": 0.029, "cv": 0.031, "g298": 12, "h298": 12,
+             "r2": 0.106, "u298": 12, "u0": 11, "zpve": 1.55},
+}
+
+
+def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path | None = None,
+             limit: int | None = None, batch_size: int = 256, plots: bool = True, log=print) -> dict:
+    """MAE per target of ``bundle_path`` on QM9 ``split`` (of the bundle's split scheme); writes
+    ``report.json`` (and ``parity.png`` / ``errors.png``) into ``out_dir`` when given."""
+    bundle = load_bundle(bundle_path)
+    model = bundle.model
+    scheme = bundle.meta.get("split", "cormorant")
+    data = load_qm9()
+    rows = split_indices(len(data), scheme)[split]
+    if limit:
+        rows = rows[:limit]
+    zs, xs = zip(*(data.molecule(int(r)) for r in rows), strict=True)
+    t0 = time.perf_counter()
+    pred = model.predict(zs, xs, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    cols = [PROPERTY_NAMES.index(t) for t in model.targets]
+    truth = data.targets_in_units()[rows][:, cols]
+    err = pred - truth
+    table = {}
+    for j, t in enumerate(model.targets):
+        p = BY_NAME[t]
+        table[t] = {"mae": float(np.abs(err[:, j]).mean() * p.to_paper), "unit": p.paper_unit or p.unit,
+                    "rmse": float(np.sqrt((err[:, j] ** 2).mean()) * p.to_paper),
+                    **{name: pub.get(t) for name, pub in PUBLISHED.items()}}
+    report = {"bundle": str(bundle_path), "name": bundle.name, "sha256": bundle.sha256, "split": split,
+              "scheme": scheme, "n_molecules": len(rows), "predict_seconds": round(seconds, 2),
+              "molecules_per_second": round(len(rows) / seconds, 1), "mae": table}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        if plots:
+            _plots(model.targets, pred, truth, out)
+    log(format_table(report))
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The MAE table as Markdown, next to the published numbers."""
+    names = list(PUBLISHED)
+    lines = [f"| target | unit | lieprop MAE | {' | '.join(names)} |", "|---|---|---|" + "---|" * len(names)]
+    for t, row in report["mae"].items():
+        pub = " | ".join("" if row.get(n) is None else f"{row[n]:g}" for n in names)
+        lines.append(f"| {t} | {row['unit']} | {row['mae']:.4g} | {pub} |")
+    return "\n".join(lines)
+
+
+def _plots(targets: list[str], pred: np.ndarray, truth: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(targets)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    for kind in ("parity", "errors"):
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+        for j, t in enumerate(targets):
+            ax = axes[j // cols][j % cols]
+            unit = BY_NAME[t].unit
+            if kind == "parity":
+                ax.scatter(truth[:, j], pred[:, j], s=2, alpha=0.3)
+                lo, hi = float(truth[:, j].min()), float(truth[:, j].max())
+                ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+                ax.set_xlabel(f"DFT ({unit})")
+                ax.set_ylabel("predicted")
+            else:
+                ax.hist(pred[:, j] - truth[:, j], bins=80)
+                ax.set_xlabel(f"error ({unit})")
+            ax.set_title(t)
+        for k in range(n, rows * cols):
+            axes[k // cols][k % cols].axis("off")
+        fig.tight_layout()
+        fig.savefig(out / f"{kind}.png", dpi=90)
+        plt.close(fig)

@@ -1,0 +1,110 @@
+"""The LieConv layer and network: exact equivariance, padding and batching never change a molecule's output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lieprop.data.batch import collate, featurize
+from lieprop.model.groups import random_rotations
+from lieprop.model.lieconv import LieConv, neighbourhood
+from lieprop.model.network import LieResNet, NetworkConfig
+
+F64 = torch.float64
+
+
+def small_net(**kw) -> LieResNet:
+    cfg = NetworkConfig(width=32, depth=2, targets=["homo", "u0"], pooling=["mean", "sum"], **kw)
+    return LieResNet(cfg).double()
+
+
+def molecules(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    zs, xs = [], []
+    for _ in range(n):
+        k = int(rng.integers(3, 20))
+        zs.append(rng.choice([1, 6, 7, 8, 9], size=k))
+        xs.append(rng.normal(size=(k, 3)) * 1.5)
+    return zs, xs
+
+
+def run(net, zs, xs):
+    b = collate(zs, xs, dtype=F64)
+    return net(featurize(b.numbers).double(), b.positions, b.mask)
+
+
+def test_lieconv_layer_is_exactly_translation_equivariant():
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 3, dtype=F64)
+    v = torch.randn(2, 9, 8, dtype=F64)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    layer = LieConv(8, 8, d_embed=3).double()
+    emb = lambda p: p[:, :, None] - p[:, None, :]  # noqa: E731
+    nb1 = neighbourhood(emb(x), emb(x).norm(dim=-1), mask, 100, 1.0)
+    nb2 = neighbourhood(emb(x + 5.0), emb(x + 5.0).norm(dim=-1), mask, 100, 1.0)
+    assert torch.allclose(layer(v, nb1), layer(v, nb2), atol=1e-12)
+
+
+@pytest.mark.parametrize("group,extra", [("T3", {}), ("SE3", {"fill": 0.5, "nbhd": 8, "lift_samples": 2}),
+                                         ("SO3", {"fill": 0.5, "nbhd": 8, "lift_samples": 2}), ("trivial", {})])
+def test_network_runs_for_every_group_and_is_translation_invariant_where_it_should_be(group, extra):
+    net = small_net(group=group, **extra).eval()
+    zs, xs = molecules(4)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    b = collate(zs, xs, dtype=F64)
+    out = net(featurize(b.numbers).double(), b.positions, b.mask, generator=gen())
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+    if group in ("T3", "SE3"):
+        shifted = net(featurize(b.numbers).double(), b.positions + 3.0 * b.mask[..., None], b.mask, generator=gen())
+        assert torch.allclose(out, shifted, atol=1e-9)
+
+
+def test_t3_network_is_permutation_invariant():
+    net = small_net().eval()
+    zs, xs = molecules(3)
+    perms = [np.random.default_rng(i).permutation(len(z)) for i, z in enumerate(zs)]
+    a = run(net, zs, xs)
+    b = run(net, [z[p] for z, p in zip(zs, perms, strict=True)], [x[p] for x, p in zip(xs, perms, strict=True)])
+    assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_padding_and_batch_neighbours_do_not_change_a_molecule_in_eval_mode():
+    net = small_net().eval()
+    zs, xs = molecules(30, seed=1)
+    alone = torch.cat([run(net, [z], [x]) for z, x in zip(zs, xs, strict=True)])
+    together = run(net, zs, xs)
+    assert torch.allclose(alone, together, atol=1e-10)
+
+
+@pytest.mark.parametrize("group,extra", [("T3", {}), ("SE3", {"fill": 0.5, "nbhd": 8, "lift_samples": 3})])
+def test_sum_pooling_adds_atom_contributions_and_mean_pooling_averages_them(group, extra):
+    net = small_net(group=group, **extra).eval()
+    with torch.no_grad():  # every point outputs exactly 1 for both targets
+        net.head.weight.zero_()
+        net.head.bias.fill_(1.0)
+    zs, xs = molecules(5, seed=2)
+    out = run(net, zs, xs)
+    sizes = torch.tensor([len(z) for z in zs], dtype=F64)
+    assert torch.allclose(out[:, 0], torch.ones(5, dtype=F64))  # homo: mean
+    assert torch.allclose(out[:, 1], sizes)  # u0: sum over atoms (lifted copies averaged)
+
+
+def test_fill_picks_the_nearest_fraction_of_points():
+    x = torch.arange(10, dtype=F64)[None, :, None].expand(1, 10, 3).contiguous()
+    emb = x[:, :, None] - x[:, None, :]
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    nb = neighbourhood(emb, emb.norm(dim=-1), mask, nbhd=10, fill=0.3)
+    assert nb.index is not None
+    assert nb.mask[0, 0].sum() == 3  # ceil(0.3 * 10)
+    assert set(nb.index[0, 0][nb.mask[0, 0]].tolist()) == {0, 1, 2}
+    assert set(nb.index[0, 5][nb.mask[0, 5]].tolist()) in ({4, 5, 6},)
+
+
+def test_frame_rotation_changes_plain_t3_outputs_which_is_why_predict_averages_frames():
+    net = small_net().eval()
+    zs, xs = molecules(2, seed=3)
+    r = random_rotations(1, dtype=F64)[0].numpy()
+    a = run(net, zs, xs)
+    b = run(net, zs, [x @ r.T for x in xs])
+    assert not torch.allclose(a, b, atol=1e-6)

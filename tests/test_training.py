@@ -1,0 +1,112 @@
+"""Training: a tiny real run on QM9 molecules learns, checkpoints, and resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lieprop.model.bundle import BundleError, load_bundle
+from lieprop.training.config import TrainConfig, load_config
+from lieprop.training.loop import Trainer, lr_at, train
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    return load_config("tiny", overrides={"out_dir": str(tmp_path / "run"), "targets": ["homo", "u0", "mu"],
+                                          "limit_valid": None, **kw})
+
+
+def test_a_tiny_run_lowers_the_loss_and_writes_a_usable_bundle(tmp_path, qm9_head):
+    cfg = tiny(tmp_path, epochs=6, lr=3e-3)
+    tr = train(cfg, data=qm9_head, log=lambda *_: None)
+    hist = tr.state.history
+    assert len(hist) == 6
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    bundle = load_bundle(tmp_path / "run" / "best.pt")
+    assert bundle.model.targets == ["homo", "u0", "mu"]
+    z, x = qm9_head.molecule(0)
+    pred = bundle.model.predict([z], [x])
+    assert pred.shape == (1, 3) and np.isfinite(pred).all()
+    # u0 is a total energy in eV: methane is about -1101 eV; the atom offsets alone get close.
+    assert -1200 < pred[0, 1] < -1000
+    assert (tmp_path / "run" / "log.csv").read_text().startswith("epoch,")
+
+
+def test_resume_continues_with_the_identical_next_step(tmp_path, qm9_head):
+    cfg = tiny(tmp_path, epochs=3)
+    a = Trainer(cfg, data=qm9_head, log=lambda *_: None)
+    batches = a._epoch_batches(0)
+    for i in range(3):
+        a.train_step(batches[i])
+        a.state.batch_in_epoch += 1
+    a.save_checkpoint()
+    loss_a = a.train_step(batches[3])
+    params_a = [p.detach().clone() for p in a.model.parameters()]
+
+    b = Trainer(cfg, data=qm9_head, log=lambda *_: None)
+    assert b.resume()
+    assert b.state.step == 3 and b.state.batch_in_epoch == 3
+    loss_b = b.train_step(b._epoch_batches(0)[3])
+    assert loss_a == loss_b
+    for pa, pb in zip(params_a, b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_a_wall_time_budget_stops_cleanly_with_a_checkpoint(tmp_path, qm9_head):
+    cfg = tiny(tmp_path, epochs=1000, max_minutes=0.05)
+    tr = train(cfg, data=qm9_head, log=lambda *_: None)
+    assert tr.state.elapsed >= 3.0 and tr.state.epoch < 1000
+    assert (tmp_path / "run" / "checkpoint.pt").exists() and (tmp_path / "run" / "best.pt").exists()
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(lr=1e-3, warmup_fraction=0.1)
+    assert lr_at(cfg, 0.0) < lr_at(cfg, 0.05) < lr_at(cfg, 0.1)
+    assert lr_at(cfg, 0.1) == pytest.approx(1e-3, rel=1e-2)
+    assert lr_at(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_config_rejects_unknown_keys_and_targets():
+    with pytest.raises(ValueError):
+        TrainConfig(learning_rate=1.0)
+    with pytest.raises(ValueError, match="unknown targets"):
+        TrainConfig(targets=["homo", "spin"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config("huge")
+
+
+def test_bundles_refuse_tampering_truncation_and_garbage(tmp_path, qm9_head):
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg, data=qm9_head, log=lambda *_: None)
+    path = tmp_path / "run" / "best.pt"
+    good = load_bundle(path)
+    assert len(good.sha256) == 64
+
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["net.head.bias"] += 1.0
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        load_bundle(tmp_path / "tampered.pt")
+
+    raw = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BundleError, match="corrupted or truncated"):
+        load_bundle(tmp_path / "truncated.pt")
+
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(BundleError, match="format 99"):
+        load_bundle(tmp_path / "future.pt")
+
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "missing.pt")
+
+
+def test_bundle_round_trip_gives_identical_predictions(tmp_path, qm9_head):
+    cfg = tiny(tmp_path, epochs=1)
+    tr = train(cfg, data=qm9_head, log=lambda *_: None)
+    mols = [qm9_head.molecule(i) for i in range(20)]
+    before = tr.eval_model().predict([z for z, _ in mols], [x for _, x in mols])
+    after = load_bundle(tmp_path / "run" / "best.pt").model.predict([z for z, _ in mols], [x for _, x in mols])
+    np.testing.assert_array_equal(before, after)

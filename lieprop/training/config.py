@@ -32,7 +32,7 @@ class TrainConfig(BaseModel):
     lift_samples: int = 1
     kernel_norm: bool = True
     distance_feature: bool = True
-    radial_basis: int = 0
+    radial_basis: int = 16  # Gaussians of the pair distance as extra kernel input (see docs/MODEL_CARD.md)
     # orientation handling: "frames" trains in principal-axes frames (one sampled per step), "rotate"
     # applies random rotations (the paper's augmentation), "none" uses the input orientation.
     orientation: Literal["frames", "rotate", "none"] = "frames"

@@ -110,3 +110,24 @@ def test_bundle_round_trip_gives_identical_predictions(tmp_path, qm9_head):
     before = tr.eval_model().predict([z for z, _ in mols], [x for _, x in mols])
     after = load_bundle(tmp_path / "run" / "best.pt").model.predict([z for z, _ in mols], [x for _, x in mols])
     np.testing.assert_array_equal(before, after)
+
+
+def test_evaluate_writes_a_report_and_plots_and_can_record_the_test_mae(tmp_path, qm9_head):
+    import json
+
+    from lieprop.training.evaluate import evaluate
+
+    train(tiny(tmp_path, epochs=1), data=qm9_head, log=lambda *_: None)
+    bundle = tmp_path / "run" / "best.pt"
+    lines = []
+    report = evaluate(bundle, "test", tmp_path / "report", data=qm9_head, record=True, log=lines.append)
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["mae"]["homo"]["unit"] == "meV" and saved["mae"]["homo"]["mae"] > 0
+    assert saved["mae"]["homo"]["LieConv T(3)"] == 30
+    assert (tmp_path / "report" / "parity.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "errors.png").stat().st_size > 1000
+    assert "| homo | meV |" in lines[0]
+    recorded = load_bundle(bundle).meta["test_mae"]
+    assert recorded["homo"] == pytest.approx(report["mae"]["homo"]["mae"] / 1000)  # stored in eV
+    with pytest.raises(ValueError, match="whole test split"):
+        evaluate(bundle, "valid", data=qm9_head, record=True, log=lambda *_: None)

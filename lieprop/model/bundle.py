@@ -79,6 +79,17 @@ def save_bundle(model: PropertyModel, path: str | Path, name: str, meta: dict[st
     return sha
 
 
+def record_metadata(path: str | Path, **entries: Any) -> None:
+    """Add JSON-like entries (e.g. ``test_mae``) to a bundle's metadata, keeping weights and sha256 as they are."""
+    path = Path(path)
+    load_bundle(path)  # refuse to touch a bundle that does not verify
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload["meta"].update(json.loads(json.dumps(entries)))
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load and verify a bundle; raises :class:`BundleError` with the reason when it cannot be used."""
     path = Path(path)

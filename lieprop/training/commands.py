@@ -61,12 +61,15 @@ def run_train(args: argparse.Namespace) -> int:
 def add_evaluate(sub: Any) -> None:
     p = _parser(sub, "evaluate", "MAE per target of a model bundle on a QM9 split, next to published numbers", """\
   lieprop evaluate                                   # the bundled model on the full test split
-  lieprop evaluate runs/homo/best.pt --split valid --limit 2000 --out reports/homo""")
+  lieprop evaluate runs/homo/best.pt --split valid --limit 2000 --out reports/homo
+  lieprop evaluate runs/main/best.pt --split test --record --out reports/main   # MAE into the bundle's card""")
     p.add_argument("bundle", nargs="?", help="model bundle (default: the bundled model)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--limit", type=int, help="only the first N molecules of the split")
     p.add_argument("--out", help="directory for report.json, parity.png and errors.png")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--record", action="store_true",
+                   help="store the test MAE table in the bundle (whole test split only)")
     p.set_defaults(func=run_evaluate)
 
 
@@ -80,8 +83,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         path = default_model_path()
     try:
-        evaluate(path, args.split, args.out, args.limit, plots=not args.no_plots)
-    except BundleError as exc:
+        evaluate(path, args.split, args.out, args.limit, plots=not args.no_plots, record=args.record)
+    except (BundleError, ValueError) as exc:
         print(f"lieprop evaluate: {exc}", file=sys.stderr)
         return 2
     return 0

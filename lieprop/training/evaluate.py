@@ -10,7 +10,7 @@ import numpy as np
 
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import load_qm9, split_indices
-from lieprop.model.bundle import load_bundle
+from lieprop.model.bundle import load_bundle, record_metadata
 
 #: Published test MAE (QM9.md), in each property's paper unit (meV for energies).
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -24,13 +24,16 @@ PUBLISHED: dict[str, dict[str, float]] = {
 
 
 def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path | None = None,
-             limit: int | None = None, batch_size: int = 256, plots: bool = True, log=print) -> dict:
+             limit: int | None = None, batch_size: int = 256, plots: bool = True, record: bool = False,
+             data=None, log=print) -> dict:
     """MAE per target of ``bundle_path`` on QM9 ``split`` (of the bundle's split scheme); writes
-    ``report.json`` (and ``parity.png`` / ``errors.png``) into ``out_dir`` when given."""
+    ``report.json`` (and ``parity.png`` / ``errors.png``) into ``out_dir`` when given. With ``record``
+    (full test split only) the MAE table is stored in the bundle's metadata, where ``lieprop info`` and
+    ``/v1/properties`` read it."""
     bundle = load_bundle(bundle_path)
     model = bundle.model
     scheme = bundle.meta.get("split", "cormorant")
-    data = load_qm9()
+    data = data if data is not None else load_qm9()
     rows = split_indices(len(data), scheme)[split]
     if limit:
         rows = rows[:limit]
@@ -56,6 +59,12 @@ def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path |
         (out / "report.json").write_text(json.dumps(report, indent=2))
         if plots:
             _plots(model.targets, pred, truth, out)
+    if record:
+        if split != "test" or limit:
+            raise ValueError("only an evaluation on the whole test split can be recorded in the bundle")
+        record_metadata(bundle_path, test_mae={t: row["mae"] / BY_NAME[t].to_paper for t, row in table.items()},
+                        test_evaluation={"split": f"{scheme}/test", "n_molecules": len(rows),
+                                         "command": f"lieprop evaluate {bundle_path} --split test --record"})
     log(format_table(report))
     return report
 

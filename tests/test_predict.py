@@ -91,3 +91,13 @@ def test_frames_of_a_moved_molecule_are_the_moved_frames(qm9_head):
 
 def test_empty_input_gives_an_empty_result():
     assert model().predict([], []).shape == (0, 12)
+
+
+def test_bfloat16_autocast_is_an_option_close_to_float32(qm9_head):
+    m = model()
+    mols = first_molecules(qm9_head, 30)
+    args = ([z for z, _ in mols], [x for _, x in mols])
+    full = m.predict(*args)
+    half = m.predict(*args, autocast_bf16=True)
+    assert np.isfinite(half).all()
+    assert (np.abs(full - half) / m.scale.numpy()).max() < 0.1

@@ -32,6 +32,11 @@ test: $(VENV)/.stamp-dev
 test-slow: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -m slow
 
+# Build docker/Dockerfile with podman from a debootstrap base, run it and compare its predictions with the library's
+# (docker/smoke_test.py; installs podman, buildah, runc and debootstrap with apt when missing; needs root).
+docker-test: $(VENV)/.stamp-base
+	$(PY) docker/smoke_test.py
+
 lint: $(VENV)/.stamp-dev
 	$(PY) -m ruff check lieprop tests benchmarks
 

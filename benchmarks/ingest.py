@@ -124,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             report("featurise + collate (one batch)", *timed(featurise_collate, args.repeat))
         except (AttributeError, TypeError) as exc:
             print(f"# featurise + collate: skipped ({type(exc).__name__}: {exc})")
+
+    from lieprop.data import qm9
+
+    if qm9.cache_path().exists():  # building it takes a minute; `lieprop train` or load_qm9() does that once
+        report("load the QM9 cache (130,831 mol.)", *timed(lambda: len(qm9.load_qm9())))
+    else:
+        print(f"# QM9 cache load: skipped (no cache at {qm9.cache_path()}; python -c "
+              "'from lieprop.data.qm9 import load_qm9; load_qm9()' builds it)")
     return 0
 
 

@@ -15,7 +15,8 @@ Docker Hub is out of reach here and there is no Docker engine, so the test
 5. runs the image with podman on a random free 127.0.0.1 port, times the cold start until ``/readyz`` is 200, runs
    the image's HEALTHCHECK (``podman healthcheck run``), checks the process is not root and ``/data`` is writable,
 6. POSTs a SMILES and an XYZ molecule to ``/v1/predict`` and compares every value with ``lieprop.predict`` run by
-   this Python on the same bundle (float32 tolerance), then stops and removes the container.
+   this Python on the same bundle (float32 tolerance), then stops the container (SIGTERM; it must exit well before
+   podman's SIGKILL) and removes it with its volume.
 
 It prints the image size, the build times and the time to ready. Options: ``--json PATH`` writes those numbers,
 ``--rmi`` removes the image afterwards (by default it stays, so a re-run reuses the build's cached layers).
@@ -283,6 +284,13 @@ def run_and_check(bundle: Path) -> dict:
         n = sum(len(r["properties"]) for r in served["results"])
         log(f"/v1/predict: SMILES + XYZ, {n} values equal lieprop.predict's "
             f"(largest relative difference {result['max_rel_diff']:.1e}); model {served['model']['name']}")
+
+        t_stop = time.monotonic()  # SIGTERM to PID 1 (lieprop itself, no init): graceful, well before the SIGKILL
+        sh([*PODMAN, "stop", "-t", "60", name], capture=True)
+        result["stop_s"] = time.monotonic() - t_stop
+        code = out(["podman", "inspect", "--format", "{{.State.ExitCode}}", name])
+        assert result["stop_s"] < 40, f"podman stop took {result['stop_s']:.0f} s: SIGTERM not handled"
+        log(f"stopped by SIGTERM in {result['stop_s']:.1f} s, exit status {code}")
     except BaseException:
         subprocess.run(["podman", "logs", "--tail", "60", name])
         raise
@@ -310,7 +318,8 @@ def main() -> int:
     if args.rmi:
         subprocess.run(["podman", "rmi", IMAGE_TAG], capture_output=True)
     log(f"image {IMAGE_TAG}: {report['image_bytes'] / 1e6:.0f} MB; base {report['base_s']:.0f} s, "
-        f"build {report['build_s']:.0f} s, time to ready {report['ready_s']:.1f} s, total {report['total_s']:.0f} s"
+        f"build {report['build_s']:.0f} s, time to ready {report['ready_s']:.1f} s, stop {report['stop_s']:.1f} s, "
+        f"total {report['total_s']:.0f} s"
         + ("  [PLACEHOLDER model]" if placeholder else ""))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -69,7 +69,7 @@ def test_compose_file():
 @pytest.mark.timeout(3600)
 def test_make_docker_test():
     """Build the image with podman from a debootstrap base, run it, compare /v1/predict with lieprop.predict.
-    Cold: about 10 minutes here (base + dependency downloads); warm (cached base and layers): about 2."""
+    Cold here: about 7 minutes (apt, debootstrap, dependency downloads); warm (cached base and layers): 45 s."""
     if os.geteuid() != 0 and shutil.which("podman") is None:
         pytest.skip("needs root (apt-get, debootstrap) or an installed podman")
     res = subprocess.run(["make", "docker-test"], cwd=ROOT, capture_output=True, text=True, timeout=3500)

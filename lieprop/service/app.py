@@ -51,8 +51,10 @@ from lieprop.inference import (
     parse_items,
     select_properties,
 )
+from lieprop.model.device import pick_device
 from lieprop.service import schemas
 from lieprop.service.batcher import BatcherClosed, DynamicBatcher, Priority, QueueFull
+from lieprop.service.jobs import JobManager, add_job_routes, limited_receive
 from lieprop.service.logs import request_id
 from lieprop.service.metrics import CONTENT_TYPE, ServiceMetrics
 from lieprop.service.settings import Settings
@@ -101,6 +103,7 @@ class Service:
         self.info: dict[str, str] = {}
         self.cards: dict[str, Any] = {}
         self._warm_task: asyncio.Task | None = None
+        self.jobs: JobManager | None = None  # batch jobs (lieprop/service/jobs.py)
         self.parsing = 0  # requests being read: their molecules will reach the batcher soon
 
     @property
@@ -110,6 +113,7 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         self.bundle = await asyncio.to_thread(load_model, s.model)  # ModelNotFoundError / BundleError stop start-up
+        self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
         self.info = model_info(self.bundle)
         card = model_card(self.bundle)
         self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
@@ -125,6 +129,8 @@ class Service:
         self.pool = self._new_pool()
         self.state = "warming"
         self._warm_task = asyncio.create_task(self._warm())
+        self.jobs = JobManager(self)
+        await asyncio.to_thread(self.jobs.start)  # jobs a dead server left running resume
         log.info("model loaded", extra={"model": self.info, "threads": threads, "path": str(s.model)})
 
     async def stop(self) -> None:
@@ -133,6 +139,8 @@ class Service:
         if self._warm_task is not None:
             self._warm_task.cancel()
         timeout = self.settings.shutdown_timeout_s
+        if self.jobs is not None:  # first: a running job pauses (resumable) before the model worker stops
+            await asyncio.to_thread(self.jobs.stop, timeout)
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.close, True, timeout)
         if self.pool is not None:
@@ -289,7 +297,15 @@ class EdgeMiddleware:
                 await error_response(401, "unauthorized", f"{what} API key: send it in the X-API-Key header")(
                     scope, receive, send)
                 return
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
+        if scope.get("method") == "POST" and scope.get("path") == "/v1/jobs":  # uploads stream to disk
+            limit = self.service.settings.max_upload_bytes
+            declared = headers.get("content-length", b"")
+            if declared.isdigit() and int(declared) > limit:
+                await error_response(413, "body_too_large", f"the upload is larger than {limit} bytes")(
+                    scope, receive, send)
+                return
+            receive = limited_receive(receive, limit)
+        elif scope.get("method") in ("POST", "PUT", "PATCH"):
             limit = self.service.settings.max_body_bytes
             declared = headers.get("content-length", b"")
             too_large = error_response(413, "body_too_large", f"the request body is larger than {limit} bytes")
@@ -447,6 +463,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
                            expose_headers=["X-Request-ID"])
+    add_job_routes(app, service)
     routes = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(EdgeMiddleware, service=service, routes=routes)
     return app

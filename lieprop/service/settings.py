@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1, le=4096, description="molecules per model batch, at most")
     max_wait_ms: float = Field(5.0, ge=0, le=1000,
                                description="how long the first queued molecule may wait for a batch to fill")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     model_threads: int | None = Field(None, ge=1, le=256,
                                       description="torch threads of the model worker (default: all cores)")
     model_chunk: int = Field(128, ge=1, le=4096,
@@ -38,6 +40,17 @@ class Settings(BaseSettings):
     # ingestion
     workers_embed: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
                                description="processes embedding SMILES and 2D MOL blocks in 3D (RDKit)")
+
+    # batch jobs (POST /v1/jobs)
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir(),
+                           description="where batch jobs keep their state (jobs.sqlite3) and files "
+                                       "(default: $XDG_DATA_HOME/lieprop or ~/.local/share/lieprop)")
+    max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest job upload; larger -> 413")
+    job_workers: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1) // 2), ge=1, le=256,
+                             description="processes reading and embedding a job's molecules (run at low priority)")
+    job_nice: int = Field(10, ge=0, le=19, description="CPU priority steps below normal for the job workers")
+    job_chunk_size: int = Field(1000, ge=1, le=100_000,
+                                description="rows per committed job chunk (default of the chunk_size option)")
 
     # request limits
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body; larger -> 413")
@@ -55,3 +68,8 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, ge=0,
                                       description="on SIGTERM, how long in-flight requests may take to finish")
     warmup: bool = Field(True, description="run the model and the embedding pool once before /readyz says ready")
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "lieprop"

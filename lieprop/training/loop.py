@@ -23,17 +23,11 @@ from lieprop.data.batch import featurize, size_bucketed_batches
 from lieprop.data.properties import BY_NAME
 from lieprop.data.qm9 import load_qm9, split_indices
 from lieprop.model.bundle import save_bundle
+from lieprop.model.device import pick_device
 from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import PropertyModel
 from lieprop.training.config import TrainConfig
 from lieprop.training.data import SplitData, split_data
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def network_config(cfg: TrainConfig) -> NetworkConfig:

@@ -151,13 +151,119 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# lieprop predict (the pipeline: lieprop/jobs; docs/JOBS.md)
+
+
+def add_predict(sub: Subparsers) -> None:
+    from lieprop.jobs.pipeline import DEFAULT_CHUNK_SIZE, DEFAULT_MODEL_BATCH
+
+    p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", """\
+  lieprop predict library.csv --out scores.csv                 # CSV with a 'smiles' column -> CSV
+  lieprop predict library.csv --out scores.parquet --smiles-column SMILES --id-column name
+  lieprop predict docked.sdf --out docked.jsonl --properties homo lumo gap
+  lieprop predict trajectory.extxyz --out traj.csv --workers 1
+  lieprop predict big.csv.gz --out big.parquet --resume        # after Ctrl-C or kill -9: continue where it stopped
+  lieprop predict big.csv --out big.parquet --engine ray       # on Ray (pip install 'lieprop[ray]'; RAY_ADDRESS)
+inputs: .csv (SMILES column), .smi, .sdf/.sd/.mol, .xyz/.extxyz (multi-frame), optionally .gz
+outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an error code and message""")
+    p.add_argument("input", type=Path, help="input file")
+    p.add_argument("--out", "-o", dest="output", type=Path, required=True, metavar="OUTPUT",
+                   help="output file: .csv, .jsonl or .parquet")
+    p.add_argument("--format", default=None, help="input format when the extension does not tell "
+                   "(csv, smi, sdf, mol, xyz, extxyz)")
+    p.add_argument("--smiles-column", default="smiles", metavar="NAME", help="CSV column with the SMILES "
+                   "(default: smiles; any case)")
+    p.add_argument("--id-column", default=None, metavar="NAME", help="CSV column with the row ids (default: the "
+                   "first of id, name, mol_id, molecule_id, identifier, title; else the row number)")
+    p.add_argument("--properties", nargs="+", default=None, metavar="NAME",
+                   help="properties to predict (default: all, with atomization energies)")
+    p.add_argument("--model", type=Path, default=None, metavar="PATH", help="model bundle (default: bundled)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that read and embed molecules (default: all cores); Ray: model actors")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                   help=f"rows per committed chunk, the unit of --resume (default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--model-batch", type=int, default=DEFAULT_MODEL_BATCH, metavar="N",
+                   help=f"molecules per model call (default {DEFAULT_MODEL_BATCH})")
+    p.add_argument("--max-atoms", type=int, default=None, metavar="N",
+                   help="atoms per molecule, hydrogens included (default: QM9's 29); more -> too_many_atoms")
+    p.add_argument("--device", default="cpu", help="model device: cpu, cuda, cuda:1, auto (default cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default) or ray (Ray Data; joins RAY_ADDRESS / --ray-address, else starts Ray here)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join (default RAY_ADDRESS)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT, or discard an interrupted run")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from lieprop.data.elements import QM9_MAX_ATOMS
+    from lieprop.inference import ModelNotFoundError, UnknownPropertyError, load_model
+    from lieprop.jobs.output import NothingToResume, OutputError
+    from lieprop.jobs.pipeline import ScoreOptions, score_file
+    from lieprop.model.bundle import BundleError
+
+    def fail(message: object) -> int:
+        print(f"lieprop predict: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        options = ScoreOptions(format=args.format, smiles_column=args.smiles_column, id_column=args.id_column,
+                               properties=args.properties, chunk_size=args.chunk_size, model_batch=args.model_batch,
+                               max_atoms=args.max_atoms or QM9_MAX_ATOMS)
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        bundle = load_model(args.model)
+    except (ValueError, ModelNotFoundError, BundleError) as exc:
+        return fail(exc)
+    engine = None
+    if args.engine == "ray":
+        from lieprop.inference import default_model_path
+        from lieprop.jobs.ray_engine import RayEngine
+
+        try:
+            engine = RayEngine(args.model or default_model_path(), address=args.ray_address, workers=args.workers)
+        except ImportError as exc:
+            return fail(exc)
+    else:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            bundle.model.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            return fail(f"cannot use device {device!r}: {exc}")
+    try:
+        summary = score_file(args.input, args.output, options, model=bundle, engine=engine, workers=args.workers,
+                             resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet)
+    except NothingToResume as exc:
+        if not args.quiet:
+            print(f"lieprop predict: {exc}", file=sys.stderr)
+        return 0
+    except (FileNotFoundError, ValueError, UnknownPropertyError, OutputError) as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        print(f"\nlieprop predict: interrupted; the completed chunks are saved in {args.output}.partial/; run the "
+              "same command with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        if engine is not None:
+            engine.shutdown()
+    if not args.quiet:
+        print(summary.format(), file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # lieprop train, lieprop evaluate: lieprop/training/commands.py
-# lieprop predict    -> add `add_predict(sub)` + `run_predict(args)` here and list add_predict in COMMANDS
-#                       (lieprop.inference.predict / parse_items give per-item results like REST)
 # --------------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_train, add_evaluate]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_predict, add_train, add_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

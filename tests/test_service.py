@@ -76,7 +76,7 @@ def start_server(tmp: Path, bundle: Path, *extra: str, env: dict[str, str] | Non
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     cmd = [sys.executable, "-m", "lieprop.cli", "serve", "--model", str(bundle), "--port", str(port),
-           "--workers-embed", "1", "--model-threads", "1", *extra]
+           "--workers-embed", "1", "--model-threads", "1", "--data-dir", str(tmp / "data"), *extra]
     process = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", process, log_path, bundle)

@@ -116,6 +116,7 @@ class DynamicBatcher:
         self._incoming = incoming
         self._queues: tuple[deque[_Entry], ...] = tuple(deque() for _ in Priority)
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._background_calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._closing = False
@@ -171,13 +172,19 @@ class DynamicBatcher:
         """:meth:`submit_nowait` for asyncio: awaits the outcomes; cancelling the awaiting task drops the work."""
         return await asyncio.wrap_future(self.submit_nowait(molecules, priority))
 
-    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
-        """Run ``fn`` on the worker thread between batches (warm-up, reloading); the future gets its result."""
+    def call(self, fn: Callable[[], Any], priority: Priority = Priority.INTERACTIVE) -> concurrent.futures.Future:
+        """Run ``fn`` on the worker thread between batches; the future gets its result.
+
+        ``INTERACTIVE`` calls (warm-up, reloading) go before any queued molecule. ``BACKGROUND`` calls (batch
+        jobs running the model on a group of molecules) wait until no interactive molecule is queued, so a job
+        delays an interactive request by at most the one call that is running when it arrives.
+        """
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the model worker is shutting down")
-            self._calls.append((fn, future))
+            calls = self._calls if priority is Priority.INTERACTIVE else self._background_calls
+            calls.append((fn, future))
             self._cond.notify()
         return future
 
@@ -224,6 +231,9 @@ class DynamicBatcher:
                 return None, Priority.INTERACTIVE, self._calls.popleft()
             self._drop_cancelled()
             queue, priority = self._most_urgent()
+            if (self._background_calls and (queue is None or priority is Priority.BACKGROUND)
+                    and not (self._closing and not self._drain)):
+                return None, Priority.BACKGROUND, self._background_calls.popleft()
             if queue is None:
                 if self._closing:
                     return None, Priority.INTERACTIVE, None
@@ -324,8 +334,9 @@ class DynamicBatcher:
             entries = [e for q in self._queues for e in q]
             for q in self._queues:
                 q.clear()
-            calls = list(self._calls)
+            calls = list(self._calls) + list(self._background_calls)
             self._calls.clear()
+            self._background_calls.clear()
         for entry in entries:
             if not entry.ticket.future.done():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):

@@ -40,6 +40,9 @@ class ServiceMetrics:
         self.embedding = Histogram("lieprop_embedding_duration_seconds",
                                    "Time to build one 3D conformer from a SMILES or 2D MOL block (seconds)",
                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.jobs = Counter("lieprop_jobs", "Batch jobs finished, by final state", ["state"], registry=r)
+        self.job_rows = Counter("lieprop_job_rows", "Batch job rows written, by outcome (ok/error) and error code",
+                                ["outcome", "code"], registry=r)
         self.ready = Gauge("lieprop_ready", "1 when the model is loaded and warm", registry=r)
         self.model = Gauge("lieprop_model_info", "The served model (value 1)", ["name", "version", "sha256"],
                            registry=r)

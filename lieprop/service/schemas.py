@@ -111,7 +111,8 @@ class PropertiesResponse(BaseModel):
 class ErrorBody(BaseModel):
     code: str = Field(description="invalid_json, invalid_request, unknown_property, unknown_model, body_too_large, "
                                   "too_many_molecules, unauthorized, not_found, method_not_allowed, overloaded, "
-                                  "shutting_down, timeout, internal_error")
+                                  "shutting_down, timeout, internal_error; jobs: invalid_job, invalid_upload, "
+                                  "not_ready, job_not_succeeded, gone")
     message: str
     details: list[dict[str, Any]] | None = None
 

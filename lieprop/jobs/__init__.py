@@ -1,0 +1,27 @@
+"""Batch scoring: whole files of molecules, streamed in chunks, resumable, on this machine or on Ray.
+
+``lieprop predict INPUT --out OUTPUT`` (:mod:`lieprop.cli`), ``POST /v1/jobs`` (:mod:`lieprop.service.jobs`) and
+:func:`score_file` run the same pipeline (:mod:`lieprop.jobs.pipeline`): raw records from the input
+(:mod:`~lieprop.jobs.records`), parsed in worker processes, scored by the model a chunk at a time, written to a
+result file that a killed run resumes (:mod:`~lieprop.jobs.output`). :mod:`~lieprop.jobs.ray_engine` runs it on
+Ray; :mod:`~lieprop.jobs.store` keeps the REST jobs in SQLite. Worker processes import this package to unpickle
+their tasks, so it stays light: names load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["LocalEngine", "RayEngine", "ScoreOptions", "Summary", "score_file"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("LocalEngine", "ScoreOptions", "Summary", "score_file"):
+        from lieprop.jobs import pipeline
+
+        return getattr(pipeline, name)
+    if name == "RayEngine":
+        from lieprop.jobs.ray_engine import RayEngine
+
+        return RayEngine
+    raise AttributeError(f"module 'lieprop.jobs' has no attribute {name!r}")

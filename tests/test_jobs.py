@@ -1,0 +1,504 @@
+"""Batch scoring: ``lieprop predict`` (streaming, resumable), REST jobs (real uvicorn, restarts) and the Ray engine."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from crashing_parser import parse_or_crash
+from test_service import make_tiny_bundle, start_server
+
+import lieprop
+from lieprop.cli import main as cli
+from lieprop.jobs.output import OutputError
+from lieprop.jobs.pipeline import ScoreOptions, score_file
+
+DATA = Path(__file__).parent / "data"
+PROPS = ["homo", "gap", "u0", "u0_atomization", "cv"]
+# QM9-like molecules (H, C, N, O, F; at most 9 heavy atoms), all different, so that no embedding is cached.
+_DISTINCT_TEXT = """
+C N O CC CO C=O CN C#N CC#C CC=O CCO CCN COC CC#N NC=O OC=O CC(C)C CC(C)O CC(=O)C CC(=O)O CC(=O)N
+CCCO CCCN COCC OCCO NCCN NCCO CC(N)=O CN(C)C C1CC1 C1CO1 C1CN1 C1CCC1 C1COC1 C1CCO1 C1CCCC1
+C1CCOC1 C1CCNC1 C1CCCCC1 C1CCOCC1 C1COCCO1 c1ccccc1 c1ccncc1 c1ccoc1 c1cc[nH]c1 c1cnoc1 c1ncncn1
+Cc1ccccc1 Oc1ccccc1 Nc1ccccc1 Fc1ccccc1 Cc1ccncc1 Oc1ccncc1 Cc1ccoc1 Cc1cc[nH]c1
+CC(C)(C)O CC(C)(C)N CC(C)(C)C CCC(C)=O CCC(=O)O CCC(N)=O CCOC=O COC(C)=O CC(O)CO OCC(O)CO
+CC1CC1 CC1CO1 OC1CC1 NC1CC1 C#CC1CC1 CC1(C)CC1 OCC1CC1 CC#CC CC#CCO N#CCC#N O=CC=O FC(F)F FCC(F)F
+CCCCC CCCCO CCCCN CCCC=O CCOCC CCNCC CC(C)CO CC(C)CN O=C1CCC1 O=C1CCO1 O=C1NCC1 O=C1CCCC1 C=CC=C
+"""
+DISTINCT = _DISTINCT_TEXT.split()
+#: (id, SMILES, expected error code or None): valid, invalid and out-of-domain rows.
+MIXED = [
+    ("ethanol", "CCO", None), ("benzene", "c1ccccc1", None), ("ring-not-closed", "C1CC", "invalid_smiles"),
+    ("ammonium", "[NH4+]", "charged_molecule"), ("chloroethane", "CCCl", "unsupported_element"),
+    ("decane", "CCCCCCCCCC", "too_many_atoms"), ("two-pieces", "C.O", "invalid_smiles"), ("empty", "", "empty_input"),
+    ("water", "O", None), ("sodium", "[Na]", "unsupported_element"), ("acetic acid", "CC(=O)O", None),
+    ("not smiles", "hello world", "invalid_smiles"), ("fluoro", "FC(F)F", None),
+]
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny.pt")
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("name", "smiles")) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def mixed_csv(path: Path) -> Path:
+    return write_csv(path, [(ident, smiles) for ident, smiles, _ in MIXED])
+
+
+def distinct_csv(path: Path, n: int) -> Path:
+    rows = []
+    for i in range(n):
+        rows.append((f"m{i}", DISTINCT[i % len(DISTINCT)] if i % 7 else "C1CC"))  # every 7th row fails
+    return write_csv(path, rows)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lieprop.cli", "predict", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err
+
+
+# --------------------------------------------------------------------------------------------------
+# lieprop predict
+
+
+def test_every_input_row_gets_one_output_row_in_order(tmp_path, bundle_path, capsys):
+    source = mixed_csv(tmp_path / "mixed.csv")
+    assert cli(["predict", str(source), "--out", str(tmp_path / "out.csv"), "--model", str(bundle_path),
+                "--workers", "2", "--chunk-size", "4", "--properties", *PROPS]) == 0
+    rows = read_rows(tmp_path / "out.csv")
+    assert [r["index"] for r in rows] == [str(i) for i in range(len(MIXED))]
+    assert [(r["id"], r["smiles"]) for r in rows] == [(i, s) for i, s, _ in MIXED]
+    assert [r["error"] or None for r in rows] == [code for _, _, code in MIXED]
+    for row, (_, _, code) in zip(rows, MIXED, strict=True):
+        assert row["ok"] == ("false" if code else "true")
+        assert bool(row["error_message"]) == bool(code)
+        assert all(bool(row[f"{p} [{u}]"]) != bool(code) for p, u in
+                   [("homo", "eV"), ("gap", "eV"), ("u0", "eV"), ("u0_atomization", "eV"), ("cv", "cal/(mol K)")])
+    err = capsys.readouterr().err
+    assert "scoring" in err and "mol/s" in err  # the tqdm bar: rate (and ETA once the total is known)
+    summary = err[err.index("done: 13 rows"):].splitlines()
+    counts = {line.split()[0]: int(line.split()[1]) for line in summary[1:-1]}
+    assert counts == {"ok": 5, "failed": 8, "invalid_smiles": 3, "unsupported_element": 2, "charged_molecule": 1,
+                      "too_many_atoms": 1, "empty_input": 1}
+    assert "rows/s" in summary[-1] and "peak memory" in summary[-1]
+
+
+def test_csv_jsonl_and_parquet_carry_the_same_values(tmp_path, bundle_path):
+    import pyarrow.parquet as pq
+
+    source = mixed_csv(tmp_path / "mixed.csv")
+    for ext in ("csv", "jsonl", "parquet"):
+        assert cli(["predict", str(source), "--out", str(tmp_path / f"out.{ext}"), "--model", str(bundle_path),
+                    "--workers", "1", "--properties", *PROPS, "-q"]) == 0
+    flat = read_rows(tmp_path / "out.csv")
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert len(flat) == len(lines) == len(table) == len(MIXED)
+    assert pq.read_schema(tmp_path / "out.parquet").field("homo [eV]").metadata == {b"unit": b"eV",
+                                                                                     b"property": b"homo"}
+    for c, j, p in zip(flat, lines, table, strict=True):
+        assert int(c["index"]) == j["index"] == p["index"] and c["id"] == j["id"] == p["id"]
+        if j["ok"]:
+            for name in PROPS:
+                unit = j["properties"][name]["unit"]
+                assert float(c[f"{name} [{unit}]"]) == j["properties"][name]["value"] == p[f"{name} [{unit}]"]
+        else:
+            assert c["error"] == j["error"]["code"] == p["error"]
+            assert c["error_message"] == j["error"]["message"] == p["error_message"]
+
+
+def test_xyz_and_sdf_inputs_match_the_readers(tmp_path, bundle_path):
+    from lieprop.data.readers import read_file
+
+    for name in ("multi_broken.extxyz", "multi_one_bad.sdf"):
+        out = tmp_path / f"{name}.jsonl"
+        assert cli(["predict", str(DATA / name), "--out", str(out), "--model", str(bundle_path), "--workers", "2",
+                    "--properties", "homo", "-q"]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        items = list(read_file(DATA / name))
+        assert [(r["index"], r["id"], r["ok"]) for r in rows] == [(i.index, i.id, i.ok) for i in items]
+        assert [r["error"] for r in rows if not r["ok"]] == [i.error.to_dict() for i in items if not i.ok]
+
+
+def test_existing_output_and_mismatched_resume_are_refused(tmp_path, bundle_path, capsys):
+    source = mixed_csv(tmp_path / "mixed.csv")
+    out = tmp_path / "out.csv"
+    args = ["predict", str(source), "--out", str(out), "--model", str(bundle_path), "--workers", "1", "-q"]
+    assert cli(args) == 0
+    assert cli(args) == 2 and "exists; add --overwrite" in capsys.readouterr().err
+    assert cli([*args, "--resume"]) == 0 and "nothing to resume" not in capsys.readouterr().err  # quiet
+    assert cli([*args, "--overwrite"]) == 0
+    # an interrupted run: stopped after one chunk
+    summary = score_file(source, tmp_path / "part.csv", ScoreOptions(chunk_size=4), model=bundle_path,
+                         workers=1, should_stop=lambda: True)
+    assert not summary.complete and summary.counts.rows == 4
+    with pytest.raises(OutputError, match="add --resume"):
+        score_file(source, tmp_path / "part.csv", ScoreOptions(chunk_size=4), model=bundle_path, workers=1)
+    with pytest.raises(OutputError, match="chunk_size"):
+        score_file(source, tmp_path / "part.csv", ScoreOptions(chunk_size=5), model=bundle_path, workers=1,
+                   resume=True)
+    assert cli(["predict", str(source), "--out", str(tmp_path / "x.txt"), "--model", str(bundle_path)]) == 2
+    assert "output format" in capsys.readouterr().err
+    assert cli(["predict", str(source), "--out", str(tmp_path / "y.csv"), "--smiles-column", "smi",
+                "--model", str(bundle_path)]) == 2
+    assert "no column 'smi'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet"])
+def test_resume_drops_a_half_written_chunk(tmp_path, bundle_path, ext):
+    """A run dies after committing 2 chunks and while writing the 3rd: resuming gives the uninterrupted file."""
+    source = distinct_csv(tmp_path / "in.csv", 40)
+    options = ScoreOptions(chunk_size=6, properties=tuple(PROPS))
+    whole = tmp_path / f"whole.{ext}"
+    score_file(source, whole, options, model=bundle_path, workers=1)
+    out = tmp_path / f"out.{ext}"
+    chunks = iter(range(100))
+    stopped = score_file(source, out, options, model=bundle_path, workers=1, should_stop=lambda: next(chunks) == 1)
+    assert (stopped.complete, stopped.counts.rows) == (False, 12)
+    work = tmp_path / f"out.{ext}.partial"
+    if ext == "csv":
+        with open(work / "data", "ab") as f:
+            f.write(b"12,m12,CC,true,0.1,0.2")  # the chunk being written when the process died
+    else:
+        (work / "part-00000002.parquet.tmp").write_bytes(b"PAR1 half a file")
+    done = score_file(source, out, options, model=bundle_path, workers=2, resume=True)
+    assert done.complete and done.resumed_from == 12 and done.counts.rows == 40
+    assert out.read_bytes() == whole.read_bytes()
+    assert not work.exists()
+
+
+def _wait_for_chunks(process: subprocess.Popen, progress: Path, chunks: int) -> int:
+    """Poll a running ``lieprop predict``'s progress file until ``chunks`` chunks are committed; rows done."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(progress.read_text())
+            if state["chunks_done"] >= chunks:
+                return state["rows_done"]
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        assert process.poll() is None, f"the run ended before it could be interrupted: {process.communicate()}"
+        time.sleep(0.01)
+    raise AssertionError("no progress")
+
+
+def test_ctrl_c_and_kill_9_then_resume_give_the_same_file(tmp_path, bundle_path, capsys):
+    source = distinct_csv(tmp_path / "in.csv", 90)
+    common = ["--model", str(bundle_path), "--chunk-size", "6", "--properties", *PROPS, "--no-progress"]
+    whole = tmp_path / "whole.csv"
+    assert cli(["predict", str(source), "--out", str(whole), *common, "--workers", "1", "-q"]) == 0
+    out = tmp_path / "out.csv"
+    progress = tmp_path / "out.csv.partial" / "progress.json"
+
+    def ctrl_c_after_two_chunks() -> None:  # a real SIGINT to this process, as a terminal's Ctrl-C sends
+        while not progress.exists() or json.loads(progress.read_text())["chunks_done"] < 2:
+            time.sleep(0.005)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_after_two_chunks, daemon=True).start()
+    assert cli(["predict", str(source), "--out", str(out), *common, "--workers", "2"]) == 130
+    err = capsys.readouterr().err
+    assert "--resume" in err and "Traceback" not in err
+    ctrl_c_rows = json.loads(progress.read_text())["rows_done"]
+
+    second = run_cli(str(source), "--out", str(out), *common, "--workers", "1", "--resume")
+    killed_after = _wait_for_chunks(second, progress, ctrl_c_rows // 6 + 3)
+    second.send_signal(signal.SIGKILL)  # kill -9: no chance to clean up
+    second.communicate()
+    assert second.returncode == -signal.SIGKILL and not out.exists()
+    killed_at = json.loads(progress.read_text())["rows_done"]
+    assert 12 <= ctrl_c_rows < killed_after <= killed_at < 90
+
+    code, err = finish(run_cli(str(source), "--out", str(out), *common, "--workers", "1", "--resume"))
+    assert code == 0, err
+    assert f"resumed after {killed_at:,} rows" in err and "done: 90 rows" in err
+    assert out.read_bytes() == whole.read_bytes()
+    assert not (tmp_path / "out.csv.partial").exists()
+
+
+def _library_csv(path: Path, n: int, valid_every: int) -> Path:
+    """``n`` rows of repeated small SMILES: one valid row in ``valid_every``, the rest fail quickly (the embedding
+    of a repeated SMILES is cached, so the run measures streaming, not RDKit)."""
+    bad = ["CCl", "C1CC", "[NH4+]", "", "CC[Si]", "C.C", "[Na+].[Cl-]", "OCl"]
+    good = ["C", "O", "N", "CC", "CO", "C=O", "C#N", "CCO", "CC=O", "OC=O"]
+    with open(path, "w") as f:
+        f.write("id,smiles\n")
+        for i in range(n):
+            smiles = good[(i // valid_every) % len(good)] if i % valid_every == 0 else bad[i % len(bad)]
+            f.write(f"row-{i},{smiles}\n")
+    return path
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB: its resident memory now and its peak so far. (Not ``wait4``'s
+    ``ru_maxrss``: Linux carries the forking parent's peak over ``exec`` into it.)"""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+@pytest.mark.parametrize("rows, valid_every, ext", [
+    pytest.param(200_000, 10_000, "parquet", id="200k-rows-fast"),
+    pytest.param(200_000, 1, "csv", id="200k-rows-all-valid", marks=pytest.mark.slow),  # ~10 min on 2 cores
+])
+def test_memory_stays_bounded_on_a_200k_row_csv(tmp_path, bundle_path, rows, valid_every, ext):
+    """Resident memory while 10% and 90% of the rows are written, and the peak of the whole run (Parquet: the
+    final merge of the chunk files adds one row group's worth, whatever the number of rows)."""
+    source = _library_csv(tmp_path / "library.csv", rows, valid_every)
+    out = tmp_path / f"out.{ext}"
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "lieprop.cli", "predict", str(source), "--out", str(out),
+                                    "--model", str(bundle_path), "--workers", "1", "--properties", "homo", "gap"],
+                                   stderr=stderr)
+    progress = tmp_path / f"out.{ext}.partial" / "progress.json"
+    at: dict[int, float] = {}
+    peak = 0.0
+    while process.poll() is None:
+        try:
+            rss, peak = _memory_mb(process.pid)
+            done = json.loads(progress.read_text())["rows_done"]
+            for mark in (rows // 10, rows * 9 // 10):
+                if done >= mark and mark not in at:
+                    at[mark] = rss
+        except (OSError, ValueError, KeyError):  # not started yet, or just exited
+            pass
+        time.sleep(0.02)
+    assert process.returncode == 0, log.read_text()
+    early, late = at[rows // 10], at[rows * 9 // 10]
+    print(f"RSS at {rows // 10:,} rows {early:.0f} MB, at {rows * 9 // 10:,} rows {late:.0f} MB; peak {peak:.0f} MB")
+    assert late - early < 20, "memory grows with the number of rows"
+    assert peak - early < 100 and peak < 1024
+    reported = float(log.read_text().rsplit("peak memory", 1)[1].split()[0].replace(",", ""))
+    assert abs(reported - peak) < 20  # the summary's own figure
+    if ext == "csv":
+        with open(out) as f:
+            assert sum(1 for _ in f) == rows + 1
+    else:
+        import pyarrow.parquet as pq
+
+        assert pq.read_metadata(out).num_rows == rows
+
+
+def test_a_worker_crash_fails_only_its_records(tmp_path, bundle_path, monkeypatch):
+    """If a worker process dies (RDKit crash, OOM kill), the pool is replaced and only the culprit fails."""
+    import lieprop.jobs.pipeline as pipeline
+    from lieprop.jobs.pipeline import LocalEngine
+
+    smiles = ["CCO", "CRASH", "O", "CC"] * 2 + ["C", "CN", "N", "CC"] * 3
+    source = write_csv(tmp_path / "in.csv", [(f"m{i}", s) for i, s in enumerate(smiles)])
+    monkeypatch.setattr(pipeline, "parse_records", parse_or_crash)
+    model = lieprop.inference.load_model(bundle_path)
+    engine = LocalEngine(model.model.predict, workers=2)
+    out = tmp_path / "out.jsonl"
+    summary = score_file(source, out, ScoreOptions(chunk_size=8), model=model, engine=engine)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary.counts.rows == 20 and [r["index"] for r in rows] == list(range(20))
+    assert [r["ok"] for r in rows] == [s != "CRASH" for s in smiles]
+    assert {r["error"]["code"] for r in rows if not r["ok"]} == {"embedding_failed"}
+
+
+# --------------------------------------------------------------------------------------------------
+# REST jobs
+
+
+def upload(client: httpx.Client, path: Path, **options) -> dict:
+    with open(path, "rb") as f:
+        response = client.post("/v1/jobs", files={"file": (path.name, f)},
+                               data={k: ",".join(v) if isinstance(v, list) else str(v) for k, v in options.items()})
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+    return response.json()
+
+
+def wait_for(client: httpx.Client, job_id: str, condition, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if condition(job):
+            return job
+        assert job["state"] not in ("failed", "cancelled") or condition(job), job
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; job: {job}")
+
+
+@pytest.fixture(scope="module")
+def job_server(tmp_path_factory, bundle_path):
+    tmp = tmp_path_factory.mktemp("jobs-server")
+    s = start_server(tmp, bundle_path, "--data-dir", str(tmp / "data"), "--job-workers", "1", "--job-nice", "0")
+    yield s
+    s.stop()
+
+
+def test_cli_rest_job_and_library_give_identical_values(tmp_path, bundle_path, job_server):
+    source = mixed_csv(tmp_path / "mixed.csv")
+    assert cli(["predict", str(source), "--out", str(tmp_path / "cli.csv"), "--model", str(bundle_path),
+                "--properties", *PROPS, "-q"]) == 0
+    assert cli(["predict", str(source), "--out", str(tmp_path / "cli.jsonl"), "--model", str(bundle_path),
+                "--properties", *PROPS, "-q"]) == 0
+    library = lieprop.predict([{"id": i, "smiles": s} for i, s, _ in MIXED], properties=PROPS, model=bundle_path)
+    with httpx.Client(base_url=job_server.base_url, timeout=60) as client:
+        job = upload(client, source, properties=PROPS)
+        assert job["state"] == "queued" and job["input"] == {"filename": "mixed.csv", "format": "csv", "bytes":
+                                                             source.stat().st_size}
+        job = wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
+        assert job["progress"]["rows_done"] == job["progress"]["rows_total"] == len(MIXED)
+        assert job["counts"]["ok"] == 5 and job["counts"]["errors"]["invalid_smiles"] == 3
+        rest_csv = client.get(job["links"]["results"], params={"format": "csv"})
+        rest_jsonl = client.get(job["links"]["results"])
+    assert rest_csv.headers["content-type"].startswith("text/csv")
+    assert rest_csv.content == (tmp_path / "cli.csv").read_bytes()
+    assert rest_jsonl.content == (tmp_path / "cli.jsonl").read_bytes()
+    rows = [json.loads(line) for line in rest_jsonl.text.splitlines()]
+    assert [{k: v for k, v in r.items() if k not in ("index", "smiles")} for r in rows] == \
+        json.loads(json.dumps(library["results"]))
+
+
+def test_rest_job_errors_cancel_and_list(tmp_path, job_server):
+    source = distinct_csv(tmp_path / "in.csv", 300)
+    with httpx.Client(base_url=job_server.base_url, timeout=60) as client:
+        bad = client.post("/v1/jobs", files={"file": ("in.csv", source.read_bytes())}, data={"smiles_column": "smi"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_job"
+        bad = client.post("/v1/jobs", files={"file": ("in.csv", b"smiles\nC\n")}, data={"properties": "colour"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "unknown_property"
+        bad = client.post("/v1/jobs", content=b"smiles\nC\n")  # raw body without a format
+        assert bad.status_code == 422 and "format" in bad.json()["error"]["message"]
+        assert client.get("/v1/jobs/nope").status_code == 404
+        raw = client.post("/v1/jobs", params={"format": "extxyz", "properties": "homo"},
+                          content=(DATA / "multi_broken.extxyz").read_bytes())
+        assert raw.status_code == 202
+        job = upload(client, source, chunk_size=10)
+        running = wait_for(client, job["id"], lambda j: j["progress"]["rows_done"] >= 10)
+        assert client.get(f"/v1/jobs/{job['id']}/results").status_code == 409
+        start = time.perf_counter()  # interactive requests go before the job's model calls
+        answer = client.post("/v1/predict", json={"molecules": [{"smiles": "CCO"}, {"smiles": "CCN"}]})
+        assert answer.status_code == 200 and time.perf_counter() - start < 10
+        cancelled = client.delete(f"/v1/jobs/{job['id']}").json()
+        assert cancelled["state"] == "cancelled" and running["state"] == "running"
+        assert client.get(f"/v1/jobs/{job['id']}/results").status_code == 410
+        wait_for(client, raw.json()["id"], lambda j: j["state"] == "succeeded")
+        listed = client.get("/v1/jobs").json()["jobs"]
+        assert [j["id"] for j in listed][:2] == [job["id"], raw.json()["id"]]
+        metrics = client.get("/metrics").text
+        assert 'lieprop_jobs_total{state="cancelled"}' in metrics and "lieprop_job_rows_total" in metrics
+        assert 'lieprop_batch_size_count{priority="background"}' in metrics
+
+
+def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle_path):
+    source = distinct_csv(tmp_path / "in.csv", 60)
+    whole = tmp_path / "whole.csv"
+    score_file(source, whole, ScoreOptions(chunk_size=6, properties=("homo", "gap")), model=bundle_path, workers=1)
+    args = ("--data-dir", str(tmp_path / "data"), "--job-workers", "1", "--job-nice", "0")
+    first = start_server(tmp_path, bundle_path, *args)
+    try:
+        with httpx.Client(base_url=first.base_url, timeout=60) as client:
+            job = upload(client, source, chunk_size=6, properties="homo,gap")
+            wait_for(client, job["id"], lambda j: j["progress"]["rows_done"] >= 18)
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+    second = start_server(tmp_path, bundle_path, *args)
+    try:
+        with httpx.Client(base_url=second.base_url, timeout=60) as client:
+            done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
+            assert done["attempts"] == 2 and done["counts"]["rows"] == 60
+            results = client.get(done["links"]["results"], params={"format": "csv"}).content
+    finally:
+        second.stop()
+    assert results == whole.read_bytes()
+    assert any(e.get("msg") == "resuming jobs" for e in second.logs())
+
+
+# --------------------------------------------------------------------------------------------------
+# The batcher gives interactive work priority
+
+
+def test_interactive_molecules_go_before_background_calls():
+    import numpy as np
+
+    from lieprop.service.batcher import DynamicBatcher, Priority
+
+    order: list[str] = []
+    gate = threading.Event()
+
+    def predict(numbers, positions):
+        order.append(f"batch{len(numbers)}")
+        return np.zeros((len(numbers), 1))
+
+    batcher = DynamicBatcher(predict, max_batch_size=8, max_wait_ms=0).start()
+    try:
+        blocker = batcher.call(gate.wait)  # hold the worker while work queues up
+        background = [batcher.call(lambda k=k: order.append(f"job{k}"), Priority.BACKGROUND) for k in range(2)]
+        interactive = batcher.submit_nowait([(np.array([1]), np.zeros((1, 3)))] * 3)
+        gate.set()
+        for f in [blocker, *background, interactive]:
+            f.result(10)
+    finally:
+        batcher.close()
+    assert order == ["batch3", "job0", "job1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside Ray Data
+def test_ray_engine_equals_the_local_engine(tmp_path, bundle_path):
+    pytest.importorskip("ray.data")
+    from lieprop.jobs.ray_engine import RayEngine
+
+    source = distinct_csv(tmp_path / "in.csv", 60)
+    options = ScoreOptions(chunk_size=8, properties=tuple(PROPS))
+    local = tmp_path / "local.csv"
+    score_file(source, local, options, model=bundle_path, workers=1)
+    engine = RayEngine(bundle_path, workers=2, window_chunks=3)
+    try:
+        summary = score_file(source, tmp_path / "ray.csv", options, model=bundle_path, engine=engine)
+        xyz = score_file(DATA / "multi_broken.extxyz", tmp_path / "ray.jsonl", options, model=bundle_path,
+                         engine=engine)
+    finally:
+        engine.shutdown()
+    assert summary.complete and summary.engine == "ray" and xyz.counts.rows == 4
+    assert (tmp_path / "ray.csv").read_bytes() == local.read_bytes()
+    score_file(DATA / "multi_broken.extxyz", tmp_path / "local.jsonl", options, model=bundle_path, workers=1)
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+
+
+def test_csv_stream_helper_reads_back():
+    """The REST CSV conversion keeps quoting of awkward cells (commas, quotes, newlines)."""
+    from lieprop.inference import Column
+    from lieprop.jobs.output import Table, json_line, jsonl_to_csv
+
+    table = Table((Column("homo", "eV", 2, False),), with_smiles=True)
+    row = {"index": 0, "id": 'a,"b"\nc', "smiles": "C", "ok": False,
+           "error": {"code": "invalid_smiles", "message": "x, y"}}
+    text = b"".join(jsonl_to_csv([json_line(row)], table)).decode()
+    [back] = list(csv.DictReader(io.StringIO(text)))
+    assert back["id"] == 'a,"b"\nc' and back["error_message"] == "x, y" and back["homo [eV]"] == ""

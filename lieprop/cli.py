@@ -186,7 +186,8 @@ outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an err
                    help=f"molecules per model call (default {DEFAULT_MODEL_BATCH})")
     p.add_argument("--max-atoms", type=int, default=None, metavar="N",
                    help="atoms per molecule, hydrogens included (default: QM9's 29); more -> too_many_atoms")
-    p.add_argument("--device", default="cpu", help="model device: cpu, cuda, cuda:1, auto (default cpu)")
+    p.add_argument("--device", default="auto", help="model device: auto (CUDA when present, else CPU), cpu, cuda, "
+                   "cuda:1")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local (default) or ray (Ray Data; joins RAY_ADDRESS / --ray-address, else starts Ray here)")
@@ -230,13 +231,14 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         import torch
 
+        from lieprop.model.device import pick_device
+
         if args.threads:
             torch.set_num_threads(args.threads)
-        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            bundle.model.to(device)
-        except (RuntimeError, AssertionError) as exc:
-            return fail(f"cannot use device {device!r}: {exc}")
+            bundle.model.to(pick_device(args.device))
+        except (RuntimeError, ValueError) as exc:
+            return fail(f"cannot use device {args.device!r}: {exc}")
     try:
         summary = score_file(args.input, args.output, options, model=bundle, engine=engine, workers=args.workers,
                              resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet)

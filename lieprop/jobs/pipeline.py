@@ -458,7 +458,7 @@ def _bar(enabled: bool, initial: int) -> Any:
 
     from tqdm import tqdm
 
-    return tqdm(total=None, initial=initial, unit=" mol", unit_scale=True, dynamic_ncols=True, smoothing=0.1,
+    return tqdm(total=None, initial=initial, unit=" mol", dynamic_ncols=True, smoothing=0.1,
                 mininterval=0.2 if sys.stderr.isatty() else 5.0, desc="scoring", file=sys.stderr)
 
 

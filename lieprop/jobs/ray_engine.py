@@ -141,7 +141,8 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # lieprop's own bar counts rows
-        context.print_on_execution_start = False
+        if hasattr(context, "print_on_execution_start"):  # Ray >= 2.4x
+            context.print_on_execution_start = False
         cpus = max(1, int(resources.get("CPU", 1)))
         gpus = int(resources.get("GPU", 0))
         per_actor = self.gpus_per_actor if self.gpus_per_actor is not None else (1.0 if gpus else 0.0)

@@ -183,7 +183,7 @@ def read_xyz(source: Source, *, limits: ValidationLimits = DEFAULT_LIMITS, text:
     symbols are accepted. The id is the extxyz ``id``/``name`` key, else the comment line when it is a
     single word (``gdb 17 ...`` QM9 comments give ``gdb_17``), else the frame index.
     """
-    return _read_records(_resolve(source, text), _split_xyz_frames, _xyz_item, limits, "XYZ frame")
+    return _read_records(_resolve(source, text), split_xyz_frames, xyz_item, limits, "XYZ frame")
 
 
 def read_sdf(
@@ -202,9 +202,9 @@ def read_sdf(
     blocks), ``empty_input``, and :func:`validate`'s.
     """
     def item(index: int, block: str, lim: ValidationLimits) -> Item:
-        return _sdf_item(index, block, lim, seed)
+        return sdf_item(index, block, lim, seed)
 
-    return _read_records(_resolve(source, text), _split_sdf_records, item, limits, "SDF record")
+    return _read_records(_resolve(source, text), split_sdf_records, item, limits, "SDF record")
 
 
 def read_smi(source: Source, *, text: bool | None = None) -> Iterator[SmilesRecord]:
@@ -213,7 +213,7 @@ def read_smi(source: Source, *, text: bool | None = None) -> Iterator[SmilesReco
     resolved = _resolve(source, text)
 
     def records() -> Iterator[SmilesRecord]:
-        with _open_text(resolved) as handle:
+        with open_text(resolved) as handle:
             index = 0
             for line in handle:
                 stripped = line.strip()
@@ -244,7 +244,7 @@ def read_smiles_csv(
     (-> ``empty_input`` when embedded). A missing column raises ``ValueError`` at once.
     """
     resolved = _resolve(source, text)
-    with _open_text(resolved, newline="") as handle:
+    with open_text(resolved, newline="") as handle:
         header = next(csv.reader(handle), None)
     if header is None:
         raise ValueError("the CSV input is empty: expected a header row with a SMILES column")
@@ -254,7 +254,7 @@ def read_smiles_csv(
     )
 
     def records() -> Iterator[SmilesRecord]:
-        with _open_text(resolved, newline="") as handle:
+        with open_text(resolved, newline="") as handle:
             reader = csv.reader(handle)
             next(reader, None)
             index = 0
@@ -316,7 +316,7 @@ def read_file(
     supported ones; a missing file raises ``FileNotFoundError``; both before anything is read.
     """
     path = Path(path)
-    fmt = _detect_format(path) if format is None else format.lower().lstrip(".")
+    fmt = detect_format(path) if format is None else format.lower().lstrip(".")
     fmt = {"smiles": "smi", "sd": "sdf"}.get(fmt, fmt)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {format!r}; supported: {', '.join(FORMATS)}")
@@ -352,7 +352,8 @@ def _resolve(source: Source, text: bool | None) -> Path | str:
 
 
 @contextlib.contextmanager
-def _open_text(source: Path | str, newline: str | None = None) -> Iterator[TextIO]:
+def open_text(source: Path | str, newline: str | None = None) -> Iterator[TextIO]:
+    """A text handle on a file (``.gz`` decompressed, BOM dropped) or on a string's contents."""
     if isinstance(source, str):
         yield io.StringIO(source, newline=newline)
         return
@@ -361,7 +362,8 @@ def _open_text(source: Path | str, newline: str | None = None) -> Iterator[TextI
         yield handle
 
 
-def _detect_format(path: Path) -> str:
+def detect_format(path: Path) -> str:
+    """The reader format of ``path`` from its extension (``.xyz.gz`` counts as ``.xyz``); ValueError if unknown."""
     suffixes = [s.lower() for s in path.suffixes]
     ext = suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) > 1 else (suffixes[-1:] or [""])[0]
     for fmt, extensions in FORMATS.items():
@@ -383,7 +385,7 @@ def _column(header: list[str], name: str, *, required: bool) -> int | None:
     return None
 
 
-class _Record(NamedTuple):
+class RawRecord(NamedTuple):
     """One raw record cut from a text stream: its text, the line it starts on, a framing error when it
     could not be cut cleanly, and (XYZ) its comment line, which may name it."""
 
@@ -395,12 +397,12 @@ class _Record(NamedTuple):
 
 def _read_records(
     source: Path | str,
-    split: Callable[[Iterator[str]], Iterator[_Record]],
-    parse: Callable[[int, _Record, ValidationLimits], Item],
+    split: Callable[[Iterator[str]], Iterator[RawRecord]],
+    parse: Callable[[int, RawRecord, ValidationLimits], Item],
     limits: ValidationLimits,
     what: str,
 ) -> Iterator[Item]:
-    with _open_text(source) as handle:
+    with open_text(source) as handle:
         count = 0
         for index, record in enumerate(split(iter(handle))):
             count += 1
@@ -443,7 +445,7 @@ def _is_atom_line(line: str) -> bool:
     return len(line.split()) >= 4
 
 
-def _split_xyz_frames(raw: Iterator[str]) -> Iterator[_Record]:
+def split_xyz_frames(raw: Iterator[str]) -> Iterator[RawRecord]:
     """Cut a (multi-frame) XYZ stream into frames using the atom-count lines.
 
     A frame whose count line is garbled, or that has fewer or more atom lines than it declares, becomes
@@ -465,12 +467,12 @@ def _split_xyz_frames(raw: Iterator[str]) -> Iterator[_Record]:
         if not _is_count_line(header):
             resync()
             message = f"expected the atom count of a frame, got {_clip(header)}"
-            yield _Record("", start, _xyz_error(start, message))
+            yield RawRecord("", start, _xyz_error(start, message))
             continue
         n = int(header)
         comment = lines.next()
         if comment is None:
-            yield _Record("", start, _xyz_error(start, "the input ends right after the atom count"))
+            yield RawRecord("", start, _xyz_error(start, "the input ends right after the atom count"))
             return
         atoms: list[str] = []
         while len(atoms) < n and (line := lines.peek()) is not None and _is_atom_line(line):
@@ -479,7 +481,7 @@ def _split_xyz_frames(raw: Iterator[str]) -> Iterator[_Record]:
             bad = lines.peek()
             where = "the input ends" if bad is None else f"line {lines.number + 1} is {_clip(bad)}"
             resync()
-            yield _Record("", start, _xyz_error(
+            yield RawRecord("", start, _xyz_error(
                 start, f"the frame declares {n} atoms but only {len(atoms)} atom lines follow ({where})"
             ), comment)
             continue
@@ -488,14 +490,14 @@ def _split_xyz_frames(raw: Iterator[str]) -> Iterator[_Record]:
             lines.next()
             extra += 1
         if extra:
-            yield _Record("", start, _xyz_error(
+            yield RawRecord("", start, _xyz_error(
                 start, f"the frame declares {n} atoms but {n + extra} atom lines follow"
             ), comment)
             continue
-        yield _Record("".join([header, comment, *atoms]), start, None, comment)
+        yield RawRecord("".join([header, comment, *atoms]), start, None, comment)
 
 
-def _xyz_item(index: int, record: _Record, limits: ValidationLimits) -> Item:
+def xyz_item(index: int, record: RawRecord, limits: ValidationLimits) -> Item:
     ident = _id_from_comment(record.comment) if record.comment is not None else None
     fallback = ident or str(index)
     if record.error is not None:
@@ -511,7 +513,7 @@ def _xyz_item(index: int, record: _Record, limits: ValidationLimits) -> Item:
         return Item(index, fallback, error=exc)
 
 
-def _parse_xyz_frame(record: _Record) -> Any:
+def _parse_xyz_frame(record: RawRecord) -> Any:
     import ase.io
 
     lines = record.text.splitlines(keepends=True)
@@ -584,7 +586,7 @@ def _molecule_from_atoms(atoms: Any, id: str | None, provenance: dict[str, Any],
 # SDF / MOL
 
 
-def _split_sdf_records(raw: Iterator[str]) -> Iterator[_Record]:
+def split_sdf_records(raw: Iterator[str]) -> Iterator[RawRecord]:
     """Cut an SDF stream at ``$$$$`` lines; blank records are no records."""
     lines = _Lines(raw)
     block: list[str] = []
@@ -592,15 +594,15 @@ def _split_sdf_records(raw: Iterator[str]) -> Iterator[_Record]:
     while (line := lines.next()) is not None:
         if line.rstrip() == "$$$$":
             if "".join(block).strip():
-                yield _Record("".join(block) + "$$$$\n", start)
+                yield RawRecord("".join(block) + "$$$$\n", start)
             block, start = [], lines.number + 1
         else:
             block.append(line)
     if "".join(block).strip():
-        yield _Record("".join(block) + "\n$$$$\n", start)
+        yield RawRecord("".join(block) + "\n$$$$\n", start)
 
 
-def _sdf_item(index: int, record: _Record, limits: ValidationLimits, seed: int) -> Item:
+def sdf_item(index: int, record: RawRecord, limits: ValidationLimits, seed: int) -> Item:
     title = record.text.split("\n", 1)[0].strip()
     fallback = title or str(index)
     try:
@@ -614,7 +616,7 @@ def _sdf_item(index: int, record: _Record, limits: ValidationLimits, seed: int) 
         ))
 
 
-def _sdf_molecule(index: int, record: _Record, title: str, limits: ValidationLimits, seed: int) -> Molecule:
+def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationLimits, seed: int) -> Molecule:
     from rdkit import Chem, rdBase
 
     where = f"SDF record {index} (line {record.line}{', ' + repr(title) if title else ''})"

@@ -33,8 +33,8 @@ from lieprop.data.validation import MoleculeError, ValidationLimits
 KINDS = {"csv": "smiles", "smi": "smiles", "xyz": "xyz", "extxyz": "xyz", "sdf": "sdf", "mol": "sdf"}
 #: The private reader functions this module builds on (split a text stream into records; parse one record).
 _READERS = {
-    "xyz": (readers._split_xyz_frames, readers._xyz_item),
-    "sdf": (readers._split_sdf_records, readers._sdf_item),
+    "xyz": (readers.split_xyz_frames, readers.xyz_item),
+    "sdf": (readers.split_sdf_records, readers.sdf_item),
 }
 #: SMILES -> embedding outcome, per worker process: a repeated SMILES is embedded once. Exact, because embedding
 #: is seeded: the cached molecule is the one a fresh embedding would give (the id is set per row).
@@ -77,7 +77,7 @@ class Source:
     def _raw_records(self) -> Iterator[RawRecord]:
         split, _ = _READERS[self.kind]
         count = 0
-        with readers._open_text(self.path) as handle:
+        with readers.open_text(self.path) as handle:
             for index, record in enumerate(split(iter(handle))):
                 count += 1
                 yield RawRecord(index, record)
@@ -98,7 +98,7 @@ def open_source(path: str | os.PathLike, format: str | None = None, smiles_colum
     column, with a message for the user.
     """
     path = Path(path)
-    fmt = readers._detect_format(path) if format is None else format.lower().lstrip(".")
+    fmt = readers.detect_format(path) if format is None else format.lower().lstrip(".")
     fmt = {"smiles": "smi", "sd": "sdf"}.get(fmt, fmt)
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {format!r}; supported: {', '.join(FORMATS)}")

@@ -498,6 +498,7 @@ def split_xyz_frames(raw: Iterator[str]) -> Iterator[RawRecord]:
 
 
 def xyz_item(index: int, record: RawRecord, limits: ValidationLimits) -> Item:
+    """Parse and validate one XYZ frame cut by :func:`split_xyz_frames` into an :class:`Item`."""
     ident = _id_from_comment(record.comment) if record.comment is not None else None
     fallback = ident or str(index)
     if record.error is not None:
@@ -603,6 +604,7 @@ def split_sdf_records(raw: Iterator[str]) -> Iterator[RawRecord]:
 
 
 def sdf_item(index: int, record: RawRecord, limits: ValidationLimits, seed: int) -> Item:
+    """Parse and validate one MOL block cut by :func:`split_sdf_records` into an :class:`Item`."""
     title = record.text.split("\n", 1)[0].strip()
     fallback = title or str(index)
     try:

@@ -145,6 +145,9 @@ def main() -> None:
         if bs <= 32:
             specs.append({"model": "SE3", "width": 256, "batch": bs, "mode": "forward"})
             specs.append({"model": "SE3", "width": 256, "batch": bs, "mode": "train"})
+    for mode in ("forward", "train", "predict"):  # one thread can beat two on a 2-vCPU machine
+        specs.append({"model": "T3", "width": 256, "batch": 32, "mode": mode, "threads": 1})
+    specs.append({"model": "schnet", "width": 128, "batch": 32, "mode": "forward", "threads": 1})
     for bs in ((32,) if args.quick else (32, 256)):
         specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "forward"})
         specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "train"})
@@ -152,8 +155,8 @@ def main() -> None:
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')})")
     mm = matmul_gflops()
     print(f"plain matmul 2048x2048: {mm:.0f} GFLOP/s\n")
-    print("| model | width | batch | mode | mol/s | GFLOP/s | % of matmul | params (M) | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | width | batch | threads | mode | mol/s | GFLOP/s | % of matmul | params (M) | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for spec in specs:
         spec["reps"] = reps
@@ -166,10 +169,11 @@ def main() -> None:
         results.append(r)
         pct = f"{100 * r['gflops'] / mm:.0f}%" if r["gflops"] == r["gflops"] else ""
         gf = f"{r['gflops']:.0f}" if r["gflops"] == r["gflops"] else ""
-        print(f"| {r['model']} | {r['width']} | {r['batch']} | {r['mode']} | {r['mol_s']:.0f} | {gf} | {pct} | "
+        print(f"| {r['model']} | {r['width']} | {r['batch']} | {r.get('threads', 2)} | {r['mode']} | "
+              f"{r['mol_s']:.0f} | {gf} | {pct} | "
               f"{r['params_m']:.2f} | {r['peak_rss_mb']:.0f} |", flush=True)
     print("\nRatios (LieConv T3 k=256 / SchNet, same batch):")
-    by = {(r["model"], r["width"], r["batch"], r["mode"]): r["mol_s"] for r in results}
+    by = {(r["model"], r["width"], r["batch"], r["mode"]): r["mol_s"] for r in results if r.get("threads", 2) == 2}
     for bs in sorted({r["batch"] for r in results}):
         for mode in ("forward", "predict", "train"):
             ours = by.get(("T3", 256, bs, mode))

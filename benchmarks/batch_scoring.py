@@ -94,14 +94,13 @@ def write_inputs(folder: Path, n_smiles: int, n_xyz: int) -> tuple[Path, Path, s
 def stand_in_model(folder: Path) -> Path:
     import torch
 
-    from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+    from lieprop.data.properties import PROPERTY_NAMES
     from lieprop.model.bundle import save_bundle
     from lieprop.model.network import NetworkConfig
     from lieprop.model.predictor import PropertyModel
 
     torch.manual_seed(0)
-    cfg = NetworkConfig(targets=list(PROPERTY_NAMES),
-                        pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES])
+    cfg = NetworkConfig(targets=list(PROPERTY_NAMES))
     path = folder / "stand-in.pt"
     save_bundle(PropertyModel(cfg), path, "untrained-stand-in")
     return path

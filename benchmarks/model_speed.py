@@ -83,14 +83,13 @@ def run_one(spec: dict) -> dict:
                     net(z, pos, batch)
     else:
         from lieprop.data.batch import collate, featurize
-        from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+        from lieprop.data.properties import PROPERTY_NAMES
         from lieprop.model.network import NetworkConfig
         from lieprop.model.predictor import PropertyModel
 
         g = spec["model"]
         extra = {"fill": 0.5, "nbhd": 25, "lift_samples": 4} if g == "SE3" else {}
         cfg = NetworkConfig(group=g, width=spec["width"], depth=6, targets=list(PROPERTY_NAMES),
-                            pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES],
                             kernel_norm=spec.get("kernel_norm", True), **extra)
         model = PropertyModel(cfg)
         net = model.net

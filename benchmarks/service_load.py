@@ -206,15 +206,14 @@ def default_model(tmp: Path) -> Path:
         return bundled
     import torch
 
-    from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+    from lieprop.data.properties import PROPERTY_NAMES
     from lieprop.model.bundle import save_bundle
     from lieprop.model.network import NetworkConfig
     from lieprop.model.predictor import PropertyModel
 
     print(f"no bundled model at {bundled}: serving an untrained default-size bundle (same speed)", file=sys.stderr)
     torch.manual_seed(0)
-    cfg = NetworkConfig(targets=list(PROPERTY_NAMES),
-                        pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES])
+    cfg = NetworkConfig(targets=list(PROPERTY_NAMES))
     path = tmp / "untrained.pt"
     save_bundle(PropertyModel(cfg), path, "untrained-default-size")
     return path

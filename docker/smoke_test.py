@@ -165,8 +165,7 @@ from lieprop.model.bundle import save_bundle
 from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import PropertyModel
 torch.manual_seed(0)
-cfg = NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES),
-                    pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES])
+cfg = NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES))
 save_bundle(PropertyModel(cfg), sys.argv[1], "placeholder-untrained-docker-test",
             {"training": {"note": "UNTRAINED placeholder written by docker/smoke_test.py; not a real model"}})
 """

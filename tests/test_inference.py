@@ -30,8 +30,7 @@ def bundle(tmp_path_factory):
     from lieprop.model.predictor import PropertyModel
 
     torch.manual_seed(1)
-    cfg = NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES),
-                        pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES])
+    cfg = NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES))
     path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
     save_bundle(PropertyModel(cfg), path, "tiny-lib", {"test_mae": {"gap": 0.2}, "training": {"epochs": 3}})
     return path

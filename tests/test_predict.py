@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+from lieprop.data.properties import PROPERTY_NAMES
 from lieprop.model.frames import molecule_frames
 from lieprop.model.groups import random_rotations
 from lieprop.model.network import NetworkConfig
@@ -15,8 +15,7 @@ from lieprop.model.predictor import PropertyModel
 
 def model(group: str = "T3", **kw) -> PropertyModel:
     targets = list(PROPERTY_NAMES)
-    cfg = NetworkConfig(group=group, width=32, depth=2, targets=targets,
-                        pooling=["sum" if BY_NAME[t].extensive else "mean" for t in targets], **kw)
+    cfg = NetworkConfig(group=group, width=32, depth=2, targets=targets, **kw)
     torch.manual_seed(0)
     m = PropertyModel(cfg)
     # Non-trivial batch-norm statistics, as after training.

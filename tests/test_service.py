@@ -41,8 +41,7 @@ def make_tiny_bundle(path: Path) -> Path:
     from lieprop.model.predictor import PropertyModel
 
     torch.manual_seed(0)
-    cfg = NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES),
-                        pooling=["sum" if BY_NAME[t].extensive else "mean" for t in PROPERTY_NAMES])
+    cfg = NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES))
     save_bundle(PropertyModel(cfg), path, "tiny-test",
                 {"test_mae": {"homo": 0.1, "u0": 0.02}, "training": {"epochs": 1, "note": "untrained test bundle"}})
     return path

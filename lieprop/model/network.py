@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
+from lieprop.data.properties import BY_NAME
 from lieprop.model.groups import get_group
 from lieprop.model.lieconv import LieConv, Neighbourhood, neighbourhood
 from lieprop.model.norm import MaskedBatchNorm
@@ -15,7 +16,8 @@ from lieprop.model.norm import MaskedBatchNorm
 
 @dataclass
 class NetworkConfig:
-    """Sizes and choices of a :class:`LieResNet`. ``pooling[t]`` is ``"sum"`` or ``"mean"`` per target."""
+    """Sizes and choices of a :class:`LieResNet`. ``pooling[t]`` is ``"sum"`` or ``"mean"`` per target (by default
+    sum for extensive properties, whose values add up over atoms, and mean for intensive ones like HOMO)."""
 
     group: str = "T3"
     width: int = 256  # k: channels of the residual stream (the bottleneck has k/4)
@@ -29,7 +31,11 @@ class NetworkConfig:
     distance_feature: bool = True  # append the group distance of each pair to its embedding
     radial_basis: int = 0  # also append this many Gaussians of that distance (0-8 Å), a smoother kernel input
     targets: list[str] = field(default_factory=lambda: ["homo"])
-    pooling: list[str] = field(default_factory=lambda: ["mean"])
+    pooling: list[str] | None = None  # default: sum for extensive properties (energies, alpha, ...), else mean
+
+    def __post_init__(self) -> None:
+        if self.pooling is None:
+            self.pooling = ["sum" if BY_NAME[t].extensive else "mean" for t in self.targets]
 
     def to_dict(self) -> dict:
         return asdict(self)

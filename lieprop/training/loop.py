@@ -20,7 +20,6 @@ import torch
 from tqdm import tqdm
 
 from lieprop.data.batch import featurize, size_bucketed_batches
-from lieprop.data.properties import BY_NAME
 from lieprop.data.qm9 import load_qm9, split_indices
 from lieprop.model.bundle import save_bundle
 from lieprop.model.device import pick_device
@@ -35,7 +34,7 @@ def network_config(cfg: TrainConfig) -> NetworkConfig:
         group=cfg.group, width=cfg.width, depth=cfg.depth, fill=cfg.fill, nbhd=cfg.nbhd,
         lift_samples=cfg.lift_samples, kernel_norm=cfg.kernel_norm, distance_feature=cfg.distance_feature,
         radial_basis=cfg.radial_basis,
-        targets=list(cfg.targets), pooling=["sum" if BY_NAME[t].extensive else "mean" for t in cfg.targets],
+        targets=list(cfg.targets),
     )
 
 

@@ -29,17 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-_FALLBACK_SMILES = """
-C N O CC CO C=O CN C#N CC#C CC=O CCO CCN COC CC#N NC=O OC=O CC(C)C CC(C)O CC(=O)C CC(=O)O CC(=O)N
-CCCO CCCN COCC OCCO NCCN NCCO CC(N)=O CN(C)C CC(C)=O C1CC1 C1CO1 C1CN1 C1CCC1 C1COC1 C1CCO1 C1CCCC1
-C1CCOC1 C1CCNC1 C1CCCCC1 C1CCOCC1 C1COCCO1 c1ccccc1 c1ccncc1 c1ccoc1 c1cc[nH]c1 c1cnoc1 c1ncncn1
-Cc1ccccc1 Oc1ccccc1 Nc1ccccc1 Fc1ccccc1 c1ccc(F)cc1F Cc1ccncc1 Oc1ccncc1 Cc1ccoc1 Cc1cc[nH]c1
-CC(C)(C)O CC(C)(C)N CC(C)(C)C CCC(C)=O CCC(=O)O CCC(N)=O CCOC=O COC(C)=O CC(O)CO OCC(O)CO
-CC1CC1 CC1CO1 OC1CC1 NC1CC1 C#CC1CC1 CC1(C)CC1 OCC1CC1 C1CC2CC2C1 C1CC2CCC1C2 C1CC2CC1O2
-CC#CC CC#CCO N#CCC#N O=CC=O CC(=O)C=O OC1COC1 FC(F)F FCC(F)F OCC(F)(F)F CC(F)(F)F FC1CC1
-CCCCC CCCCO CCCCN CCCC=O CCOCC CCNCC CC(C)CO CC(C)CN CC(O)C=O NC(=O)C=O O=C1CCC1 O=C1CCO1 O=C1NCC1
-"""
-FALLBACK_SMILES = _FALLBACK_SMILES.split()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ingest import QM9_LIKE_SMILES as FALLBACK_SMILES  # noqa: E402  (the same QM9-like SMILES as the ingest benchmark)
+
 _RATE = re.compile(r"([\d,.]+) rows/s \((\w+) engine")
 _PEAK = re.compile(r"peak memory ([\d,.]+) MB")
 

@@ -131,3 +131,16 @@ def test_evaluate_writes_a_report_and_plots_and_can_record_the_test_mae(tmp_path
     assert recorded["homo"] == pytest.approx(report["mae"]["homo"]["mae"] / 1000)  # stored in eV
     with pytest.raises(ValueError, match="whole test split"):
         evaluate(bundle, "valid", data=qm9_head, record=True, log=lambda *_: None)
+
+
+def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path, qm9_head):
+    train(tiny(tmp_path, epochs=1), data=qm9_head, log=lambda *_: None)
+    bundle = tmp_path / "run" / "best.pt"
+    cont = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "cont"), init_from=str(bundle)), data=qm9_head,
+                   log=lambda *_: None)
+    mols = [qm9_head.molecule(i) for i in range(10)]
+    args = ([z for z, _ in mols], [x for _, x in mols])
+    np.testing.assert_array_equal(cont.model.predict(*args), load_bundle(bundle).model.predict(*args))
+    with pytest.raises(ValueError, match="same network"):
+        Trainer(tiny(tmp_path, out_dir=str(tmp_path / "other"), init_from=str(bundle), width=16), data=qm9_head,
+                log=lambda *_: None)

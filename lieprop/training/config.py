@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     out_dir: str = "runs/default"
     checkpoint_minutes: float = 10.0
     name: str = "lieprop-qm9"
+    init_from: str | None = None  # start from this bundle's weights and normalisation (a new schedule)
 
     @field_validator("targets")
     @classmethod

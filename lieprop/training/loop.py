@@ -132,12 +132,25 @@ class Trainer:
         self.log(f"data: {len(self.train)} train / {len(self.valid)} valid molecules ({time.time() - t0:.1f} s)")
         self.model = PropertyModel(network_config(cfg), fix_signs=cfg.fix_signs)
         fit_normalisation(self.model, self.train)
+        if cfg.init_from:
+            self.warm_start(cfg.init_from)
         self.model.to(self.device)
         self.opt = torch.optim.Adam(self.model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = RunState()
         self.weights = torch.tensor([cfg.target_weights.get(t, 1.0) for t in cfg.targets], device=self.device)
         self.steps_per_epoch = len(self._epoch_batches(0))
+
+    def warm_start(self, path: str) -> None:
+        """Continue from a bundle: same network config required; its weights and normalisation are taken."""
+        from lieprop.model.bundle import load_bundle
+
+        bundle = load_bundle(path)
+        if bundle.model.cfg.to_dict() != self.model.cfg.to_dict():
+            raise ValueError(f"{path} has network config {bundle.model.cfg.to_dict()}, this run "
+                             f"{self.model.cfg.to_dict()}: warm starts need the same network")
+        self.model.load_state_dict(bundle.model.state_dict())
+        self.log(f"weights and normalisation from {path} ({bundle.sha256[:12]})")
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:

@@ -108,3 +108,25 @@ def test_frame_rotation_changes_plain_t3_outputs_which_is_why_predict_averages_f
     a = run(net, zs, xs)
     b = run(net, zs, [x @ r.T for x in xs])
     assert not torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("fill,nbhd", [(1.0, 100), (0.5, 4)])
+def test_sum_aggregation_is_the_mean_times_the_neighbour_count_over_a_constant(fill, nbhd):
+    from lieprop.model.lieconv import SUM_SCALE
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 3, dtype=F64)
+    v = torch.randn(2, 7, 8, dtype=F64)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False  # a smaller second molecule: its atoms have fewer neighbours
+    emb = x[:, :, None] - x[:, None, :]
+    nb = neighbourhood(emb, emb.norm(dim=-1), mask, nbhd, fill)
+    mean_layer = LieConv(8, 8, d_embed=3, aggregation="mean").double()
+    sum_layer = LieConv(8, 8, d_embed=3, aggregation="sum").double()
+    sum_layer.load_state_dict(mean_layer.state_dict())
+    mean_layer.linear.bias.data.zero_()
+    sum_layer.linear.bias.data.zero_()
+    count = nb.mask.sum(-1, keepdim=True).to(F64)
+    assert torch.allclose(sum_layer(v, nb), mean_layer(v, nb) * count / SUM_SCALE, atol=1e-12)
+    with pytest.raises(ValueError, match="aggregation"):
+        LieConv(8, 8, d_embed=3, aggregation="max")

@@ -66,6 +66,18 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert lr_at(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_every_network_setting_of_the_config_reaches_the_network():
+    from lieprop.model.network import NetworkConfig
+    from lieprop.training.loop import network_config
+
+    cfg = load_config("default", overrides={"width": 64, "depth": 3, "radial_basis": 32, "kernel_hidden": 48,
+                                            "kernel_out": 8, "aggregation": "sum", "targets": ["homo", "u0"]})
+    net = network_config(cfg)
+    shared = set(NetworkConfig.__dataclass_fields__) & set(TrainConfig.model_fields)
+    assert shared >= {"width", "depth", "radial_basis", "kernel_hidden", "kernel_out", "aggregation", "group"}
+    assert all(getattr(net, k) == getattr(cfg, k) for k in shared)
+
+
 def test_config_rejects_unknown_keys_and_targets():
     with pytest.raises(ValueError):
         TrainConfig(learning_rate=1.0)

@@ -28,6 +28,7 @@ class NetworkConfig:
     kernel_hidden: int = 32
     kernel_out: int = 16
     kernel_norm: bool = True
+    aggregation: str = "mean"  # "mean" over each neighbourhood (the paper) or "sum" (scaled by a constant)
     distance_feature: bool = True  # append the group distance of each pair to its embedding
     radial_basis: int = 0  # also append this many Gaussians of that distance (0-8 Å), a smoother kernel input
     targets: list[str] = field(default_factory=lambda: ["homo"])
@@ -57,7 +58,8 @@ class Bottleneck(nn.Module):
         c = k // 4
         self.bn1, self.bn2, self.bn3 = MaskedBatchNorm(k), MaskedBatchNorm(c), MaskedBatchNorm(c)
         self.down, self.up = nn.Linear(k, c), nn.Linear(c, k)
-        self.conv = LieConv(c, c, d_embed, cfg.kernel_hidden, cfg.kernel_out, cfg.kernel_norm)
+        self.conv = LieConv(c, c, d_embed, cfg.kernel_hidden, cfg.kernel_out, cfg.kernel_norm,
+                            cfg.aggregation)
         self.act = nn.SiLU()
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, nb: Neighbourhood) -> torch.Tensor:

@@ -20,7 +20,7 @@ def add_train(sub: Any) -> None:
   lieprop train --preset paper --device cuda --out runs/paper     # the paper's sizes, for a GPU
   lieprop train --out runs/homo --resume                          # continue exactly where it stopped
   lieprop train --out runs/more --set init_from=lieprop/models/lieprop-qm9.pt --max-minutes 60  # warm start""")
-    p.add_argument("--preset", default="default", help="default | paper | se3 | tiny")
+    p.add_argument("--preset", default="default", help="default | budget | paper | se3 | tiny")
     p.add_argument("--config", help="TOML (or YAML) file with TrainConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (value parsed as JSON when it parses)")

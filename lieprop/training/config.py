@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
     nbhd: int = 100
     lift_samples: int = 1
     kernel_norm: bool = True
+    aggregation: Literal["mean", "sum"] = "mean"  # of messages over a neighbourhood (see lieprop.model.lieconv)
+    kernel_hidden: int = 32  # hidden width of the kernel MLP g
+    kernel_out: int = 16  # kernel channels contracted with each value channel (the PointConv trick)
     distance_feature: bool = True
     radial_basis: int = 16  # Gaussians of the pair distance as extra kernel input (see docs/MODEL_CARD.md)
     # orientation handling: "frames" trains in principal-axes frames (one sampled per step), "rotate"
@@ -72,6 +75,9 @@ PRESETS: dict[str, dict] = {
     # The paper's sizes, for GPU runs: k = 1536, 500 epochs, batch 100, one target at a time in the paper.
     "paper": {"width": 1536, "depth": 6, "batch_size": 100, "epochs": 500, "lr": 3e-3, "warmup_fraction": 0.01,
               "orientation": "rotate"},
+    # Short CPU budgets (minutes to an hour): narrower, finer radial basis, summed messages; it won the 6-minute
+    # pilots of docs/MODEL_CARD.md and is the configuration of benchmarks/equal_budget.py.
+    "budget": {"width": 128, "radial_basis": 32, "aggregation": "sum"},
     # SE(3) lifts as in the paper's SE(3) runs.
     "se3": {"group": "SE3", "fill": 0.5, "nbhd": 25, "lift_samples": 4},
     # Seconds-long runs for tests.

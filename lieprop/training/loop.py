@@ -33,7 +33,8 @@ def network_config(cfg: TrainConfig) -> NetworkConfig:
     return NetworkConfig(
         group=cfg.group, width=cfg.width, depth=cfg.depth, fill=cfg.fill, nbhd=cfg.nbhd,
         lift_samples=cfg.lift_samples, kernel_norm=cfg.kernel_norm, distance_feature=cfg.distance_feature,
-        radial_basis=cfg.radial_basis,
+        radial_basis=cfg.radial_basis, kernel_hidden=cfg.kernel_hidden, kernel_out=cfg.kernel_out,
+        aggregation=cfg.aggregation,
         targets=list(cfg.targets),
     )
 

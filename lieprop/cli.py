@@ -136,6 +136,8 @@ def run_info(args: argparse.Namespace) -> int:
     if isinstance(training, dict) and training:
         print("training")
         for key, value in training.items():
+            if key == "warm_start_from" and isinstance(value, dict):
+                value = describe_lineage(value)
             print(f"  {key:<22} {json.dumps(value) if isinstance(value, dict | list) else value}")
     rows = [p for p in card["properties"] if p["test_mae"] is not None and not p["atomization"]]
     if rows:
@@ -148,6 +150,17 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         print("test MAE  (not recorded in this bundle)")
     return 0
+
+
+def describe_lineage(parent: dict) -> str:
+    """'name sha256[:12] (N min, epoch E) <- its parent ...' for a warm-started bundle's chain of ancestors."""
+    parts = []
+    while isinstance(parent, dict) and parent:
+        t = parent.get("training", {}) or {}
+        parts.append(f"{parent.get('name', '?')} {str(parent.get('sha256', '?'))[:12]} "
+                     f"({t.get('minutes', '?')} min, epoch {t.get('epoch', '?')})")
+        parent = t.get("warm_start_from")
+    return " <- ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,6 +30,14 @@ def test_a_tiny_run_lowers_the_loss_and_writes_a_usable_bundle(tmp_path, qm9_hea
     # u0 is a total energy in eV: methane is about -1101 eV; the atom offsets alone get close.
     assert -1200 < pred[0, 1] < -1000
     assert (tmp_path / "run" / "log.csv").read_text().startswith("epoch,")
+    # the same numbers as TensorBoard scalars (tensorboard is in the dev extra)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    scores = events.Scalars("valid_score")
+    assert [e.step for e in scores] == [h["step"] for h in hist]
+    assert scores[-1].value == pytest.approx(hist[-1]["valid_score"], rel=1e-6)
+    assert "valid_mae/homo" in events.Tags()["scalars"]
 
 
 def test_resume_continues_with_the_identical_next_step(tmp_path, qm9_head):
@@ -145,7 +153,7 @@ def test_evaluate_writes_a_report_and_plots_and_can_record_the_test_mae(tmp_path
         evaluate(bundle, "valid", data=qm9_head, record=True, log=lambda *_: None)
 
 
-def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path, qm9_head):
+def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path, qm9_head, capsys):
     train(tiny(tmp_path, epochs=1), data=qm9_head, log=lambda *_: None)
     bundle = tmp_path / "run" / "best.pt"
     cont = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "cont"), init_from=str(bundle)), data=qm9_head,
@@ -153,6 +161,14 @@ def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path,
     mols = [qm9_head.molecule(i) for i in range(10)]
     args = ([z for z, _ in mols], [x for _, x in mols])
     np.testing.assert_array_equal(cont.model.predict(*args), load_bundle(bundle).model.predict(*args))
+    cont.fit()  # the continued run's bundle names the bundle it started from, with that bundle's own training facts
+    lineage = load_bundle(tmp_path / "cont" / "best.pt").meta["training"]["warm_start_from"]
+    assert lineage["sha256"] == load_bundle(bundle).sha256
+    assert lineage["training"]["epoch"] == 1 and lineage["training"]["config"]["init_from"] is None
+    from lieprop.cli import main  # `lieprop info` shows the chain
+
+    assert main(["info", str(tmp_path / "cont" / "best.pt")]) == 0
+    assert f"warm_start_from        lieprop-qm9 {lineage['sha256'][:12]} (" in capsys.readouterr().out
     with pytest.raises(ValueError, match="same network"):
         Trainer(tiny(tmp_path, out_dir=str(tmp_path / "other"), init_from=str(bundle), width=16), data=qm9_head,
                 log=lambda *_: None)

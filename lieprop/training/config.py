@@ -55,6 +55,7 @@ class TrainConfig(BaseModel):
     # bookkeeping
     out_dir: str = "runs/default"
     checkpoint_minutes: float = 10.0
+    tensorboard: bool = True  # also write OUT/tensorboard event files when the tensorboard package is installed
     name: str = "lieprop-qm9"
     init_from: str | None = None  # start from this bundle's weights and normalisation (a new schedule)
 

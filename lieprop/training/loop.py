@@ -69,6 +69,12 @@ def fit_normalisation(model: PropertyModel, train: SplitData) -> None:
     model.scale.copy_(torch.as_tensor(scale))
 
 
+def parent_record(bundle) -> dict:
+    """What a warm-started bundle records of the bundle it started from: its sha256 and its own training facts
+    (which include that bundle's parent in turn), so the whole history of a model stays in the file."""
+    return {"name": bundle.name, "sha256": bundle.sha256, "training": bundle.meta.get("training", {})}
+
+
 def lr_at(cfg: TrainConfig, progress: float) -> float:
     """Linear warm-up over ``warmup_fraction`` of the run, then cosine to zero. ``progress`` in [0, 1]."""
     w = cfg.warmup_fraction
@@ -133,6 +139,7 @@ class Trainer:
         self.log(f"data: {len(self.train)} train / {len(self.valid)} valid molecules ({time.time() - t0:.1f} s)")
         self.model = PropertyModel(network_config(cfg), fix_signs=cfg.fix_signs)
         fit_normalisation(self.model, self.train)
+        self.parent: dict | None = None  # the bundle this run started from, for the lineage in best.pt
         if cfg.init_from:
             self.warm_start(cfg.init_from)
         self.model.to(self.device)
@@ -141,6 +148,7 @@ class Trainer:
         self.state = RunState()
         self.weights = torch.tensor([cfg.target_weights.get(t, 1.0) for t in cfg.targets], device=self.device)
         self.steps_per_epoch = len(self._epoch_batches(0))
+        self._tb = None  # TensorBoard writer, opened at the first epoch's end
 
     def warm_start(self, path: str) -> None:
         """Continue from a bundle: same network config required; its weights and normalisation are taken."""
@@ -151,6 +159,7 @@ class Trainer:
             raise ValueError(f"{path} has network config {bundle.model.cfg.to_dict()}, this run "
                              f"{self.model.cfg.to_dict()}: warm starts need the same network")
         self.model.load_state_dict(bundle.model.state_dict())
+        self.parent = parent_record(bundle)
         self.log(f"weights and normalisation from {path} ({bundle.sha256[:12]})")
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -279,6 +288,7 @@ class Trainer:
             self.save_best(mae)
         self.save_checkpoint()
         self.write_log()
+        self.write_tensorboard(row)
         self.log(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}))
 
     def save_best(self, valid_mae: dict[str, float]) -> None:
@@ -287,8 +297,26 @@ class Trainer:
                              "threads": torch.get_num_threads(), "valid_mae": valid_mae,
                              "n_valid": len(self.valid)},
                 "split": self.cfg.split}
+        if self.parent:
+            meta["training"]["warm_start_from"] = self.parent
         save_bundle(self.eval_model().cpu(), self.out / "best.pt", self.cfg.name, meta)
         self.model.to(self.device)
+
+    def write_tensorboard(self, row: dict) -> None:
+        """The epoch's numbers as TensorBoard scalars in OUT/tensorboard, when the tensorboard package is there."""
+        if not self.cfg.tensorboard:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional: log.csv has everything
+                self.cfg.tensorboard = False
+                return
+            self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.state.step)
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                self._tb.add_scalar(key.replace("valid_mae_", "valid_mae/"), value, self.state.step)
+        self._tb.flush()
 
     def write_log(self) -> None:
         rows = self.state.history

@@ -24,7 +24,7 @@ def add_train(sub: Any) -> None:
     p.add_argument("--config", help="TOML (or YAML) file with TrainConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (value parsed as JSON when it parses)")
-    p.add_argument("--out", help="run directory (checkpoint.pt, best.pt, log.csv)")
+    p.add_argument("--out", help="run directory (checkpoint.pt, best.pt, log.csv, tensorboard/)")
     p.add_argument("--max-minutes", type=float, help="wall-time budget; the LR schedule spans it")
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", help="auto | cpu | cuda")

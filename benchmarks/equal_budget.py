@@ -29,14 +29,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from lieprop.data.properties import BY_NAME  # noqa: E402
 from lieprop.data.qm9 import load_qm9, split_indices  # noqa: E402
-from lieprop.training.config import load_config, parse_value  # noqa: E402
+from lieprop.training.config import load_config, parse_override  # noqa: E402
 from lieprop.training.data import split_data  # noqa: E402
 from lieprop.training.loop import Trainer, fit_normalisation, lr_at  # noqa: E402
 
 
 def train_lieconv(args, log) -> tuple[np.ndarray, dict]:
     cfg = load_config(args.preset, overrides={
-        **{k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)},
+        **dict(parse_override(kv) for kv in args.set),
         "targets": args.targets, "max_minutes": args.minutes, "threads": args.threads, "limit_valid": 1000,
         "out_dir": os.path.join(args.out, "lieconv"), "checkpoint_minutes": 1e9, "name": "equal-budget"})
     tr = Trainer(cfg, log=log)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.expanduser("~/.cache/lieprop/pilots"))
     args = ap.parse_args()
     pilots = [parse_pilot(p) for p in args.pilots]
-    targets = "[" + ",".join(f'"{t}"' for t in args.targets) + "]"
+    targets = json.dumps(args.targets)
     env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="4294967296",
                MALLOC_TRIM_THRESHOLD_="4294967296")
     queue, running = list(pilots), []

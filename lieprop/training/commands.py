@@ -35,16 +35,14 @@ def add_train(sub: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from lieprop.training.config import load_config, parse_value
+    from lieprop.training.config import load_config, parse_override
     from lieprop.training.loop import train
 
-    overrides: dict = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"lieprop train: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        overrides[key.strip()] = parse_value(value)
+    try:
+        overrides = dict(parse_override(item) for item in args.set)
+    except ValueError as exc:
+        print(f"lieprop train: {exc}", file=sys.stderr)
+        return 2
     for key, value in (("out_dir", args.out), ("max_minutes", args.max_minutes), ("epochs", args.epochs),
                        ("device", args.device)):
         if value is not None:

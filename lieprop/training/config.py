@@ -95,6 +95,14 @@ def parse_value(text: str):
         return text
 
 
+def parse_override(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (a ``--set`` argument) -> (key, parsed value); ValueError when there is no ``=``."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    return key.strip(), parse_value(value)
+
+
 def load_config(preset: str = "default", file: str | Path | None = None,
                 overrides: dict | None = None) -> TrainConfig:
     """Preset, then the file's keys, then ``overrides`` (later wins)."""

@@ -30,13 +30,9 @@ from lieprop.training.data import SplitData, split_data
 
 
 def network_config(cfg: TrainConfig) -> NetworkConfig:
-    return NetworkConfig(
-        group=cfg.group, width=cfg.width, depth=cfg.depth, fill=cfg.fill, nbhd=cfg.nbhd,
-        lift_samples=cfg.lift_samples, kernel_norm=cfg.kernel_norm, distance_feature=cfg.distance_feature,
-        radial_basis=cfg.radial_basis, kernel_hidden=cfg.kernel_hidden, kernel_out=cfg.kernel_out,
-        aggregation=cfg.aggregation,
-        targets=list(cfg.targets),
-    )
+    """The network part of a run's config: every TrainConfig key that NetworkConfig also has."""
+    shared = NetworkConfig.__dataclass_fields__.keys() & TrainConfig.model_fields.keys()
+    return NetworkConfig(**{k: getattr(cfg, k) for k in shared} | {"targets": list(cfg.targets)})
 
 
 def fit_normalisation(model: PropertyModel, train: SplitData) -> None:
@@ -148,7 +144,7 @@ class Trainer:
         self.state = RunState()
         self.weights = torch.tensor([cfg.target_weights.get(t, 1.0) for t in cfg.targets], device=self.device)
         self.steps_per_epoch = len(self._epoch_batches(0))
-        self._tb = None  # TensorBoard writer, opened at the first epoch's end
+        self._tb = None  # TensorBoard writer, opened at the first epoch's end (False: not installed)
 
     def warm_start(self, path: str) -> None:
         """Continue from a bundle: same network config required; its weights and normalisation are taken."""
@@ -304,13 +300,13 @@ class Trainer:
 
     def write_tensorboard(self, row: dict) -> None:
         """The epoch's numbers as TensorBoard scalars in OUT/tensorboard, when the tensorboard package is there."""
-        if not self.cfg.tensorboard:
+        if not self.cfg.tensorboard or self._tb is False:
             return
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional: log.csv has everything
-                self.cfg.tensorboard = False
+                self._tb = False
                 return
             self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.state.step)
         for key, value in row.items():

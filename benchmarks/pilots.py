@@ -3,7 +3,8 @@
 Each pilot is a real ``lieprop train`` run of ``--minutes`` on the Cormorant training split, with the
 equal-budget targets by default. Pilots run ``--parallel`` at a time, one torch thread each (so two pilots
 on a 2-core machine share it evenly), and the table lists the validation MAE of each run's best epoch in
-the published units, with the mean standardised score (lower is better).
+the published units, with the mean standardised score (lower is better) and the same score on the small-molecule
+sanity set (every QM9 molecule with at most 10 atoms, see lieprop.data.qm9.small_molecules).
 
     .venv/bin/python benchmarks/pilots.py --minutes 6 \\
         base= rbf32=radial_basis=32 b32='batch_size=32'
@@ -67,17 +68,18 @@ def main() -> None:
                 print(f"# pilot failed ({p.returncode}): {' '.join(p.args)}", flush=True)
     print(f"\n# {' '.join(sys.argv)}: best validation epoch after {args.minutes} min, 1 thread each")
     print("| pilot | settings | steps | mol/s | " + " | ".join(
-        f"{t} ({BY_NAME[t].paper_unit})" for t in args.targets) + " | score |")
-    print("|---|---|---|---|" + "---|" * (len(args.targets) + 1))
+        f"{t} ({BY_NAME[t].paper_unit})" for t in args.targets) + " | score | small-molecule score |")
+    print("|---|---|---|---|" + "---|" * (len(args.targets) + 2))
     for name, sets in pilots:
         log = os.path.join(args.out, name, "log.csv")
         if not os.path.exists(log):
             print(f"| {name} | {' '.join(sets)} | failed |")
             continue
         r = best_row(log)
+        small = float(r.get("small_score") or "nan")
         maes = [float(r[f"valid_mae_{t}"]) * BY_NAME[t].to_paper for t in args.targets]
         print(f"| {name} | {' '.join(sets) or 'default'} | {r['step']} | {float(r['train_mol_s']):.0f} | "
-              + " | ".join(f"{v:.4g}" for v in maes) + f" | {float(r['valid_score']):.3f} |")
+              + " | ".join(f"{v:.4g}" for v in maes) + f" | {float(r['valid_score']):.3f} | {small:.3f} |")
 
 
 if __name__ == "__main__":

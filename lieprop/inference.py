@@ -35,6 +35,7 @@ import numpy as np
 from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.molecule import Molecule
 from lieprop.data.properties import BY_NAME, ENERGY_NAMES, PROPERTIES, atomref_matrix, resolve
+from lieprop.data.qm9 import size_bin
 from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, validate
 
 if TYPE_CHECKING:
@@ -298,8 +299,47 @@ def atom_reference(numbers: np.ndarray, target: str) -> float:
     return float(_atomref_by_z()[np.asarray(numbers, dtype=np.int64), j].sum())
 
 
-def ok_result(molecule: Molecule, row: np.ndarray, columns: Sequence[Column], targets: Sequence[str]) -> dict:
-    """The REST result of a predicted molecule (or a ``prediction_failed`` error when a value is not finite)."""
+#: A size bin whose recorded MAE on some target exceeds this many times the target's overall test MAE is one the model
+#: is known to fail on: its molecules' results carry a warning.
+WEAK_SIZE_FACTOR = 3.0
+#: Bins with fewer test molecules than this take their MAE from the small-molecule sanity set instead, when recorded.
+MIN_BIN_MOLECULES = 20
+
+
+def size_warnings(meta: Mapping[str, Any]) -> dict[str, str]:
+    """{size bin label: warning} for the atom-count bins on which a bundle is known to do much worse than its
+    model card says (from ``lieprop evaluate --record`` on the test split and the ``small`` set)."""
+    overall = meta.get("test_mae")
+    if not isinstance(overall, Mapping):
+        return {}
+    bins: dict[str, Mapping[str, Any]] = {}
+    small = meta.get("small_evaluation")
+    for source in (small.get("by_size") if isinstance(small, Mapping) else None, meta.get("test_mae_by_size")):
+        for label, row in (source or {}).items():
+            if label not in bins or (row.get("n", 0) >= MIN_BIN_MOLECULES and bins[label].get("n", 0) < row["n"]):
+                bins[label] = row
+    out = {}
+    for label, row in bins.items():
+        worst = None
+        for target, mae in (row.get("mae") or {}).items():
+            prop = BY_NAME.get(target)
+            ref = overall.get(target)
+            if prop is None or not isinstance(ref, int | float) or ref <= 0:
+                continue
+            ratio = mae / (ref * prop.to_paper)
+            if ratio > WEAK_SIZE_FACTOR and (worst is None or ratio > worst[0]):
+                worst = (ratio, target, mae, ref * prop.to_paper, prop.paper_unit or prop.unit)
+        if worst:
+            ratio, target, mae, ref, unit = worst
+            out[label] = (f"the model is unreliable for molecules of {label} atoms: its {target} error there is "
+                          f"{mae:.3g} {unit}, {ratio:.0f}x its {ref:.3g} {unit} average (see lieprop info)")
+    return out
+
+
+def ok_result(molecule: Molecule, row: np.ndarray, columns: Sequence[Column], targets: Sequence[str],
+              warnings_by_size: Mapping[str, str] | None = None) -> dict:
+    """The REST result of a predicted molecule (or a ``prediction_failed`` error when a value is not finite).
+    ``warnings_by_size`` (from :func:`size_warnings`) adds a warning to molecules of a size the model fails on."""
     props: dict[str, dict[str, Any]] = {}
     for col in columns:
         value = float(row[col.target])
@@ -312,8 +352,11 @@ def ok_result(molecule: Molecule, row: np.ndarray, columns: Sequence[Column], ta
     provenance = dict(molecule.provenance)
     provenance.setdefault("source", "atoms")
     provenance.setdefault("conformer", None)
-    return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance,
-            "warnings": list(molecule.warnings)}
+    warnings = list(molecule.warnings)
+    if warnings_by_size:
+        extra = warnings_by_size.get(size_bin(len(molecule.numbers)))
+        warnings += [extra] if extra else []
+    return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
 
 
 def error_result(ident: str | None, error: MoleculeError | Mapping[str, str]) -> dict:
@@ -330,7 +373,7 @@ def failure_result(ident: str | None, exc: BaseException) -> dict:
 
 def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[str],
                   predictions: Sequence[np.ndarray | BaseException], columns: Sequence[Column],
-                  targets: Sequence[str]) -> list[dict]:
+                  targets: Sequence[str], warnings_by_size: Mapping[str, str] | None = None) -> list[dict]:
     """One result per input, in order: ``predictions`` holds one row (or exception) per molecule in ``outcomes``."""
     rows = iter(predictions)
     results = []
@@ -340,7 +383,7 @@ def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[st
             continue
         row = next(rows)
         results.append(failure_result(outcome.id, row) if isinstance(row, BaseException)
-                       else ok_result(outcome, row, columns, targets))
+                       else ok_result(outcome, row, columns, targets, warnings_by_size))
     return results
 
 
@@ -405,7 +448,8 @@ def predict(
     values = (bundle.model.predict([m.numbers for m in valid], [m.positions for m in valid]) if valid
               else np.zeros((0, len(targets))))
     ids = [fallback_id(item, i) for i, item in indexed]
-    return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(values), columns, targets)}
+    return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(values), columns, targets,
+                                                                  size_warnings(bundle.meta))}
 
 
 def _as_items(molecules: Any) -> list[Any]:

@@ -65,6 +65,22 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def assert_same_csv(a: bytes, b: bytes, rel: float = 1e-6) -> None:
+    """Two result CSVs hold the same rows in the same order, with the same values to float32 rounding: a molecule whose
+    frames share a model call with other molecules' frames may differ in the last bits (docs/DESIGN.md)."""
+    ra, rb = list(csv.reader(io.StringIO(a.decode()))), list(csv.reader(io.StringIO(b.decode())))
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb, strict=True):
+        assert len(x) == len(y)
+        for u, v in zip(x, y, strict=True):
+            try:
+                fu, fv = float(u), float(v)
+            except ValueError:
+                assert u == v
+                continue
+            assert abs(fu - fv) <= rel * max(1.0, abs(fu)), (x, y)
+
+
 def run_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lieprop.cli", "predict", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -423,7 +439,7 @@ def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle
             results = client.get(done["links"]["results"], params={"format": "csv"}).content
     finally:
         second.stop()
-    assert results == whole.read_bytes()
+    assert_same_csv(results, whole.read_bytes())
     assert any(e.get("msg") == "resuming jobs" for e in second.logs())
 
 

@@ -141,6 +141,30 @@ def load_qm9(rebuild: bool = False) -> QM9Arrays:
         return QM9Arrays(**{f: z[f] for f in QM9Arrays.__dataclass_fields__})
 
 
+#: Atom-count bins of the by-size table: [lo, hi] inclusive. QM9 has 3-29 atoms; its test split none under 7.
+SIZE_BINS: tuple[tuple[int, int], ...] = ((3, 8), (9, 10), (11, 12), (13, 14), (15, 16), (17, 18), (19, 20),
+                                          (21, 22), (23, 25), (26, 29))
+def size_bin(n_atoms: int) -> str:
+    """The label of the :data:`SIZE_BINS` bin holding a molecule of ``n_atoms`` atoms ("30+" past the last)."""
+    for lo, hi in SIZE_BINS:
+        if lo <= n_atoms <= hi:
+            return f"{lo}-{hi}"
+    return f"{SIZE_BINS[-1][1] + 1}+" if n_atoms > SIZE_BINS[-1][1] else f"<{SIZE_BINS[0][0]}"
+
+
+#: Molecules this small or smaller make the small-molecule sanity set (water, ammonia, methane, HCN, ...).
+SMALL_MAX_ATOMS = 10
+
+
+def small_molecules(data: QM9Arrays, max_atoms: int = SMALL_MAX_ATOMS) -> np.ndarray:
+    """Rows of every QM9 molecule with at most ``max_atoms`` atoms, from all splits (763 for 10 atoms).
+
+    This is a *sanity* set, not a held-out one: most of it is in the training split. The Cormorant test split holds
+    no molecule under 7 atoms, so a test-split MAE says nothing about the molecules a chemist types first.
+    """
+    return np.flatnonzero(data.n_atoms <= max_atoms)
+
+
 def split_indices(n: int = N_MOLECULES, scheme: str = "cormorant", seed: int = 0) -> dict[str, np.ndarray]:
     """Train/valid/test molecule indices: a ``numpy.random.seed(seed)`` permutation cut into parts.
 

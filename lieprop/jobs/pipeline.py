@@ -25,7 +25,7 @@ import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -40,7 +40,7 @@ from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.data.molecule import Molecule
 from lieprop.data.readers import DEFAULT_SEED, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
-from lieprop.inference import Column, build_results, select_properties
+from lieprop.inference import Column, build_results, select_properties, size_warnings
 from lieprop.jobs.output import Counts, ResultFile, Table, output_format, result_row
 from lieprop.jobs.records import RawRecord, Source, open_source, parse_records, record_input
 
@@ -91,6 +91,7 @@ class Plan:
     frame_batch: int
     seed: int
     limits: ValidationLimits
+    warnings_by_size: tuple[tuple[str, str], ...] = ()  # lieprop.inference.size_warnings of the model
 
 
 @dataclass
@@ -171,7 +172,8 @@ def chunk_rows(pairs: Sequence[tuple[SmilesRecord | RawRecord, Item]], plan: Pla
     outcomes: list[Molecule | MoleculeError] = [i.molecule if i.ok else i.error for i in items]  # type: ignore[misc]
     valid = [o for o in outcomes if isinstance(o, Molecule)]
     predictions = predict_groups(predict, valid, plan.model_batch)
-    results = build_results(outcomes, [i.id for i in items], predictions, plan.columns, plan.targets)
+    results = build_results(outcomes, [i.id for i in items], predictions, plan.columns, plan.targets,
+                            dict(plan.warnings_by_size))
     return [result_row(item.index, result, record_input(record))
             for (record, item), result in zip(pairs, results, strict=True)]
 
@@ -341,10 +343,12 @@ class LocalEngine:
 # The driver
 
 
-def make_plan(source: Source, targets: Sequence[str], options: ScoreOptions) -> Plan:
+def make_plan(source: Source, targets: Sequence[str], options: ScoreOptions,
+              warnings_by_size: Mapping[str, str] | None = None) -> Plan:
     columns = select_properties(list(targets), options.properties)
     return Plan(source.kind, tuple(columns), tuple(targets), options.chunk_size, options.model_batch,
-                options.frame_batch, options.seed, ValidationLimits(max_atoms=options.max_atoms))
+                options.frame_batch, options.seed, ValidationLimits(max_atoms=options.max_atoms),
+                tuple(sorted((warnings_by_size or {}).items())))
 
 
 def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256: str, output_fmt: str
@@ -395,7 +399,7 @@ def score_file(
     source = open_source(input, options.format, options.smiles_column, options.id_column)
     output_fmt = output_fmt or output_format(output)
     bundle = model if isinstance(model, Bundle) else load_model(model)
-    plan = make_plan(source, bundle.model.targets, options)
+    plan = make_plan(source, bundle.model.targets, options, size_warnings(bundle.meta))
     table = Table(plan.columns, with_smiles=source.kind == "smiles")
     started = time.perf_counter()
     with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt) as rf:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lieprop.model.norm import MaskedBatchNorm
+from lieprop.model.norm import make_norm
 
 
 @dataclass
@@ -58,13 +58,15 @@ def neighbourhood(embedding: torch.Tensor, distance: torch.Tensor, mask: torch.T
 
 
 class KernelMLP(nn.Module):
-    """g: pair embedding (d) -> ``cmco`` kernel channels, Linear-BN-Swish twice then Linear."""
+    """g: pair embedding (d) -> ``cmco`` kernel channels, Linear-norm-Swish twice then Linear.
 
-    def __init__(self, d_in: int, hidden: int = 32, out: int = 16, norm: bool = True):
+    ``norm`` names the normalisation (:mod:`lieprop.model.norm`), or is None for none."""
+
+    def __init__(self, d_in: int, hidden: int = 32, out: int = 16, norm: str | None = "layer"):
         super().__init__()
         self.lin1, self.lin2, self.lin3 = nn.Linear(d_in, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, out)
-        self.bn1 = MaskedBatchNorm(hidden) if norm else None
-        self.bn2 = MaskedBatchNorm(hidden) if norm else None
+        self.bn1 = make_norm(norm, hidden) if norm else None
+        self.bn2 = make_norm(norm, hidden) if norm else None
         self.act = nn.SiLU()
 
     def forward(self, a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -82,7 +84,7 @@ class LieConv(nn.Module):
     """One LieConv layer: (B, M, c_in) values -> (B, M, c_out), given a :class:`Neighbourhood`."""
 
     def __init__(self, c_in: int, c_out: int, d_embed: int, kernel_hidden: int = 32, kernel_out: int = 16,
-                 kernel_norm: bool = True, aggregation: str = "mean"):
+                 kernel_norm: str | None = "layer", aggregation: str = "mean"):
         super().__init__()
         if aggregation not in ("mean", "sum"):
             raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")

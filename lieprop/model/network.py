@@ -11,7 +11,7 @@ from lieprop.data.batch import N_FEATURES
 from lieprop.data.properties import BY_NAME
 from lieprop.model.groups import get_group
 from lieprop.model.lieconv import LieConv, Neighbourhood, neighbourhood
-from lieprop.model.norm import MaskedBatchNorm
+from lieprop.model.norm import NORMS, make_norm
 
 
 @dataclass
@@ -28,6 +28,7 @@ class NetworkConfig:
     kernel_hidden: int = 32
     kernel_out: int = 16
     kernel_norm: bool = True
+    norm: str = "layer"  # normalisation layers (lieprop.model.norm.NORMS); bundles saved without the key used "batch"
     aggregation: str = "mean"  # "mean" over each neighbourhood (the paper) or "sum" (scaled by a constant)
     distance_feature: bool = True  # append the group distance of each pair to its embedding
     radial_basis: int = 0  # also append this many Gaussians of that distance (0-8 Å), a smoother kernel input
@@ -35,6 +36,8 @@ class NetworkConfig:
     pooling: list[str] | None = None  # default: sum for extensive properties (energies, alpha, ...), else mean
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known: {sorted(NORMS)}")
         if self.pooling is None:
             self.pooling = ["sum" if BY_NAME[t].extensive else "mean" for t in self.targets]
 
@@ -47,18 +50,18 @@ class NetworkConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown network config keys {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"norm": "batch", **d})  # the first bundles predate the key and used batch norm
 
 
 class Bottleneck(nn.Module):
-    """Pre-activation residual block: BN, Swish, Linear k->k/4, BN, Swish, LieConv, BN, Swish, Linear k/4->k."""
+    """Pre-activation residual block: norm, Swish, Linear k->k/4, norm, Swish, LieConv, norm, Swish, Linear k/4->k."""
 
     def __init__(self, k: int, d_embed: int, cfg: NetworkConfig):
         super().__init__()
         c = k // 4
-        self.bn1, self.bn2, self.bn3 = MaskedBatchNorm(k), MaskedBatchNorm(c), MaskedBatchNorm(c)
+        self.bn1, self.bn2, self.bn3 = make_norm(cfg.norm, k), make_norm(cfg.norm, c), make_norm(cfg.norm, c)
         self.down, self.up = nn.Linear(k, c), nn.Linear(c, k)
-        self.conv = LieConv(c, c, d_embed, cfg.kernel_hidden, cfg.kernel_out, cfg.kernel_norm,
+        self.conv = LieConv(c, c, d_embed, cfg.kernel_hidden, cfg.kernel_out, cfg.norm if cfg.kernel_norm else None,
                             cfg.aggregation)
         self.act = nn.SiLU()
 
@@ -89,7 +92,7 @@ class LieResNet(nn.Module):
         self.register_buffer("rbf_centers", torch.linspace(0.0, 8.0, cfg.radial_basis), persistent=False)
         self.embed = nn.Linear(N_FEATURES, cfg.width)
         self.blocks = nn.ModuleList(Bottleneck(cfg.width, d_embed, cfg) for _ in range(cfg.depth))
-        self.bn_out = MaskedBatchNorm(cfg.width)
+        self.bn_out = make_norm(cfg.norm, cfg.width)
         self.head = nn.Linear(cfg.width, len(cfg.targets))
         self.act = nn.SiLU()
         self.register_buffer("sum_pool", torch.tensor([p == "sum" for p in cfg.pooling]), persistent=False)

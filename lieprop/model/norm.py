@@ -1,4 +1,15 @@
-"""Batch normalisation that ignores padding."""
+"""Normalisation layers for (B, M, C) atom (or (B, M, K, C) pair) features with a padding mask.
+
+``NORMS`` maps a config name to a layer; every layer has the signature ``norm(x, mask)``:
+
+* ``"layer"``: LayerNorm over the channels of each atom (or pair) on its own. A prediction never depends on what
+  else shares the batch, in training or inference, so size-bucketed batches are safe.
+* ``"affine"``: a learned per-channel scale and shift, no statistics at all. It is exactly what a batch norm is in
+  eval mode, which lets a batch-norm network be converted (:func:`fold_batch_norm`) and fine-tuned without one.
+* ``"batch"``: masked batch norm, the LieConv paper's choice. Training normalises with each batch's statistics and
+  inference with running averages; with batches of one molecule size the two disagree for small and large molecules
+  (water's HOMO came out +963 eV), so it is kept only to load the first bundles.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +49,56 @@ class MaskedBatchNorm(nn.Module):
             mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
         scale = self.weight * torch.rsqrt(var + self.eps)
         return torch.addcmul(self.bias - mean * scale, x, scale)
+
+    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of the eval-mode map x -> x * scale + shift."""
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale.detach(), (self.bias - self.running_mean * scale).detach()
+
+
+class AtomLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each entry; the mask is not needed (no statistics cross entries)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        return super().forward(x)
+
+
+class ChannelAffine(nn.Module):
+    """x * weight + bias per channel: a normalisation layer without statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        return torch.addcmul(self.bias, x, self.weight)
+
+
+NORMS: dict[str, type[nn.Module]] = {"layer": AtomLayerNorm, "affine": ChannelAffine, "batch": MaskedBatchNorm}
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """The normalisation layer named ``kind`` (a key of :data:`NORMS`) for ``channels`` channels."""
+    try:
+        return NORMS[kind](channels)
+    except KeyError:
+        raise ValueError(f"unknown norm {kind!r}; known: {sorted(NORMS)}") from None
+
+
+@torch.no_grad()
+def fold_batch_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch-norm network's state dict -> the same eval-mode function with ``"affine"`` norms.
+
+    Every ``X.running_mean`` / ``X.running_var`` / ``X.weight`` / ``X.bias`` quadruple becomes ``X.weight`` and
+    ``X.bias`` of a :class:`ChannelAffine`; other entries are kept.
+    """
+    out = dict(state)
+    for key in [k for k in state if k.endswith(".running_mean")]:
+        prefix = key[: -len("running_mean")]
+        bn = MaskedBatchNorm(state[prefix + "weight"].numel())
+        bn.load_state_dict({n: state[prefix + n] for n in ("weight", "bias", "running_mean", "running_var")})
+        scale, shift = bn.eval_affine()
+        out[prefix + "weight"], out[prefix + "bias"] = scale, shift
+        del out[prefix + "running_mean"], out[prefix + "running_var"]
+    return out

@@ -20,8 +20,6 @@ from lieprop.data.elements import ELEMENT_INDEX, QM9_ELEMENTS
 from lieprop.model.frames import molecule_frames
 from lieprop.model.network import LieResNet, NetworkConfig
 
-_GENERIC_DIRECTION = np.array([1.0, np.sqrt(2.0), np.sqrt(3.0)]) / np.sqrt(6.0)
-
 
 class PropertyModel(nn.Module):
     """network output o (standardised) -> property = o * scale + bias + sum over atoms of offset[element]."""
@@ -61,25 +59,23 @@ class PropertyModel(nn.Module):
     @torch.no_grad()
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                 autocast_bf16: bool = False) -> np.ndarray:
-        """Invariant predictions (n_molecules, T) in physical units (float64), by frame averaging.
+        """Invariant, continuous predictions (n_molecules, T) in physical units (float64), by weighted frame averaging.
 
-        Molecules are expanded into their frames, sorted by size so batches carry little padding,
-        evaluated in eval mode, and the frame outputs averaged per molecule. The result does not
-        depend on the batch a molecule shares (batch norm uses running statistics).
+        Molecules are expanded into their distinct frames (:mod:`lieprop.model.frames`), sorted by size so batches
+        carry little padding, evaluated in eval mode, and the frame outputs averaged per molecule with the frames'
+        weights. No normalisation layer takes statistics across a batch in eval mode, so the result does not
+        depend on the batch a molecule shares.
         """
         was_training = self.training
         self.eval()
         try:
-            owners, coords, zs = [], [], []
+            owners, coords, zs, weights = [], [], [], []
             for m, (z, x) in enumerate(zip(numbers, positions, strict=True)):
-                fr = molecule_frames(z, x, fix_signs=self.fix_signs)
-                for c in fr.coordinates(x):
-                    # Canonical atom order (by a generic projection of the frame coordinates): with it,
-                    # per-position lift samples make SE(3)/SO(3) inference deterministic and invariant.
-                    order = np.argsort(c @ _GENERIC_DIRECTION, kind="stable")
-                    owners.append(m)
-                    coords.append(c[order])
-                    zs.append(np.asarray(z)[order])
+                fz, fx, fw = molecule_frames(z, x, fix_signs=self.fix_signs).distinct(z, x)
+                owners += [m] * len(fw)
+                zs += fz
+                coords += fx
+                weights.append(fw)
             n_mol = len(numbers)
             if n_mol == 0:
                 return np.zeros((0, len(self.targets)))
@@ -95,8 +91,8 @@ class PropertyModel(nn.Module):
                     o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic_lifts=True)
                 outs[torch.as_tensor(sel)] = o.to(torch.float64).cpu()
             own = torch.as_tensor(owners_np)
-            mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs)
-            mean /= torch.bincount(own, minlength=n_mol).to(torch.float64)[:, None]
+            w = torch.from_numpy(np.concatenate(weights))[:, None]  # each molecule's frame weights sum to 1
+            mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
             z_pad = collate(list(numbers), list(positions)).numbers
             return self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
         finally:

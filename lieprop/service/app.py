@@ -50,6 +50,7 @@ from lieprop.inference import (
     model_info,
     parse_items,
     select_properties,
+    size_warnings,
 )
 from lieprop.model.device import pick_device
 from lieprop.service import schemas
@@ -101,6 +102,7 @@ class Service:
         self.batcher: DynamicBatcher | None = None
         self.pool: ProcessPoolExecutor | None = None
         self.info: dict[str, str] = {}
+        self.size_warnings: dict[str, str] = {}  # size bins the model is known to fail on (lieprop.inference)
         self.cards: dict[str, Any] = {}
         self._warm_task: asyncio.Task | None = None
         self.jobs: JobManager | None = None  # batch jobs (lieprop/service/jobs.py)
@@ -113,6 +115,7 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         self.bundle = await asyncio.to_thread(load_model, s.model)  # ModelNotFoundError / BundleError stop start-up
+        self.size_warnings = size_warnings(self.bundle.meta)
         self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
         self.info = model_info(self.bundle)
         card = model_card(self.bundle)
@@ -224,7 +227,7 @@ class Service:
         future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
         rows = await asyncio.wrap_future(future)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
-        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets)
+        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, self.size_warnings)
 
 
 def _init_model_thread(threads: int) -> None:

@@ -61,9 +61,12 @@ def add_evaluate(sub: Any) -> None:
     p = _parser(sub, "evaluate", "MAE per target of a model bundle on a QM9 split, next to published numbers", """\
   lieprop evaluate                                   # the bundled model on the full test split
   lieprop evaluate runs/homo/best.pt --split valid --limit 2000 --out reports/homo
-  lieprop evaluate runs/main/best.pt --split test --record --out reports/main   # MAE into the bundle's card""")
+  lieprop evaluate runs/main/best.pt --split test --record --out reports/main   # MAE into the bundle's card
+  lieprop evaluate --split small                     # water, ammonia, methane, ...: every molecule of <= 10 atoms""")
     p.add_argument("bundle", nargs="?", help="model bundle (default: the bundled model)")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "small"],
+                   help="a split of the bundle's scheme, or 'small': every QM9 molecule with at most 10 atoms "
+                        "(a sanity set from all splits, mostly training molecules; not held out)")
     p.add_argument("--limit", type=int, help="only the first N molecules of the split")
     p.add_argument("--out", help="directory for report.json, parity.png and errors.png")
     p.add_argument("--no-plots", action="store_true")

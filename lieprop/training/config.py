@@ -31,6 +31,7 @@ class TrainConfig(BaseModel):
     nbhd: int = 100
     lift_samples: int = 1
     kernel_norm: bool = True
+    norm: Literal["layer", "affine", "batch"] = "layer"  # normalisation layers (see lieprop.model.norm)
     aggregation: Literal["mean", "sum"] = "mean"  # of messages over a neighbourhood (see lieprop.model.lieconv)
     kernel_hidden: int = 32  # hidden width of the kernel MLP g
     kernel_out: int = 16  # kernel channels contracted with each value channel (the PointConv trick)

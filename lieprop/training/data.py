@@ -25,6 +25,7 @@ class SplitData:
     qm9_rows: np.ndarray  # row of each molecule in QM9Arrays
     frame_offsets: np.ndarray | None = None  # (n + 1,)
     frame_axes: np.ndarray | None = None  # (total_frames, 3, 3)
+    frame_cumweights: np.ndarray | None = None  # (total_frames,) cumulative frame weights within each molecule
     frame_centers: np.ndarray | None = None  # (n, 3)
 
     def __len__(self) -> int:
@@ -39,24 +40,36 @@ class SplitData:
         return self.numbers[a:b], self.positions[a:b]
 
     def compute_frames(self, fix_signs: bool = True) -> None:
-        axes, counts, centers = [], [], []
+        """Each molecule's weighted frames (:func:`lieprop.model.frames.molecule_frames`), for :meth:`batch`."""
+        axes, counts, centers, cum = [], [], [], []
         for i in range(len(self)):
             fr = molecule_frames(*self.molecule(i), fix_signs=fix_signs)
             axes.append(fr.axes)
             counts.append(len(fr))
             centers.append(fr.center)
+            cum.append(np.cumsum(fr.weights))
         self.frame_axes = np.concatenate(axes)
         self.frame_offsets = np.concatenate([[0], np.cumsum(counts)])
         self.frame_centers = np.stack(centers)
+        self.frame_cumweights = np.concatenate(cum)
+
+    def sample_frames(self, idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """One frame per molecule ``idx``, drawn with the frames' weights (the first frame without ``rng``):
+        training sees each frame as often as inference weighs it."""
+        first, n_frames = self.frame_offsets[idx], self.frame_offsets[idx + 1] - self.frame_offsets[idx]
+        if rng is None:
+            return first
+        u = rng.random(len(idx))
+        pick = np.array([np.searchsorted(self.frame_cumweights[a:a + k], v * self.frame_cumweights[a + k - 1])
+                         for a, k, v in zip(first, n_frames, u, strict=True)])
+        return first + np.minimum(pick, n_frames - 1)
 
     def batch(self, idx: np.ndarray, orientation: str, rng: np.random.Generator | None) -> Batch:
         """Collate molecules ``idx``; orient them by a sampled frame, a random rotation, or not at all."""
         b = collate_ragged(self.numbers, self.positions, self.offsets, idx, dtype=torch.float64)
         x = b.positions
         if orientation == "frames":
-            n_frames = self.frame_offsets[idx + 1] - self.frame_offsets[idx]
-            pick = np.zeros(len(idx), dtype=np.int64) if rng is None else rng.integers(0, n_frames)
-            axes = torch.from_numpy(self.frame_axes[self.frame_offsets[idx] + pick])
+            axes = torch.from_numpy(self.frame_axes[self.sample_frames(idx, rng)])
             centers = torch.from_numpy(self.frame_centers[idx])
             x = (x - centers[:, None]) @ axes.transpose(1, 2)
         elif orientation == "rotate":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
-from lieprop.data.qm9 import load_qm9, split_indices
+from lieprop.data.qm9 import SIZE_BINS, load_qm9, size_bin, small_molecules, split_indices
 from lieprop.model.bundle import load_bundle, record_metadata
 
 #: Published test MAE (QM9.md), in each property's paper unit (meV for energies).
@@ -23,18 +23,39 @@ PUBLISHED: dict[str, dict[str, float]] = {
 }
 
 
+#: Splits ``lieprop evaluate`` knows: the scheme's three, and ``small``, every QM9 molecule with at most 10 atoms
+#: (a sanity set from all splits, not a held-out one: see lieprop.data.qm9.small_molecules).
+SPLITS = ("train", "valid", "test", "small")
+
+
+def mae_by_size(n_atoms: np.ndarray, err: np.ndarray, targets: list[str]) -> dict[str, dict]:
+    """{bin label: {"n": molecules, "mae": {target: MAE in the paper unit}}} for the bins that hold molecules."""
+    labels = np.array([size_bin(int(n)) for n in n_atoms])
+    out = {}
+    for lo, hi in SIZE_BINS:
+        sel = labels == f"{lo}-{hi}"
+        if sel.any():
+            out[f"{lo}-{hi}"] = {"n": int(sel.sum()),
+                                 "mae": {t: float(np.abs(err[sel, j]).mean() * BY_NAME[t].to_paper)
+                                         for j, t in enumerate(targets)}}
+    return out
+
+
 def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path | None = None,
              limit: int | None = None, batch_size: int = 256, plots: bool = True, record: bool = False,
              data=None, log=print) -> dict:
     """MAE per target of ``bundle_path`` on QM9 ``split`` (of the bundle's split scheme); writes
     ``report.json`` (and ``parity.png`` / ``errors.png``) into ``out_dir`` when given. With ``record``
-    (full test split only) the MAE table is stored in the bundle's metadata, where ``lieprop info`` and
-    ``/v1/properties`` read it."""
+    (the full test split, or the full ``small`` sanity set) the MAE table and its by-size table are stored in the
+    bundle's metadata, where ``lieprop info`` and ``/v1/properties`` read them and the service warns about molecules
+    of sizes the model is known to fail on (lieprop.inference)."""
     bundle = load_bundle(bundle_path)
     model = bundle.model
     scheme = bundle.meta.get("split", "cormorant")
     data = data if data is not None else load_qm9()
-    rows = split_indices(len(data), scheme)[split]
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
+    rows = small_molecules(data) if split == "small" else split_indices(len(data), scheme)[split]
     if limit:
         rows = rows[:limit]
     zs, xs = zip(*(data.molecule(int(r)) for r in rows), strict=True)
@@ -52,21 +73,41 @@ def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path |
                     **{name: pub.get(t) for name, pub in PUBLISHED.items()}}
     report = {"bundle": str(bundle_path), "name": bundle.name, "sha256": bundle.sha256, "split": split,
               "scheme": scheme, "n_molecules": len(rows), "predict_seconds": round(seconds, 2),
-              "molecules_per_second": round(len(rows) / seconds, 1), "mae": table}
+              "molecules_per_second": round(len(rows) / seconds, 1), "mae": table,
+              "by_size": mae_by_size(data.n_atoms[rows], err, model.targets)}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=2))
         if plots:
             _plots(model.targets, pred, truth, out)
-    if record:
+    if record and split == "small" and not limit:
+        record_metadata(bundle_path, small_mae={t: row["mae"] / BY_NAME[t].to_paper for t, row in table.items()},
+                        small_evaluation={"n_molecules": len(rows), "by_size": report["by_size"],
+                                          "command": f"lieprop evaluate {bundle_path} --split small --record"})
+    elif record:
         if split != "test" or limit:
-            raise ValueError("only an evaluation on the whole test split can be recorded in the bundle")
+            raise ValueError("only an evaluation on the whole test split or the whole small set can be recorded "
+                             "in the bundle")
         record_metadata(bundle_path, test_mae={t: row["mae"] / BY_NAME[t].to_paper for t, row in table.items()},
+                        test_mae_by_size=report["by_size"],
                         test_evaluation={"split": f"{scheme}/test", "n_molecules": len(rows),
                                          "command": f"lieprop evaluate {bundle_path} --split test --record"})
     log(format_table(report))
+    log("")
+    log(format_by_size(report))
     return report
+
+
+def format_by_size(report: dict) -> str:
+    """MAE per atom-count bin as Markdown (paper units), with the number of molecules in each bin."""
+    targets = list(report["mae"])
+    units = [report["mae"][t]["unit"] for t in targets]
+    lines = ["| atoms | molecules | " + " | ".join(f"{t} ({u})" for t, u in zip(targets, units, strict=True)) + " |",
+             "|---|---|" + "---|" * len(targets)]
+    for label, row in report["by_size"].items():
+        lines.append(f"| {label} | {row['n']} | " + " | ".join(f"{row['mae'][t]:.4g}" for t in targets) + " |")
+    return "\n".join(lines)
 
 
 def format_table(report: dict) -> str:

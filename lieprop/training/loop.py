@@ -20,10 +20,11 @@ import torch
 from tqdm import tqdm
 
 from lieprop.data.batch import featurize, size_bucketed_batches
-from lieprop.data.qm9 import load_qm9, split_indices
+from lieprop.data.qm9 import load_qm9, small_molecules, split_indices
 from lieprop.model.bundle import save_bundle
 from lieprop.model.device import pick_device
 from lieprop.model.network import NetworkConfig
+from lieprop.model.norm import fold_batch_norm
 from lieprop.model.predictor import PropertyModel
 from lieprop.training.config import TrainConfig
 from lieprop.training.data import SplitData, split_data
@@ -130,6 +131,7 @@ class Trainer:
         t0 = time.time()
         self.train = split_data(qm9, train_rows, cfg.targets)
         self.valid = split_data(qm9, valid_rows, cfg.targets)
+        self.small = split_data(qm9, small_molecules(qm9), cfg.targets)  # sanity set, logged, not selected on
         if cfg.orientation == "frames":
             self.train.compute_frames(cfg.fix_signs)
         self.log(f"data: {len(self.train)} train / {len(self.valid)} valid molecules ({time.time() - t0:.1f} s)")
@@ -151,10 +153,15 @@ class Trainer:
         from lieprop.model.bundle import load_bundle
 
         bundle = load_bundle(path)
-        if bundle.model.cfg.to_dict() != self.model.cfg.to_dict():
-            raise ValueError(f"{path} has network config {bundle.model.cfg.to_dict()}, this run "
-                             f"{self.model.cfg.to_dict()}: warm starts need the same network")
-        self.model.load_state_dict(bundle.model.state_dict())
+        theirs, ours = bundle.model.cfg.to_dict(), self.model.cfg.to_dict()
+        state = bundle.model.state_dict()
+        if theirs["norm"] == "batch" and ours["norm"] == "affine":
+            # the same function as the batch-norm bundle in eval mode, now without batch statistics
+            state, theirs = fold_batch_norm(state), {**theirs, "norm": "affine"}
+        if theirs != ours:
+            raise ValueError(f"{path} has network config {theirs}, this run {ours}: warm starts need the same "
+                             "network (a batch-norm bundle may also warm-start a run with norm='affine')")
+        self.model.load_state_dict(state)
         self.parent = parent_record(bundle)
         self.log(f"weights and normalisation from {path} ({bundle.sha256[:12]})")
 
@@ -227,11 +234,13 @@ class Trainer:
         self.ema.copy_to(m)
         return m
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, split: SplitData | None = None) -> dict[str, float]:
+        """MAE per target on ``split`` (the validation molecules by default) with the model that would ship."""
+        split = self.valid if split is None else split
         m = self.eval_model()
-        zs, xs = zip(*(self.valid.molecule(i) for i in range(len(self.valid))), strict=True)
+        zs, xs = zip(*(split.molecule(i) for i in range(len(split))), strict=True)
         pred = m.predict(zs, xs, batch_size=256)
-        mae = np.abs(pred - self.valid.targets).mean(0)
+        mae = np.abs(pred - split.targets).mean(0)
         return {t: float(v) for t, v in zip(self.cfg.targets, mae, strict=True)}
 
     def normalised(self, mae: dict[str, float]) -> float:
@@ -275,9 +284,11 @@ class Trainer:
     def end_of_epoch(self, train_loss: float, mol_s: float) -> None:
         mae = self.validate()
         score = self.normalised(mae)
+        small = self.validate(self.small)
         row = {"epoch": self.state.epoch, "step": self.state.step, "minutes": round(self.state.elapsed / 60, 2),
                "lr": lr_at(self.cfg, self.progress()), "train_loss": train_loss, "train_mol_s": round(mol_s, 1),
-               "valid_score": score, **{f"valid_mae_{k}": v for k, v in mae.items()}}
+               "valid_score": score, **{f"valid_mae_{k}": v for k, v in mae.items()},
+               "small_score": self.normalised(small), **{f"small_mae_{k}": v for k, v in small.items()}}
         self.state.history.append(row)
         if score < self.state.best_valid:
             self.state.best_valid = score

@@ -1,0 +1,32 @@
+"""Helpers shared by the tests: random poses of a molecule and small untrained models."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lieprop.data.properties import PROPERTY_NAMES
+from lieprop.model.groups import random_rotations
+from lieprop.model.network import NetworkConfig
+from lieprop.model.predictor import PropertyModel
+
+
+def random_pose(z: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random proper or improper rotation, a translation and a permutation of the atoms."""
+    r = random_rotations(1, torch.Generator().manual_seed(int(rng.integers(1 << 30))), dtype=torch.float64)[0].numpy()
+    if rng.random() < 0.5:
+        r = -r  # improper: includes a reflection
+    perm = rng.permutation(len(z))
+    return z[perm], (x @ r.T + rng.normal(size=3) * 10)[perm]
+
+
+def untrained_model(group: str = "T3", seed: int = 0, **kw) -> PropertyModel:
+    """A small untrained 12-target model in eval mode, with non-trivial normalisation parameters. Untrained, it is far
+    from invariant on its own, which makes it a strict test of what frames must make invariant and continuous."""
+    cfg = NetworkConfig(group=group, width=32, depth=2, targets=list(PROPERTY_NAMES), **kw)
+    torch.manual_seed(seed)
+    m = PropertyModel(cfg)
+    for name, p in m.named_parameters():
+        if ".bn" in name:
+            p.data.uniform_(0.5, 1.5) if name.endswith("weight") else p.data.uniform_(-0.5, 0.5)
+    return m.eval()

@@ -149,6 +149,19 @@ def run_info(args: argparse.Namespace) -> int:
             print(f"  {p['name']:<10} {p['test_mae']:>12.5g}  {p['unit']:<12} {paper:>18}")
     else:
         print("test MAE  (not recorded in this bundle)")
+    for title, table in (("test MAE by atom count", card.get("test_mae_by_size")),
+                         ("small-molecule set (<= 10 atoms, all splits) MAE by atom count",
+                          card.get("small_mae_by_size"))):
+        if table:
+            shown = [t for t in ("homo", "gap", "u0", "mu") if t in card["targets"]]
+            print(title)
+            print(f"  {'atoms':<8} {'molecules':>9}  " + "  ".join(
+                f"{t + ' (' + (BY_NAME[t].paper_unit or BY_NAME[t].unit) + ')':>12}" for t in shown))
+            for label, row in table.items():
+                print(f"  {label:<8} {row['n']:>9}  " + "  ".join(f"{row['mae'].get(t, float('nan')):>12.4g}"
+                                                               for t in shown))
+    for warning in card.get("size_warnings", {}).values():
+        print(f"warning   {warning}")
     return 0
 
 

@@ -151,8 +151,12 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
             "description": BY_NAME[base].description + (" minus the atom references" if col.atomization else ""),
             "test_mae": float(mae) if isinstance(mae, int | float) and math.isfinite(mae) else None,
         })
+    small = bundle.meta.get("small_evaluation")
     return {**model_info(bundle), "targets": list(bundle.model.targets), "properties": props,
-            "training": _json_safe(bundle.meta.get("training"))}
+            "training": _json_safe(bundle.meta.get("training")),
+            "test_mae_by_size": _json_safe(bundle.meta.get("test_mae_by_size")),
+            "small_mae_by_size": _json_safe(small.get("by_size")) if isinstance(small, Mapping) else None,
+            "size_warnings": size_warnings(bundle.meta)}
 
 
 def _json_safe(value: Any) -> Any:
@@ -306,6 +310,10 @@ WEAK_SIZE_FACTOR = 3.0
 MIN_BIN_MOLECULES = 20
 
 
+def _number(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def size_warnings(meta: Mapping[str, Any]) -> dict[str, str]:
     """{size bin label: warning} for the atom-count bins on which a bundle is known to do much worse than its
     model card says (from ``lieprop evaluate --record`` on the test split and the ``small`` set)."""
@@ -332,7 +340,7 @@ def size_warnings(meta: Mapping[str, Any]) -> dict[str, str]:
         if worst:
             ratio, target, mae, ref, unit = worst
             out[label] = (f"the model is unreliable for molecules of {label} atoms: its {target} error there is "
-                          f"{mae:.3g} {unit}, {ratio:.0f}x its {ref:.3g} {unit} average (see lieprop info)")
+                          f"{_number(mae)} {unit}, {ratio:.0f}x its {_number(ref)} {unit} average (see lieprop info)")
     return out
 
 

@@ -254,3 +254,38 @@ def test_info_prints_the_model_card(bundle, capsys):
     assert "tiny-lib" in out and "homo (eV)" in out and "epochs" in out
     assert "gap" in out.split("test MAE")[1] and "200 meV" in out
     assert main(["info", str(Path(bundle).with_name("missing.pt"))]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Warnings for molecule sizes a model is known to fail on
+
+
+def test_a_size_bin_far_worse_than_the_card_is_named_in_a_warning():
+    from lieprop.inference import size_warnings
+
+    meta = {"test_mae": {"homo": 0.1075},  # eV; the card's 107.5 meV
+            "test_mae_by_size": {"9-10": {"n": 3, "mae": {"homo": 90.0}},  # too few test molecules to judge
+                                 "17-18": {"n": 4000, "mae": {"homo": 76.0}},
+                                 "26-29": {"n": 40, "mae": {"homo": 420.0}}},
+            "small_evaluation": {"by_size": {"3-8": {"n": 251, "mae": {"homo": 1243.0}},
+                                             "9-10": {"n": 512, "mae": {"homo": 586.0}}}}}
+    warnings = size_warnings(meta)
+    assert set(warnings) == {"3-8", "9-10", "26-29"}  # 9-10 judged on the small set's 512 molecules
+    assert "homo error there is 1243 meV, 12x its 108 meV average" in warnings["3-8"]
+    assert size_warnings({}) == {} and size_warnings({"test_mae": {"homo": 0.1}}) == {}
+
+
+def test_results_of_molecules_in_a_weak_size_bin_carry_the_warning(tmp_path):
+    import torch
+
+    from lieprop.model.bundle import save_bundle
+    from lieprop.model.network import NetworkConfig
+    from lieprop.model.predictor import PropertyModel
+
+    torch.manual_seed(1)
+    path = tmp_path / "weak.pt"
+    save_bundle(PropertyModel(NetworkConfig(width=32, depth=2, targets=list(PROPERTY_NAMES))), path, "weak",
+                {"test_mae": {"homo": 0.1}, "test_mae_by_size": {"3-8": {"n": 100, "mae": {"homo": 900.0}}}})
+    out = lieprop.predict(["O", "CCCCO"], model=path, properties=["homo"])["results"]
+    assert any("unreliable for molecules of 3-8 atoms" in w for w in out[0]["warnings"])  # water: 3 atoms
+    assert not any("unreliable" in w for w in out[1]["warnings"])  # butanol: 15 atoms

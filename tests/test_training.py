@@ -151,6 +151,40 @@ def test_evaluate_writes_a_report_and_plots_and_can_record_the_test_mae(tmp_path
     assert recorded["homo"] == pytest.approx(report["mae"]["homo"]["mae"] / 1000)  # stored in eV
     with pytest.raises(ValueError, match="whole test split"):
         evaluate(bundle, "valid", data=qm9_head, record=True, log=lambda *_: None)
+    # the by-size table: every molecule counted once, in the bin of its atom count
+    by_size = saved["by_size"]
+    assert sum(row["n"] for row in by_size.values()) == saved["n_molecules"]
+    assert "| atoms | molecules |" in "\n".join(lines)
+    assert load_bundle(bundle).meta["test_mae_by_size"] == by_size
+
+
+def test_the_small_molecule_set_is_every_molecule_up_to_10_atoms_and_can_be_recorded(tmp_path, qm9_head):
+    from lieprop.data.qm9 import small_molecules
+    from lieprop.training.evaluate import evaluate
+
+    rows = small_molecules(qm9_head)
+    assert set(rows) == {i for i in range(len(qm9_head)) if qm9_head.n_atoms[i] <= 10}
+    assert {0, 1, 2} <= set(rows)  # methane, ammonia, water
+    train(tiny(tmp_path, epochs=1), data=qm9_head, log=lambda *_: None)
+    bundle = tmp_path / "run" / "best.pt"
+    report = evaluate(bundle, "small", data=qm9_head, plots=False, record=True, log=lambda *_: None)
+    assert report["n_molecules"] == len(rows) and set(report["by_size"]) <= {"3-8", "9-10"}
+    assert load_bundle(bundle).meta["small_evaluation"]["by_size"] == report["by_size"]
+
+
+def test_a_batch_norm_bundle_warm_starts_a_run_without_batch_statistics(tmp_path, qm9_head):
+    """norm='affine' takes a batch-norm bundle's eval-mode function exactly, then trains without batch statistics."""
+    train(tiny(tmp_path, epochs=1, norm="batch"), data=qm9_head, log=lambda *_: None)
+    bundle = tmp_path / "run" / "best.pt"
+    cont = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "cont"), init_from=str(bundle), norm="affine"),
+                   data=qm9_head, log=lambda *_: None)
+    assert cont.model.cfg.norm == "affine"
+    mols = [qm9_head.molecule(i) for i in range(20)]
+    args = ([z for z, _ in mols], [x for _, x in mols])
+    np.testing.assert_allclose(cont.model.predict(*args), load_bundle(bundle).model.predict(*args), rtol=1e-6)
+    with pytest.raises(ValueError, match="same network"):  # a layer-norm run cannot take batch-norm weights
+        Trainer(tiny(tmp_path, out_dir=str(tmp_path / "ln"), init_from=str(bundle), norm="layer"), data=qm9_head,
+                log=lambda *_: None)
 
 
 def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path, qm9_head, capsys):

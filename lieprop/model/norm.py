@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: The epsilon of every batch norm lieprop has saved (fold_batch_norm relies on it).
+BATCH_NORM_EPS = 1e-5
+
 
 class MaskedBatchNorm(nn.Module):
     """BatchNorm over the last dimension of (..., C) tensors, with statistics taken over ``mask`` only.
@@ -24,7 +27,7 @@ class MaskedBatchNorm(nn.Module):
     statistics are used, so one molecule alone or in a batch gives the same result.
     """
 
-    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):  # eps: see BATCH_NORM_EPS
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -49,11 +52,6 @@ class MaskedBatchNorm(nn.Module):
             mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
         scale = self.weight * torch.rsqrt(var + self.eps)
         return torch.addcmul(self.bias - mean * scale, x, scale)
-
-    def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of the eval-mode map x -> x * scale + shift."""
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        return scale.detach(), (self.bias - self.running_mean * scale).detach()
 
 
 class AtomLayerNorm(nn.LayerNorm):
@@ -96,9 +94,9 @@ def fold_batch_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = dict(state)
     for key in [k for k in state if k.endswith(".running_mean")]:
         prefix = key[: -len("running_mean")]
-        bn = MaskedBatchNorm(state[prefix + "weight"].numel())
-        bn.load_state_dict({n: state[prefix + n] for n in ("weight", "bias", "running_mean", "running_var")})
-        scale, shift = bn.eval_affine()
-        out[prefix + "weight"], out[prefix + "bias"] = scale, shift
+        weight, bias = state[prefix + "weight"], state[prefix + "bias"]
+        mean, var = state[prefix + "running_mean"].to(weight.dtype), state[prefix + "running_var"].to(weight.dtype)
+        scale = weight * torch.rsqrt(var + BATCH_NORM_EPS)  # what MaskedBatchNorm computes in eval mode
+        out[prefix + "weight"], out[prefix + "bias"] = scale, bias - mean * scale
         del out[prefix + "running_mean"], out[prefix + "running_var"]
     return out

@@ -92,11 +92,23 @@ class PropertyInfo(BaseModel):
     test_mae: float | None = Field(description="mean absolute error on the test split, in `unit`, if known")
 
 
+class SizeBin(BaseModel):
+    n: int = Field(description="molecules in the bin")
+    mae: dict[str, float] = Field(description="MAE per target in the paper unit (meV for energies, D, a0^3, ...)")
+
+
 class ModelCard(ModelRef):
     default: bool
     targets: list[str]
     properties: list[PropertyInfo]
     training: dict[str, Any] | None = None
+    test_mae_by_size: dict[str, SizeBin] | None = Field(
+        None, description="test-split MAE per atom-count bin ('3-8', '9-10', ...), if recorded")
+    small_mae_by_size: dict[str, SizeBin] | None = Field(
+        None, description="MAE per bin on every QM9 molecule with at most 10 atoms (a sanity set, not held out)")
+    size_warnings: dict[str, str] = Field(
+        default_factory=dict, description="atom-count bins the model is known to fail on: their results carry this "
+                                          "warning")
 
 
 class ModelsResponse(BaseModel):

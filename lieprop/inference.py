@@ -1,6 +1,6 @@
 """Predict properties from Python: ``lieprop.predict(molecules, properties=None, model=None)``.
 
-This is the library face of the REST contract (DESIGN.md): the same inputs (SMILES strings, :class:`Molecule`
+This is the library face of the REST contract (docs/DESIGN.md): the same inputs (SMILES strings, :class:`Molecule`
 records, ASE ``Atoms``, or dicts shaped like the REST items ``{"id", "smiles" | "xyz" | "sdf" | "numbers" +
 "positions"}``) and the same result structure, built by the same functions, so the library and ``POST
 /v1/predict`` give identical values for the same input::
@@ -48,7 +48,7 @@ INPUT_KINDS: dict[str, str] = {"smiles": "smiles", "xyz": "xyz", "sdf": "sdf", "
 #: Kinds whose parsing may embed a conformer (RDKit, tens of ms): the service sends them to its process pool.
 EMBEDDING_KINDS = frozenset({"smiles", "sdf"})
 _ITEM_KEYS = frozenset({"id", "smiles", "xyz", "sdf", "numbers", "positions", "charge"})
-#: Item error code of a molecule that was read but the model could not predict (not a DESIGN.md input code).
+#: Item error code of a molecule that was read but the model could not predict (not a docs/DESIGN.md input code).
 PREDICTION_FAILED = "prediction_failed"
 
 

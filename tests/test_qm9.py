@@ -1,4 +1,4 @@
-"""QM9 from qm9pack: the numbers QM9.md promises, and the published splits."""
+"""QM9 from qm9pack: the numbers docs/QM9.md promises, and the published splits."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ SYMBOLS: tuple[str, ...] = tuple(_SYMBOL_TEXT.split())
 ELEMENT_INDEX: np.ndarray = np.full(len(SYMBOLS), -1, dtype=np.int64)
 ELEMENT_INDEX[list(QM9_ELEMENTS)] = np.arange(len(QM9_ELEMENTS))
 
-#: QM9 domain limits (QM9.md): at most 9 heavy atoms and 29 atoms in all.
+#: QM9 domain limits (docs/QM9.md): at most 9 heavy atoms and 29 atoms in all.
 QM9_MAX_HEAVY_ATOMS = 9
 QM9_MAX_ATOMS = 29
 

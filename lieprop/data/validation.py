@@ -1,7 +1,7 @@
 """Is a molecule something a lieprop model may predict? Typed errors and the domain checks.
 
 Every reader sends its molecules through :func:`validate`. A molecule outside the model's domain is
-either refused with a :class:`MoleculeError` whose ``code`` is one of DESIGN.md's REST error codes, or
+either refused with a :class:`MoleculeError` whose ``code`` is one of docs/DESIGN.md's REST error codes, or
 (when the caller has widened the limits) accepted with a warning attached, never silently passed.
 
 Geometry rules, in the order they are checked:
@@ -38,14 +38,14 @@ ErrorCode = Literal[
     "invalid_geometry",
     "empty_input",
 ]
-#: The error codes of the REST contract (DESIGN.md), in a fixed order.
+#: The error codes of the REST contract (docs/DESIGN.md), in a fixed order.
 ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 
 _SUPPORTED = ", ".join(symbol(z) for z in QM9_ELEMENTS)
 
 
 class MoleculeError(Exception):
-    """A molecule that cannot be predicted: ``code`` (a DESIGN.md error code) and a human ``message``.
+    """A molecule that cannot be predicted: ``code`` (a docs/DESIGN.md error code) and a human ``message``.
 
     Picklable (it crosses process-pool boundaries) and convertible to the REST error object with
     :meth:`to_dict`.
@@ -80,7 +80,7 @@ class MoleculeError(Exception):
 
 @dataclass(frozen=True)
 class ValidationLimits:
-    """What :func:`validate` accepts. The defaults are QM9's domain (QM9.md).
+    """What :func:`validate` accepts. The defaults are QM9's domain (docs/QM9.md).
 
     ``max_atoms``: more atoms (H included) -> ``too_many_atoms``.
     ``max_heavy_atoms_warn``: more heavy atoms -> accepted with an out-of-domain warning (only reachable

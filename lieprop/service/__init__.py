@@ -1,4 +1,4 @@
-"""The REST service (DESIGN.md contract v1): ``create_app(settings)``, :class:`Settings`, the dynamic batcher."""
+"""The REST service (docs/DESIGN.md contract v1): ``create_app(settings)``, :class:`Settings`, the dynamic batcher."""
 
 from __future__ import annotations
 

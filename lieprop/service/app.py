@@ -1,4 +1,4 @@
-"""The REST service: ``create_app(settings)`` builds the FastAPI app of DESIGN.md's contract v1.
+"""The REST service: ``create_app(settings)`` builds the FastAPI app of docs/DESIGN.md's contract v1.
 
 Life of a ``POST /v1/predict``: the edge middleware gives it a request id, checks the API key and reads the body
 (at most ``max_body_bytes``); FastAPI validates it against :mod:`lieprop.service.schemas`; SMILES and MOL blocks are

@@ -1,4 +1,4 @@
-"""Request and response bodies of REST contract v1 (DESIGN.md), as pydantic models for validation and OpenAPI."""
+"""Request and response bodies of REST contract v1 (docs/DESIGN.md), as pydantic models for validation and OpenAPI."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class PropertyValue(BaseModel):
 
 class ItemError(BaseModel):
     code: ErrorCode | Literal["prediction_failed"] = Field(
-        description=f"a DESIGN.md error code, or {PREDICTION_FAILED!r} when the model failed on a valid molecule")
+        description=f"a docs/DESIGN.md error code, or {PREDICTION_FAILED!r} when the model failed on a valid molecule")
     message: str
 
 

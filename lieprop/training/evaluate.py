@@ -12,7 +12,7 @@ from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import SIZE_BINS, load_qm9, size_bin, small_molecules, split_indices
 from lieprop.model.bundle import load_bundle, record_metadata
 
-#: Published test MAE (QM9.md), in each property's paper unit (meV for energies).
+#: Published test MAE (docs/QM9.md), in each property's paper unit (meV for energies).
 PUBLISHED: dict[str, dict[str, float]] = {
     "LieConv T(3)": {"alpha": 0.084, "gap": 49, "homo": 30, "lumo": 25, "mu": 0.032, "cv": 0.038, "g298": 22,
                      "h298": 24, "r2": 0.800, "u298": 19, "u0": 19, "zpve": 2.28},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers import random_pose, untrained_model
 
 from lieprop.model.predictor import PropertyModel
@@ -57,3 +58,15 @@ def test_bfloat16_autocast_is_an_option_close_to_float32(qm9_head):
     half = m.predict(*args, autocast_bf16=True)
     assert np.isfinite(half).all()
     assert (np.abs(full - half) / m.scale.numpy()).max() < 0.1
+
+
+def test_properties_that_cannot_be_negative_never_are(qm9_head):
+    from lieprop.data.properties import NON_NEGATIVE, PROPERTY_NAMES
+
+    m = model()
+    with torch.no_grad():
+        m.bias.fill_(-50.0)  # push every output far below zero
+    mols = first_molecules(qm9_head, 20)
+    out = m.predict([z for z, _ in mols], [x for _, x in mols])
+    for j, t in enumerate(PROPERTY_NAMES):
+        assert (out[:, j] >= 0).all() if t in NON_NEGATIVE else (out[:, j] < 0).all(), t

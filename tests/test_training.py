@@ -67,6 +67,18 @@ def test_a_wall_time_budget_stops_cleanly_with_a_checkpoint(tmp_path, qm9_head):
     assert (tmp_path / "run" / "checkpoint.pt").exists() and (tmp_path / "run" / "best.pt").exists()
 
 
+def test_oversampling_repeats_the_small_molecules_in_every_epoch(tmp_path, qm9_head):
+    from collections import Counter
+
+    plain = Trainer(tiny(tmp_path), data=qm9_head, log=lambda *_: None)
+    over = Trainer(tiny(tmp_path, oversample_small=3), data=qm9_head, log=lambda *_: None)
+    seen = Counter(int(i) for b in over._epoch_batches(0) for i in b)
+    small = {i for i in range(len(over.train)) if over.train.sizes[i] <= 10}
+    assert small and all(seen[i] == 3 for i in small)
+    assert all(seen[i] == 1 for i in range(len(over.train)) if i not in small)
+    assert sorted(int(i) for b in plain._epoch_batches(0) for i in b) == list(range(len(plain.train)))
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     cfg = TrainConfig(lr=1e-3, warmup_fraction=0.1)
     assert lr_at(cfg, 0.0) < lr_at(cfg, 0.05) < lr_at(cfg, 0.1)

@@ -47,6 +47,9 @@ PROPERTIES: tuple[Property, ...] = (
              "cal/(mol K)"),
 )
 PROPERTY_NAMES: tuple[str, ...] = tuple(p.name for p in PROPERTIES)
+#: Properties that cannot be negative (a dipole's magnitude, a gap, a polarizability, ...): predictions are clipped
+#: at 0, which can only bring them closer to the truth.
+NON_NEGATIVE: frozenset[str] = frozenset({"mu", "alpha", "gap", "r2", "zpve", "cv"})
 BY_NAME: dict[str, Property] = {p.name: p for p in PROPERTIES}
 #: Properties whose totals have atomization counterparts (``u0_atomization`` ...).
 ENERGY_NAMES: tuple[str, ...] = ("u0", "u298", "h298", "g298")

@@ -17,6 +17,7 @@ from torch import nn
 
 from lieprop.data.batch import collate, featurize
 from lieprop.data.elements import ELEMENT_INDEX, QM9_ELEMENTS
+from lieprop.data.properties import NON_NEGATIVE
 from lieprop.model.frames import molecule_frames
 from lieprop.model.network import LieResNet, NetworkConfig
 
@@ -33,6 +34,11 @@ class PropertyModel(nn.Module):
         self.register_buffer("scale", torch.ones(t, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(t, dtype=torch.float64))
         self.register_buffer("offsets", torch.zeros(len(QM9_ELEMENTS), t, dtype=torch.float64))
+
+    @property
+    def _floor(self) -> np.ndarray:
+        """(T,) lowest value per target: 0 for properties that cannot be negative, else -inf."""
+        return np.array([0.0 if t in NON_NEGATIVE else -np.inf for t in self.targets])
 
     @property
     def targets(self) -> list[str]:
@@ -64,7 +70,7 @@ class PropertyModel(nn.Module):
         Molecules are expanded into their distinct frames (:mod:`lieprop.model.frames`), sorted by size so batches
         carry little padding, evaluated in eval mode, and the frame outputs averaged per molecule with the frames'
         weights. No normalisation layer takes statistics across a batch in eval mode, so the result does not
-        depend on the batch a molecule shares.
+        depend on the batch a molecule shares. Properties that cannot be negative (``NON_NEGATIVE``) are clipped at 0.
         """
         was_training = self.training
         self.eval()
@@ -94,6 +100,7 @@ class PropertyModel(nn.Module):
             w = torch.from_numpy(np.concatenate(weights))[:, None]  # each molecule's frame weights sum to 1
             mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
             z_pad = collate(list(numbers), list(positions)).numbers
-            return self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
+            values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
+            return np.maximum(values, self._floor)
         finally:
             self.train(was_training)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from lieprop.data.batch import featurize, size_bucketed_batches
-from lieprop.data.qm9 import load_qm9, small_molecules, split_indices
+from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
 from lieprop.model.bundle import save_bundle
 from lieprop.model.device import pick_device
 from lieprop.model.network import NetworkConfig
@@ -200,8 +200,14 @@ class Trainer:
         return self.state.epoch >= self.cfg.epochs
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's batches of training-molecule indices: size-bucketed, small molecules repeated
+        ``oversample_small`` times."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        return size_bucketed_batches(self.train.sizes, self.cfg.batch_size, rng)
+        pool = np.arange(len(self.train))
+        if self.cfg.oversample_small > 1:
+            small = np.flatnonzero(self.train.sizes <= SMALL_MAX_ATOMS)
+            pool = np.concatenate([pool, np.tile(small, self.cfg.oversample_small - 1)])
+        return [pool[b] for b in size_bucketed_batches(self.train.sizes[pool], self.cfg.batch_size, rng)]
 
     # ------------------------------------------------------------------------------------ steps
     def train_step(self, idx: np.ndarray) -> float:

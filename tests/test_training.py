@@ -79,6 +79,15 @@ def test_oversampling_repeats_the_small_molecules_in_every_epoch(tmp_path, qm9_h
     assert sorted(int(i) for b in plain._epoch_batches(0) for i in b) == list(range(len(plain.train)))
 
 
+def test_train_small_valid_moves_only_the_small_validation_molecules_into_training(tmp_path, qm9_head):
+    plain = Trainer(tiny(tmp_path, limit_train=None, limit_valid=None), data=qm9_head, log=lambda *_: None)
+    moved = Trainer(tiny(tmp_path, limit_train=None, limit_valid=None, train_small_valid=True), data=qm9_head,
+                    log=lambda *_: None)
+    small_valid = {int(r) for r in plain.valid.qm9_rows if qm9_head.n_atoms[r] <= 10}
+    assert small_valid and set(map(int, moved.train.qm9_rows)) == set(map(int, plain.train.qm9_rows)) | small_valid
+    assert set(map(int, moved.valid.qm9_rows)) == set(map(int, plain.valid.qm9_rows)) - small_valid
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     cfg = TrainConfig(lr=1e-3, warmup_fraction=0.1)
     assert lr_at(cfg, 0.0) < lr_at(cfg, 0.05) < lr_at(cfg, 0.1)

@@ -127,7 +127,11 @@ class Trainer:
         qm9 = data if data is not None else load_qm9()
         parts = split_indices(len(qm9), cfg.split, seed=0)
         train_rows = parts["train"][: cfg.limit_train] if cfg.limit_train else parts["train"]
-        valid_rows = parts["valid"][: cfg.limit_valid] if cfg.limit_valid else parts["valid"]
+        valid_rows = parts["valid"]
+        if cfg.train_small_valid:
+            small = qm9.n_atoms[valid_rows] <= SMALL_MAX_ATOMS
+            train_rows, valid_rows = np.concatenate([train_rows, valid_rows[small]]), valid_rows[~small]
+        valid_rows = valid_rows[: cfg.limit_valid] if cfg.limit_valid else valid_rows
         t0 = time.time()
         self.train = split_data(qm9, train_rows, cfg.targets)
         self.valid = split_data(qm9, valid_rows, cfg.targets)

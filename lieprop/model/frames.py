@@ -28,7 +28,7 @@ get half the weight (plain O(3) frame averaging).
 
 Frames of an exactly symmetric molecule that put its atoms at the same coordinates give the same output;
 :meth:`Frames.distinct` merges them (water costs one network evaluation, not four). Symmetric molecules pay for
-their symmetry otherwise: methane 24 evaluations, cubane 96; the QM9 average is 1.21. All of this runs in
+their symmetry otherwise: methane 24 evaluations, cubane 96; the QM9 average is about 1.2. All of this runs in
 float64 on the CPU (a 3x3 problem per molecule); the network then runs on whatever device it lives on.
 """
 
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Relative eigenvalue gap under which two principal moments start to count as equal (fully equal at half of it...
-#: precisely: eigenvector frames get weight 0 below GAP_TOL and full weight above 2 * GAP_TOL).
+#: Relative eigenvalue gap at which two principal moments count as equal: eigenvector frames get weight 0 below
+#: GAP_TOL and full weight above 2 * GAP_TOL.
 GAP_TOL = 5e-3
 #: Normalised skewness over which an axis' sign blends from - to + (weight 1/2 each at 0).
 SKEW_TOL = 2e-3

@@ -11,6 +11,13 @@ from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import PropertyModel
 
 
+def random_rotation(seed: int) -> np.ndarray:
+    """A Haar-random proper rotation (3, 3), float64, from a seed (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
 def random_pose(z: np.ndarray, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random proper or improper rotation, a translation and a permutation of the atoms."""
     r = random_rotations(1, torch.Generator().manual_seed(int(rng.integers(1 << 30))), dtype=torch.float64)[0].numpy()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import random_rotation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -257,8 +258,7 @@ def test_text_true_never_reads_a_file():
 @given(st.integers(0, 2**32 - 1), st.floats(-50, 50))
 def test_xyz_round_trip_keeps_geometry(seed, shift):
     (ethanol,) = (i.molecule for i in read_xyz(DATA / "ethanol.xyz"))
-    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    rotated = Molecule(ethanol.numbers, ethanol.positions @ q.T + shift)
+    rotated = Molecule(ethanol.numbers, ethanol.positions @ random_rotation(seed).T + shift)
     (item,) = read_xyz(to_xyz(rotated, "rotated"))
     assert item.ok
     assert np.allclose(item.molecule.positions, rotated.positions, atol=1e-9)

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+from helpers import random_rotation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -132,12 +133,6 @@ def assert_json_error(response: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-def rotation(seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
 # --------------------------------------------------------------------------------------------------
 # Start-up and health
 
@@ -242,7 +237,7 @@ def test_rotated_translated_permuted_molecule_gets_the_same_prediction(client):
     rng = np.random.default_rng(7)
     for k in range(3):
         order = rng.permutation(len(numbers))
-        moved = positions[order] @ rotation(k).T + rng.normal(scale=5.0, size=3)
+        moved = positions[order] @ random_rotation(k).T + rng.normal(scale=5.0, size=3)
         if k == 2:
             moved = moved * np.array([-1.0, 1.0, 1.0])  # a reflection too: QM9's properties do not see it
         items.append({"id": f"moved-{k}", "numbers": [numbers[i] for i in order], "positions": moved.tolist()})

@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers import random_rotation
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -194,12 +195,6 @@ def test_validating_twice_does_not_repeat_warnings():
 
 
 # --- invariance ---------------------------------------------------------------------------------
-
-
-def random_rotation(seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
 
 
 geometries = st.integers(1, 12).flatmap(

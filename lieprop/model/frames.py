@@ -105,11 +105,12 @@ class Frames:
         return zs, xs, np.asarray(ws)
 
 
-def _signs(x: np.ndarray, w: np.ndarray, v: np.ndarray, norm: float, fix: bool) -> list[tuple[np.ndarray, float]]:
+def _signs(x: np.ndarray, w: np.ndarray, r2: np.ndarray, v: np.ndarray, norm: float, fix: bool
+           ) -> list[tuple[np.ndarray, float]]:
     """[(v, p), (-v, 1 - p)] without zero weights; p blends from 0 to 1 as the skewness along v crosses 0."""
     if fix:
         t = x @ v
-        skew = float(np.sum(w * t * (t * t + np.einsum("ij,ij->i", x, x)))) / norm
+        skew = float(np.sum(w * t * (t * t + r2))) / norm
         p = float(ramp((skew / SKEW_TOL + 1.0) / 2.0))
     else:
         p = 0.5
@@ -150,11 +151,12 @@ def _top_frames(u: np.ndarray, xc: np.ndarray, sign, unique_first: bool) -> list
     """Frames of a symmetric top with unique axis ``u``: in-plane axis towards the atoms farthest from the axis."""
     proj = xc - np.outer(xc @ u, u)
     in_plane = _farthest(proj) or [(_perpendicular(u), 1.0)]
+    u_signs = sign(u)
     out = []
     for ea, wa in in_plane:
         ea = _unit(ea - (ea @ u) * u)  # exactly perpendicular even when the atom is within rounding of the axis
         for eb, wb in sign(np.cross(u, ea)):
-            for us, wu in sign(u):
+            for us, wu in u_signs:
                 out.append((np.stack([us, ea, eb] if unique_first else [ea, eb, us]), wa * wb * wu))
     return out
 
@@ -186,15 +188,17 @@ def molecule_frames(numbers: np.ndarray, positions: np.ndarray, fix_signs: bool 
         return Frames(center, np.eye(3)[None], np.ones(1))
     norm = float(w.sum()) * scale**1.5
 
+    r2 = np.einsum("ij,ij->i", xc, xc)  # |x_i|^2, shared by every axis' skewness
+
     def sign(v: np.ndarray) -> list[tuple[np.ndarray, float]]:
-        return _signs(xc, w, v, norm, fix_signs)
+        return _signs(xc, w, r2, v, norm, fix_signs)
 
     a01 = float(ramp(((lam[1] - lam[0]) / scale - GAP_TOL) / GAP_TOL))
     a12 = float(ramp(((lam[2] - lam[1]) / scale - GAP_TOL) / GAP_TOL))
     families: list[tuple[float, list[tuple[np.ndarray, float]]]] = []
     if a01 * a12 > 0:
-        eig = [(np.stack([a, b, c]), wa * wb * wc)
-               for a, wa in sign(vec[:, 0]) for b, wb in sign(vec[:, 1]) for c, wc in sign(vec[:, 2])]
+        s0, s1, s2 = (sign(vec[:, k]) for k in range(3))
+        eig = [(np.stack([a, b, c]), wa * wb * wc) for a, wa in s0 for b, wb in s1 for c, wc in s2]
         families.append((a01 * a12, eig))
     if (1 - a01) * a12 > 0:  # l0 ~ l1: unique axis is the last eigenvector
         families.append(((1 - a01) * a12, _top_frames(vec[:, 2], xc, sign, unique_first=False)))

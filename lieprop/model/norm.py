@@ -27,7 +27,7 @@ class MaskedBatchNorm(nn.Module):
     statistics are used, so one molecule alone or in a batch gives the same result.
     """
 
-    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):  # eps: see BATCH_NORM_EPS
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = BATCH_NORM_EPS):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))

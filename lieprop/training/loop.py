@@ -244,10 +244,11 @@ class Trainer:
         self.ema.copy_to(m)
         return m
 
-    def validate(self, split: SplitData | None = None) -> dict[str, float]:
-        """MAE per target on ``split`` (the validation molecules by default) with the model that would ship."""
+    def validate(self, split: SplitData | None = None, model: PropertyModel | None = None) -> dict[str, float]:
+        """MAE per target on ``split`` (the validation molecules by default) with ``model`` (by default the model that
+        would ship)."""
         split = self.valid if split is None else split
-        m = self.eval_model()
+        m = self.eval_model() if model is None else model
         zs, xs = zip(*(split.molecule(i) for i in range(len(split))), strict=True)
         pred = m.predict(zs, xs, batch_size=256)
         mae = np.abs(pred - split.targets).mean(0)
@@ -292,9 +293,10 @@ class Trainer:
         return self.state
 
     def end_of_epoch(self, train_loss: float, mol_s: float) -> None:
-        mae = self.validate()
+        shipped = self.eval_model()  # one EMA copy for both evaluations
+        mae = self.validate(self.valid, shipped)
         score = self.normalised(mae)
-        small = self.validate(self.small)
+        small = self.validate(self.small, shipped)
         row = {"epoch": self.state.epoch, "step": self.state.step, "minutes": round(self.state.elapsed / 60, 2),
                "lr": lr_at(self.cfg, self.progress()), "train_loss": train_loss, "train_mol_s": round(mol_s, 1),
                "valid_score": score, **{f"valid_mae_{k}": v for k, v in mae.items()},

@@ -43,7 +43,7 @@ def plain(model, zs, xs, bs=128):
     with torch.no_grad():
         for i in range(0, len(zs), bs):
             b = collate(zs[i:i + bs], [x - x.mean(0) for x in xs[i:i + bs]])
-            o = model.net(featurize(b.numbers), b.positions, b.mask, deterministic_lifts=True)
+            o = model.net(featurize(b.numbers), b.positions, b.mask, deterministic=True)
             out.append(model.to_physical(o, b.numbers).numpy())
     return np.concatenate(out)
 

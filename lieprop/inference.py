@@ -37,6 +37,7 @@ from lieprop.data.molecule import Molecule
 from lieprop.data.properties import BY_NAME, ENERGY_NAMES, PROPERTIES, atomref_matrix, resolve
 from lieprop.data.qm9 import size_bin
 from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, validate
+from lieprop.model.prediction import Prediction, as_prediction
 
 if TYPE_CHECKING:
     from lieprop.model.bundle import Bundle
@@ -343,19 +344,34 @@ def size_warnings(meta: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def ok_result(molecule: Molecule, row: np.ndarray, columns: Sequence[Column], targets: Sequence[str],
+def property_entry(prediction: Prediction, col: Column, shift: float) -> dict[str, Any] | None:
+    """One property of a result: ``{"value", "unit"}``, with ``"std"`` and ``"interval"`` (``[lower, upper]``) when
+    the model gives them; ``shift`` (the atom references of an ``*_atomization`` column) moves the
+    value and the interval, not the spread. None when a number is not finite."""
+    j = col.target
+    entry: dict[str, Any] = {"value": float(prediction.value[j]) - shift, "unit": col.unit}
+    if prediction.std is not None:
+        entry["std"] = float(prediction.std[j])
+    if prediction.lower is not None and prediction.upper is not None:
+        entry["interval"] = [float(prediction.lower[j]) - shift, float(prediction.upper[j]) - shift]
+    numbers = [entry["value"], entry.get("std", 0.0), *entry.get("interval", ())]
+    return entry if all(math.isfinite(v) for v in numbers) else None
+
+
+def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequence[Column], targets: Sequence[str],
               warnings_by_size: Mapping[str, str] | None = None) -> dict:
-    """The REST result of a predicted molecule (or a ``prediction_failed`` error when a value is not finite).
+    """The REST result of a predicted molecule (or a ``prediction_failed`` error when a number is not finite).
+    ``row`` is the molecule's :class:`~lieprop.model.prediction.Prediction` (a bare row of values is accepted);
     ``warnings_by_size`` (from :func:`size_warnings`) adds a warning to molecules of a size the model fails on."""
+    prediction = as_prediction(row)
     props: dict[str, dict[str, Any]] = {}
     for col in columns:
-        value = float(row[col.target])
-        if col.atomization:
-            value -= atom_reference(molecule.numbers, targets[col.target])
-        if not math.isfinite(value):
+        shift = atom_reference(molecule.numbers, targets[col.target]) if col.atomization else 0.0
+        entry = property_entry(prediction, col, shift)
+        if entry is None:
             return error_result(molecule.id, {"code": PREDICTION_FAILED,
                                               "message": f"the model produced a non-finite {col.name}"})
-        props[col.name] = {"value": value, "unit": col.unit}
+        props[col.name] = entry
     provenance = dict(molecule.provenance)
     provenance.setdefault("source", "atoms")
     provenance.setdefault("conformer", None)
@@ -379,9 +395,11 @@ def failure_result(ident: str | None, exc: BaseException) -> dict:
 
 
 def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[str],
-                  predictions: Sequence[np.ndarray | BaseException], columns: Sequence[Column],
+                  predictions: Sequence[Prediction | np.ndarray | BaseException], columns: Sequence[Column],
                   targets: Sequence[str], warnings_by_size: Mapping[str, str] | None = None) -> list[dict]:
-    """One result per input, in order: ``predictions`` holds one row (or exception) per molecule in ``outcomes``."""
+    """One result per input, in order: ``predictions`` holds one :class:`~lieprop.model.prediction.Prediction` (or
+    the exception the model met) per molecule in ``outcomes``. The one builder of results: the library, REST, file
+    scoring and REST jobs all call it."""
     rows = iter(predictions)
     results = []
     for outcome, ident in zip(outcomes, ids, strict=True):
@@ -452,11 +470,10 @@ def predict(
         parsed = parse_items(indexed, limits)
     outcomes = [p.outcome for p in parsed]
     valid = [m for m in outcomes if isinstance(m, Molecule)]
-    values = (bundle.model.predict([m.numbers for m in valid], [m.positions for m in valid]) if valid
-              else np.zeros((0, len(targets))))
+    predictions = bundle.model.predictions([m.numbers for m in valid], [m.positions for m in valid])
     ids = [fallback_id(item, i) for i, item in indexed]
-    return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(values), columns, targets,
-                                                                  size_warnings(bundle.meta))}
+    return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(predictions), columns,
+                                                                  targets, size_warnings(bundle.meta))}
 
 
 def _as_items(molecules: Any) -> list[Any]:

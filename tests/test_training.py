@@ -96,15 +96,42 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 def test_every_network_setting_of_the_config_reaches_the_network():
-    from lieprop.model.network import NetworkConfig
     from lieprop.training.loop import network_config
 
-    cfg = load_config("default", overrides={"width": 64, "depth": 3, "radial_basis": 32, "kernel_hidden": 48,
-                                            "kernel_out": 8, "aggregation": "sum", "targets": ["homo", "u0"]})
+    cfg = load_config("default", overrides={"network.width": 64, "network.depth": 3, "network.radial_basis": 32,
+                                            "network.kernel_hidden": 48, "network.kernel_out": 8,
+                                            "network.aggregation": "sum", "targets": ["homo", "u0"]})
     net = network_config(cfg)
-    shared = set(NetworkConfig.__dataclass_fields__) & set(TrainConfig.model_fields)
-    assert shared >= {"width", "depth", "radial_basis", "kernel_hidden", "kernel_out", "aggregation", "group"}
-    assert all(getattr(net, k) == getattr(cfg, k) for k in shared)
+    assert (net.width, net.depth, net.radial_basis, net.kernel_hidden, net.kernel_out, net.aggregation) == (
+        64, 3, 32, 48, 8, "sum")
+    assert net.targets == ["homo", "u0"]
+
+
+def test_the_network_defaults_are_declared_once_by_the_architecture():
+    from lieprop.model.network import NetworkConfig
+
+    assert TrainConfig().network_config() == NetworkConfig(targets=list(TrainConfig().targets))
+    assert not set(TrainConfig.model_fields) & {"width", "depth", "radial_basis", "group", "norm"}
+
+
+def test_presets_and_overrides_merge_the_network_table_key_by_key():
+    cfg = load_config("budget", overrides={"network.depth": 3})
+    assert cfg.network == {"width": 128, "radial_basis": 32, "aggregation": "sum", "depth": 3}
+
+
+def test_a_top_level_network_key_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="network.width"):
+        cfg = load_config("tiny", overrides={"width": 16})
+    assert cfg.network_config().width == 16
+
+
+def test_bad_network_settings_are_refused_with_their_name():
+    with pytest.raises(ValueError, match="unknown network keys"):
+        load_config("tiny", overrides={"network.widht": 3})
+    with pytest.raises(ValueError, match="network.width"):
+        load_config("tiny", overrides={"network.width": "wide"})
+    with pytest.raises(ValueError, match="unknown architecture"):
+        load_config("tiny", overrides={"architecture": "transformer"})
 
 
 def test_config_rejects_unknown_keys_and_targets():
@@ -195,16 +222,18 @@ def test_the_small_molecule_set_is_every_molecule_up_to_10_atoms_and_can_be_reco
 
 def test_a_batch_norm_bundle_warm_starts_a_run_without_batch_statistics(tmp_path, qm9_head):
     """norm='affine' takes a batch-norm bundle's eval-mode function exactly, then trains without batch statistics."""
-    train(tiny(tmp_path, epochs=1, norm="batch"), data=qm9_head, log=lambda *_: None)
+    train(tiny(tmp_path, epochs=1, network={"norm": "batch"}), data=qm9_head, log=lambda *_: None)
     bundle = tmp_path / "run" / "best.pt"
-    cont = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "cont"), init_from=str(bundle), norm="affine"),
+    cont = Trainer(tiny(tmp_path, out_dir=str(tmp_path / "cont"), init_from=str(bundle),
+                        network={"norm": "affine"}),
                    data=qm9_head, log=lambda *_: None)
     assert cont.model.cfg.norm == "affine"
     mols = [qm9_head.molecule(i) for i in range(20)]
     args = ([z for z, _ in mols], [x for _, x in mols])
     np.testing.assert_allclose(cont.model.predict(*args), load_bundle(bundle).model.predict(*args), rtol=1e-6)
     with pytest.raises(ValueError, match="same network"):  # a layer-norm run cannot take batch-norm weights
-        Trainer(tiny(tmp_path, out_dir=str(tmp_path / "ln"), init_from=str(bundle), norm="layer"), data=qm9_head,
+        Trainer(tiny(tmp_path, out_dir=str(tmp_path / "ln"), init_from=str(bundle), network={"norm": "layer"}),
+                data=qm9_head,
                 log=lambda *_: None)
 
 
@@ -225,5 +254,6 @@ def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path,
     assert main(["info", str(tmp_path / "cont" / "best.pt")]) == 0
     assert f"warm_start_from        lieprop-qm9 {lineage['sha256'][:12]} (" in capsys.readouterr().out
     with pytest.raises(ValueError, match="same network"):
-        Trainer(tiny(tmp_path, out_dir=str(tmp_path / "other"), init_from=str(bundle), width=16), data=qm9_head,
+        Trainer(tiny(tmp_path, out_dir=str(tmp_path / "other"), init_from=str(bundle), network={"width": 16}),
+                data=qm9_head,
                 log=lambda *_: None)

@@ -2,12 +2,13 @@
 
 Row layout (every format carries the same values):
 
-* JSON Lines: the REST result of the record (``{"id", "ok", "properties": {name: {"value", "unit"}},
+* JSON Lines: the REST result of the record (``{"id", "ok", "properties": {name: {"value", "unit"[, "std"]}},
   "provenance", "warnings"}`` or ``{"id", "ok": false, "error": {"code", "message"}}``) with ``index`` (0-based
   record position) and, for SMILES inputs, ``smiles`` in front.
 * CSV and Parquet: ``index, id, [smiles,] ok, <property> [<unit>] ..., error, error_message, warnings``: one
   column per property with its unit in the header (``homo [eV]``), empty / null for failed rows; ``error`` is the
   error code and ``error_message`` the message, both empty for rows that succeeded; ``warnings`` joined by "; ".
+  A model that gives a spread (an ensemble) adds ``<property>_std [<unit>]`` after each property column.
   Parquet columns are typed (int64, string, bool, float64) and carry their unit as field metadata.
 
 How a run survives ``kill -9``: the result file is built in ``OUTPUT.partial/`` next to it. Each completed chunk
@@ -74,26 +75,43 @@ def property_header(column: Column) -> str:
     return f"{column.name} [{column.unit}]"
 
 
+def std_header(column: Column) -> str:
+    return f"{column.name}_std [{column.unit}]"
+
+
 @dataclass(frozen=True)
 class Table:
-    """The flat (CSV / Parquet) layout of a run's rows: its properties and whether a ``smiles`` column exists."""
+    """The flat (CSV / Parquet) layout of a run's rows: its properties, whether a ``smiles`` column exists, and
+    whether each property is followed by its spread (``homo_std [eV]``, for models that give one: ensembles)."""
 
     columns: tuple[Column, ...]
     with_smiles: bool
+    with_std: bool = False
+
+    @property
+    def value_headers(self) -> list[str]:
+        """The property columns, in order: ``homo [eV]`` (and ``homo_std [eV]`` after it when ``with_std``)."""
+        out = []
+        for c in self.columns:
+            out += [property_header(c), std_header(c)] if self.with_std else [property_header(c)]
+        return out
 
     @property
     def header(self) -> list[str]:
-        return ["index", "id", *(["smiles"] if self.with_smiles else []), "ok",
-                *(property_header(c) for c in self.columns), "error", "error_message", "warnings"]
+        return ["index", "id", *(["smiles"] if self.with_smiles else []), "ok", *self.value_headers,
+                "error", "error_message", "warnings"]
 
     def flat(self, row: Mapping[str, Any]) -> list[Any]:
         """One JSON Lines row as a list of cells (None for empty)."""
         props = row.get("properties") or {}
         error = row.get("error") or {}
         warnings = row.get("warnings") or []
+        values: list[Any] = []
+        for c in self.columns:
+            entry = props.get(c.name) or {}
+            values += [entry.get("value"), entry.get("std")] if self.with_std else [entry.get("value")]
         return [row["index"], row["id"], *([row.get("smiles")] if self.with_smiles else []), bool(row["ok"]),
-                *((props[c.name]["value"] if c.name in props else None) for c in self.columns),
-                error.get("code"), error.get("message"), "; ".join(warnings) if warnings else None]
+                *values, error.get("code"), error.get("message"), "; ".join(warnings) if warnings else None]
 
 
 class CsvEncoder:
@@ -140,8 +158,11 @@ def parquet_schema(table: Table) -> Any:
     if table.with_smiles:
         fields.append(pa.field("smiles", pa.string()))
     fields.append(pa.field("ok", pa.bool_(), nullable=False))
-    fields += [pa.field(property_header(c), pa.float64(), metadata={"unit": c.unit, "property": c.name})
-               for c in table.columns]
+    for c in table.columns:
+        fields.append(pa.field(property_header(c), pa.float64(), metadata={"unit": c.unit, "property": c.name}))
+        if table.with_std:
+            fields.append(pa.field(std_header(c), pa.float64(),
+                                   metadata={"unit": c.unit, "property": c.name, "statistic": "std"}))
     fields += [pa.field(n, pa.string()) for n in ("error", "error_message", "warnings")]
     return pa.schema(fields, metadata={"lieprop": "results"})
 

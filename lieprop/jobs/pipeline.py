@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-import lieprop
 from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.data.molecule import Molecule
 from lieprop.data.readers import DEFAULT_SEED, Item, SmilesRecord
@@ -43,6 +42,8 @@ from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.inference import Column, build_results, select_properties, size_warnings
 from lieprop.jobs.output import Counts, ResultFile, Table, output_format, result_row
 from lieprop.jobs.records import RawRecord, Source, open_source, parse_records, record_input
+from lieprop.model.prediction import Prediction, Predictions, as_prediction
+from lieprop.version import __version__
 
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_MODEL_BATCH = 64
@@ -50,7 +51,9 @@ DEFAULT_FRAME_BATCH = 128
 #: Records per worker task: embedding a SMILES takes ~10 ms, parsing an XYZ frame ~0.2 ms.
 TASK_SIZE = {"smiles": 16, "xyz": 128, "sdf": 64}
 
-PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], np.ndarray]
+#: (numbers per molecule, positions per molecule) -> one prediction per molecule: the model's ``predictions``
+#: (:class:`~lieprop.model.prediction.Predictions`), or any sequence of rows of values.
+PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], "Predictions | np.ndarray"]
 
 
 class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error of a molecule
@@ -138,13 +141,13 @@ class Engine(Protocol):
 
 
 def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batch: int
-                   ) -> list[np.ndarray | BaseException]:
+                   ) -> list[Prediction | BaseException]:
     """One prediction row (or the exception it met) per molecule, ``model_batch`` molecules per call, in order.
 
     A call that fails is retried one molecule at a time, so a molecule that breaks the model fails only itself
     (as :class:`~lieprop.service.batcher.DynamicBatcher` does). :class:`RunInterrupted` is not caught.
     """
-    out: list[np.ndarray | BaseException] = []
+    out: list[Prediction | BaseException] = []
     for s in range(0, len(molecules), model_batch):
         group = molecules[s:s + model_batch]
         try:
@@ -158,11 +161,11 @@ def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batc
     return out
 
 
-def _call(predict: PredictFn, group: Sequence[Molecule]) -> list[np.ndarray]:
-    values = np.asarray(predict([m.numbers for m in group], [m.positions for m in group]))
-    if values.shape[0] != len(group):
-        raise RuntimeError(f"the model returned {values.shape[0]} rows for {len(group)} molecules")
-    return list(values)
+def _call(predict: PredictFn, group: Sequence[Molecule]) -> list[Prediction]:
+    rows = [as_prediction(r) for r in predict([m.numbers for m in group], [m.positions for m in group])]
+    if len(rows) != len(group):
+        raise RuntimeError(f"the model returned {len(rows)} rows for {len(group)} molecules")
+    return rows
 
 
 def chunk_rows(pairs: Sequence[tuple[SmilesRecord | RawRecord, Item]], plan: Plan, predict: PredictFn
@@ -360,7 +363,7 @@ def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256:
         "format": source.format, "smiles_column": options.smiles_column, "id_column": options.id_column,
         "properties": [c.name for c in plan.columns], "model_sha256": model_sha256, "output_format": output_fmt,
         "chunk_size": options.chunk_size, "model_batch": options.model_batch, "frame_batch": options.frame_batch,
-        "seed": options.seed, "max_atoms": options.max_atoms, "lieprop": lieprop.__version__,
+        "seed": options.seed, "max_atoms": options.max_atoms, "lieprop": __version__,
     }
 
 
@@ -400,7 +403,7 @@ def score_file(
     output_fmt = output_fmt or output_format(output)
     bundle = model if isinstance(model, Bundle) else load_model(model)
     plan = make_plan(source, bundle.model.targets, options, size_warnings(bundle.meta))
-    table = Table(plan.columns, with_smiles=source.kind == "smiles")
+    table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.n_members > 1)
     started = time.perf_counter()
     with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt) as rf:
         state = rf.open(resume=resume, overwrite=overwrite)
@@ -409,7 +412,7 @@ def score_file(
                           initial=Counts.from_dict(state.counts))
         if not state.complete:
             if engine is None:
-                engine = LocalEngine(functools.partial(bundle.model.predict, batch_size=options.frame_batch),
+                engine = LocalEngine(functools.partial(bundle.model.predictions, batch_size=options.frame_batch),
                                      workers)
             total = _Total(source)
             bar = _bar(progress, state.rows_done)

@@ -34,6 +34,7 @@ import numpy as np
 
 from lieprop.jobs.pipeline import Plan, batched, chunk_rows
 from lieprop.jobs.records import Source, parse_records
+from lieprop.model.prediction import Predictions
 
 #: Chunks per Ray Data window (the driver holds at most two windows of raw records and results).
 WINDOW_CHUNKS = 32
@@ -88,8 +89,8 @@ class ModelActor:
             rows.append(pickle.dumps(chunk_rows(pairs, self.plan, self._predict), protocol=pickle.HIGHEST_PROTOCOL))
         return {"chunk": np.asarray(batch["chunk"]), "rows": np.array(rows, dtype=object)}
 
-    def _predict(self, numbers: list[np.ndarray], positions: list[np.ndarray]) -> np.ndarray:
-        return self.bundle.model.predict(numbers, positions, batch_size=self.plan.frame_batch)
+    def _predict(self, numbers: list[np.ndarray], positions: list[np.ndarray]) -> Predictions:
+        return self.bundle.model.predictions(numbers, positions, batch_size=self.plan.frame_batch)
 
 
 class RayEngine:

@@ -2,7 +2,12 @@
 
 A bundle is a ``torch.save`` of plain containers, tensors, strings and numbers only, read back with
 ``torch.load(weights_only=True)`` so loading never unpickles arbitrary objects. ``sha256`` covers the
+architecture (when it is not the default LieConv, so bundles saved before the registry keep their digest), the
 config and every weight; :func:`load_bundle` recomputes it and refuses a bundle that does not match.
+
+Format 1 holds one model (``state_dict``). Format 2 adds ``architecture`` and may hold an ensemble: ``members``, a
+list of state dicts of one architecture and config, each with its own normalisation. This lieprop writes format 1
+for a single LieConv model (so older lieprop versions still read it) and format 2 otherwise; it reads both.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from typing import Any
 
 import torch
 
-import lieprop
 from lieprop.data.properties import BY_NAME
-from lieprop.model.network import NetworkConfig
-from lieprop.model.predictor import PropertyModel
+from lieprop.model.architectures import DEFAULT_ARCHITECTURE, get_architecture
+from lieprop.model.predictor import EnsembleModel, PropertyModel
+from lieprop.version import __version__
 
 FORMAT = "lieprop-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+Model = PropertyModel | EnsembleModel
 
 
 class BundleError(ValueError):
@@ -30,9 +37,10 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    """A loaded bundle: the model (eval mode, CPU) plus its metadata."""
+    """A loaded bundle: the model (eval mode, CPU; a :class:`PropertyModel` or an :class:`EnsembleModel`) plus its
+    metadata."""
 
-    model: PropertyModel
+    model: Model
     name: str
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
@@ -41,42 +49,89 @@ class Bundle:
     def version(self) -> str:
         return str(self.meta.get("code_version", "?"))
 
+    @property
+    def architecture(self) -> str:
+        return self.model.architecture
 
-def _digest(config: dict, fix_signs: bool, state: dict[str, torch.Tensor]) -> str:
+    @property
+    def n_members(self) -> int:
+        """1 for a single model, else the ensemble's size."""
+        return len(self.model.members) if isinstance(self.model, EnsembleModel) else 1
+
+
+def _digest(config: dict, fix_signs: bool, states: list[dict[str, torch.Tensor]],
+            architecture: str = DEFAULT_ARCHITECTURE) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"config": config, "fix_signs": fix_signs}, sort_keys=True).encode())
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    head: dict[str, Any] = {"config": config, "fix_signs": fix_signs}
+    if architecture != DEFAULT_ARCHITECTURE:
+        head["architecture"] = architecture
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for m, state in enumerate(states):
+        prefix = f"members.{m}." if len(states) > 1 else ""
+        for key in sorted(state):
+            t = state[key].detach().cpu().contiguous()
+            h.update((prefix + key).encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
-def save_bundle(model: PropertyModel, path: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
-    """Write ``model`` as a bundle; returns its sha256. ``meta`` holds JSON-like training facts."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def save_bundle(model: Model, path: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
+    """Write ``model`` (a model or an ensemble) as a bundle; returns its sha256. ``meta`` holds JSON-like facts."""
+    members = list(model.members) if isinstance(model, EnsembleModel) else [model]
+    states = [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in members]
     config = model.cfg.to_dict()
-    sha = _digest(config, model.fix_signs, state)
-    payload = {
+    sha = _digest(config, model.fix_signs, states, model.architecture)
+    single_lieconv = len(states) == 1 and model.architecture == DEFAULT_ARCHITECTURE
+    payload: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if single_lieconv else FORMAT_VERSION,
         "name": name,
-        "code_version": lieprop.__version__,
+        "code_version": __version__,
         "config": config,
         "fix_signs": model.fix_signs,
         "units": {t: BY_NAME[t].unit for t in model.targets},
         "meta": json.loads(json.dumps(meta or {})),  # plain JSON types only
-        "state_dict": state,
         "sha256": sha,
     }
+    if single_lieconv:
+        payload["state_dict"] = states[0]
+    else:
+        payload["architecture"] = model.architecture
+        payload["members"] = states
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return sha
+
+
+def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
+    """Combine bundles of one architecture and config into an ensemble bundle at ``out``; returns its sha256.
+
+    The ensemble's metadata records each member's name, sha256 and training facts (``members``) and the split
+    of the first; test MAE must be measured again (``lieprop evaluate --record``)."""
+    if len(paths) < 2:
+        raise BundleError(f"an ensemble needs at least 2 bundles, got {len(paths)}")
+    bundles = [load_bundle(p) for p in paths]
+    models: list[PropertyModel] = []
+    for path, b in zip(paths, bundles, strict=True):
+        if isinstance(b.model, EnsembleModel):
+            models.extend(b.model.members)  # type: ignore[arg-type]
+        else:
+            models.append(b.model)
+        if b.meta.get("split") != bundles[0].meta.get("split"):
+            raise BundleError(f"{path} was trained on split {b.meta.get('split')!r}, {paths[0]} on "
+                              f"{bundles[0].meta.get('split')!r}: an ensemble's test MAE needs one split")
+    try:
+        ensemble = EnsembleModel(models)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+    record = {"members": [{"name": b.name, "sha256": b.sha256, "training": b.meta.get("training")}
+                          for b in bundles], "split": bundles[0].meta.get("split", "cormorant"), **(meta or {})}
+    return save_bundle(ensemble, out, name, record)
 
 
 def record_metadata(path: str | Path, **entries: Any) -> None:
@@ -101,22 +156,29 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path} is not a readable lieprop bundle (corrupted or truncated?): {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BundleError(f"{path} is not a lieprop model bundle")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{path} has bundle format {payload.get('format_version')}; this lieprop "
-                          f"{lieprop.__version__} reads format {FORMAT_VERSION}")
+                          f"{__version__} reads formats {', '.join(map(str, READABLE_VERSIONS))}")
     try:
-        cfg = NetworkConfig.from_dict(payload["config"])
-        state = payload["state_dict"]
-        sha = _digest(payload["config"], bool(payload["fix_signs"]), state)
+        arch = get_architecture(str(payload.get("architecture", DEFAULT_ARCHITECTURE)))
+        cfg = arch.make_config(payload["config"])
+        states = payload["members"] if "members" in payload else [payload["state_dict"]]
+        if not isinstance(states, list) or not states or not all(isinstance(s, dict) for s in states):
+            raise ValueError("no weights")
+        sha = _digest(payload["config"], bool(payload["fix_signs"]), states, arch.name)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: incompatible bundle contents ({exc})") from None
     if sha != payload.get("sha256"):
         raise BundleError(f"{path}: sha256 mismatch (weights or config were modified after saving)")
-    model = PropertyModel(cfg, fix_signs=bool(payload["fix_signs"]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise BundleError(f"{path}: weights do not fit the network config ({exc})") from None
+    members = []
+    for state in states:
+        member = PropertyModel(cfg, fix_signs=bool(payload["fix_signs"]), architecture=arch.name)
+        try:
+            member.load_state_dict(state)
+        except RuntimeError as exc:
+            raise BundleError(f"{path}: weights do not fit the network config ({exc})") from None
+        members.append(member)
+    model: Model = members[0] if len(members) == 1 else EnsembleModel(members)
     model.eval().to(device)
     meta = dict(payload.get("meta", {}))
     meta["code_version"] = payload.get("code_version")

@@ -1,4 +1,8 @@
-"""The LieResNet of the LieConv QM9 recipe, with a multi-target head and per-target pooling."""
+"""The LieResNet of the LieConv QM9 recipe (Finzi et al. 2020), with a multi-target head and per-target pooling.
+
+Registered as the ``lieconv`` architecture (:mod:`lieprop.model.architectures`): a T(3), SO(3) or SE(3) convolution
+that is equivariant only to translations (T(3)) or in distribution (lifts), so its predictions are made invariant
+by weighted frames."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from torch import nn
 
 from lieprop.data.batch import N_FEATURES
 from lieprop.data.properties import BY_NAME
+from lieprop.model.architectures import Architecture
 from lieprop.model.groups import get_group
 from lieprop.model.lieconv import LieConv, Neighbourhood, neighbourhood
 from lieprop.model.norm import NORMS, make_norm
@@ -31,7 +36,7 @@ class NetworkConfig:
     norm: str = "layer"  # normalisation layers (lieprop.model.norm.NORMS); bundles saved without the key used "batch"
     aggregation: str = "mean"  # "mean" over each neighbourhood (the paper) or "sum" (scaled by a constant)
     distance_feature: bool = True  # append the group distance of each pair to its embedding
-    radial_basis: int = 0  # also append this many Gaussians of that distance (0-8 Å), a smoother kernel input
+    radial_basis: int = 16  # also append this many Gaussians of that distance (0-8 Å), a smoother kernel input
     targets: list[str] = field(default_factory=lambda: ["homo"])
     pooling: list[str] | None = None  # default: sum for extensive properties (energies, alpha, ...), else mean
 
@@ -98,13 +103,13 @@ class LieResNet(nn.Module):
         self.register_buffer("sum_pool", torch.tensor([p == "sum" for p in cfg.pooling]), persistent=False)
 
     def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                generator: torch.Generator | None = None, deterministic_lifts: bool = False) -> torch.Tensor:
-        """``deterministic_lifts``: stabiliser samples fixed per atom position (seed 0), for inference on
-        canonically ordered atoms; otherwise fresh Haar samples from ``generator``."""
+                generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
+        """``deterministic``: stabiliser samples fixed per atom position (seed 0), for inference on canonically
+        ordered atoms; otherwise fresh Haar samples from ``generator``."""
         lifts = self.cfg.lift_samples
-        if deterministic_lifts:
+        if deterministic:
             generator = torch.Generator().manual_seed(0)
-        g, orbits = self.group.lift(positions, lifts, generator, per_position=deterministic_lifts)
+        g, orbits = self.group.lift(positions, lifts, generator, per_position=deterministic)
         if lifts > 1:
             features = features.repeat_interleave(lifts, dim=1)
             mask = mask.repeat_interleave(lifts, dim=1)
@@ -125,3 +130,14 @@ class LieResNet(nn.Module):
         total = (y * m).sum(1)  # (B, T)
         n_points = m.sum(1).clamp_min(1)
         return torch.where(self.sum_pool, total / lifts, total / n_points)
+
+
+def _summary(cfg: NetworkConfig) -> str:
+    return f"LieResNet {cfg.group}, width {cfg.width}, depth {cfg.depth}"
+
+
+ARCHITECTURE = Architecture(
+    name="lieconv", config=NetworkConfig, build=LieResNet, invariance="frames", summary=_summary,
+    paper="Finzi, Stanton, Izmailov, Wilson: Generalizing Convolutional Neural Networks for Equivariance to Lie "
+          "Groups on Arbitrary Continuous Data (ICML 2020)",
+)

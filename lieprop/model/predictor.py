@@ -1,15 +1,22 @@
-"""A network plus everything needed to turn its outputs into properties with units, invariantly.
+"""A network plus everything needed to turn its outputs into properties with units, invariantly; and ensembles.
 
-:class:`PropertyModel` wraps a :class:`LieResNet` with per-target de-standardisation (scale, bias and
-per-element offsets, which carry the QM9 atom references for energies) and implements the invariant
-:meth:`PropertyModel.predict`: every molecule is evaluated in its frames (:mod:`lieprop.model.frames`)
-and the outputs are averaged, so a prediction does not depend on how the molecule was rotated,
-reflected, translated or ordered.
+:class:`PropertyModel` wraps the network of a registered architecture (:mod:`lieprop.model.architectures`) with
+per-target de-standardisation (scale, bias and per-element offsets, which carry the QM9 atom references for
+energies) and implements the invariant prediction: a network that is not invariant by construction is evaluated on
+the molecule in its weighted frames (:mod:`lieprop.model.frames`) and the outputs are averaged, so a prediction does
+not depend on how the molecule was rotated, reflected, translated or ordered.
+
+Two calls, one vocabulary (docs/DESIGN.md): :meth:`PropertyModel.predict` gives the values, an (n, T) array, for
+training and evaluation; :meth:`PropertyModel.predictions` gives the :class:`~lieprop.model.prediction.Predictions`
+contract that serving passes on. :class:`EnsembleModel` holds several members of one architecture and answers both
+calls with the members' mean, its ``predictions`` also with their spread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,22 +25,70 @@ from torch import nn
 from lieprop.data.batch import collate, featurize
 from lieprop.data.elements import ELEMENT_INDEX, QM9_ELEMENTS
 from lieprop.data.properties import NON_NEGATIVE
+from lieprop.model.architectures import DEFAULT_ARCHITECTURE, Architecture, get_architecture
 from lieprop.model.frames import molecule_frames
-from lieprop.model.network import LieResNet, NetworkConfig
+from lieprop.model.prediction import Predictions
+
+
+@dataclass
+class FrameBatch:
+    """Molecules expanded into the inputs the network sees: one entry per (molecule, distinct frame), in the order
+    the network evaluates them (by size, so batches carry little padding)."""
+
+    numbers: list[np.ndarray]  # per molecule, as given
+    positions: list[np.ndarray]
+    owners: np.ndarray  # (F,) molecule of each frame
+    frame_numbers: list[np.ndarray]  # (F,) atoms of each frame, canonical order
+    frame_coords: list[np.ndarray]  # (F,) coordinates in the frame
+    weights: np.ndarray  # (F,) frame weights; each molecule's sum to 1
+    order: np.ndarray  # (F,) evaluation order
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
+def expand(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], invariance: str,
+           fix_signs: bool = True) -> FrameBatch:
+    """The frames of every molecule (``invariance == "frames"``) or the molecule as given (``"intrinsic"``)."""
+    owners: list[int] = []
+    zs: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    for m, (z, x) in enumerate(zip(numbers, positions, strict=True)):
+        if invariance == "frames":
+            fz, fx, fw = molecule_frames(z, x, fix_signs=fix_signs).distinct(z, x)
+        else:
+            fz, fx, fw = [np.asarray(z)], [np.asarray(x, dtype=np.float64)], np.ones(1)
+        owners += [m] * len(fw)
+        zs += fz
+        xs += fx
+        weights.append(fw)
+    owners_np = np.asarray(owners, dtype=np.int64)
+    sizes = np.array([len(z) for z in zs], dtype=np.int64)
+    return FrameBatch(list(numbers), list(positions), owners_np, zs, xs,
+                      np.concatenate(weights) if weights else np.zeros(0), np.lexsort((owners_np, sizes)))
 
 
 class PropertyModel(nn.Module):
-    """network output o (standardised) -> property = o * scale + bias + sum over atoms of offset[element]."""
+    """network output o (standardised) -> property = o * scale + bias + sum over atoms of offset[element].
 
-    def __init__(self, cfg: NetworkConfig, fix_signs: bool = True):
+    ``cfg`` is the config of ``architecture`` (a registered family; default LieConv); ``fix_signs`` is passed to
+    the frames of a frame-averaged family."""
+
+    def __init__(self, cfg: Any, fix_signs: bool = True, architecture: str = DEFAULT_ARCHITECTURE):
         super().__init__()
         t = len(cfg.targets)
+        self.arch: Architecture = get_architecture(architecture)
         self.cfg = cfg
         self.fix_signs = fix_signs
-        self.net = LieResNet(cfg)
+        self.net = self.arch.build(cfg)
         self.register_buffer("scale", torch.ones(t, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(t, dtype=torch.float64))
         self.register_buffer("offsets", torch.zeros(len(QM9_ELEMENTS), t, dtype=torch.float64))
+
+    @property
+    def architecture(self) -> str:
+        return self.arch.name
 
     @property
     def _floor(self) -> np.ndarray:
@@ -62,45 +117,113 @@ class PropertyModel(nn.Module):
     def to_physical(self, out: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         return out.to(torch.float64) * self.scale + self.baseline(numbers)
 
-    @torch.no_grad()
-    def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                autocast_bf16: bool = False) -> np.ndarray:
-        """Invariant, continuous predictions (n_molecules, T) in physical units (float64), by weighted frame averaging.
+    def expand(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> FrameBatch:
+        """What the network must see for these molecules (their frames, or the molecules themselves)."""
+        return expand(numbers, positions, self.arch.invariance, self.fix_signs)
 
-        Molecules are expanded into their distinct frames (:mod:`lieprop.model.frames`), sorted by size so batches
-        carry little padding, evaluated in eval mode, and the frame outputs averaged per molecule with the frames'
-        weights. No normalisation layer takes statistics across a batch in eval mode, so the result does not
-        depend on the batch a molecule shares. Properties that cannot be negative (``NON_NEGATIVE``) are clipped at 0.
-        """
+    @torch.no_grad()
+    def evaluate(self, frames: FrameBatch, batch_size: int = 128, autocast_bf16: bool = False) -> np.ndarray:
+        """(n_molecules, T) physical values of expanded molecules: the network in eval mode on every frame, the
+        outputs averaged per molecule with the frames' weights, de-standardised, and properties that cannot be
+        negative (``NON_NEGATIVE``) clipped at 0."""
+        n_mol = len(frames)
+        if n_mol == 0:
+            return np.zeros((0, len(self.targets)))
         was_training = self.training
         self.eval()
         try:
-            owners, coords, zs, weights = [], [], [], []
-            for m, (z, x) in enumerate(zip(numbers, positions, strict=True)):
-                fz, fx, fw = molecule_frames(z, x, fix_signs=self.fix_signs).distinct(z, x)
-                owners += [m] * len(fw)
-                zs += fz
-                coords += fx
-                weights.append(fw)
-            n_mol = len(numbers)
-            if n_mol == 0:
-                return np.zeros((0, len(self.targets)))
-            owners_np = np.asarray(owners)
-            sizes = np.array([len(z) for z in zs])
-            order = np.lexsort((owners_np, sizes))
-            outs = torch.zeros(len(owners), len(self.targets), dtype=torch.float64)
+            outs = torch.zeros(len(frames.owners), len(self.targets), dtype=torch.float64)
             dev = self.device
-            for s in range(0, len(order), batch_size):
-                sel = order[s:s + batch_size]
-                b = collate([zs[i] for i in sel], [coords[i] for i in sel]).to(dev)
+            for s in range(0, len(frames.order), batch_size):
+                sel = frames.order[s:s + batch_size]
+                b = collate([frames.frame_numbers[i] for i in sel], [frames.frame_coords[i] for i in sel]).to(dev)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic_lifts=True)
+                    o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic=True)
                 outs[torch.as_tensor(sel)] = o.to(torch.float64).cpu()
-            own = torch.as_tensor(owners_np)
-            w = torch.from_numpy(np.concatenate(weights))[:, None]  # each molecule's frame weights sum to 1
+            own = torch.as_tensor(frames.owners)
+            w = torch.from_numpy(frames.weights)[:, None]
             mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
-            z_pad = collate(list(numbers), list(positions)).numbers
+            z_pad = collate(frames.numbers, frames.positions).numbers
             values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
             return np.maximum(values, self._floor)
         finally:
             self.train(was_training)
+
+    def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
+                autocast_bf16: bool = False) -> np.ndarray:
+        """Invariant, continuous predictions (n_molecules, T) in physical units (float64).
+
+        Molecules are expanded into their distinct frames (or taken as they are by an intrinsically invariant
+        family), sorted by size so batches carry little padding, and evaluated in eval mode
+        (:meth:`evaluate`). No normalisation layer takes statistics across a batch in eval mode, so the result does
+        not depend on the batch a molecule shares.
+        """
+        return self.evaluate(self.expand(numbers, positions), batch_size, autocast_bf16)
+
+    def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
+                    autocast_bf16: bool = False) -> Predictions:
+        """:meth:`predict` as the prediction contract (values only: a single model has no spread)."""
+        return Predictions(self.predict(numbers, positions, batch_size, autocast_bf16))
+
+
+class EnsembleModel(nn.Module):
+    """Members of one architecture and config (each with its own weights and normalisation), answering as one.
+
+    Frames are computed once and shared by the members. :meth:`predict` gives the members' mean, and
+    :meth:`predictions` the mean with the members' sample standard deviation and their own values."""
+
+    def __init__(self, members: Sequence[PropertyModel]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for i, m in enumerate(members[1:], 1):
+            if (m.architecture, m.cfg.to_dict(), m.fix_signs) != (first.architecture, first.cfg.to_dict(),
+                                                                  first.fix_signs):
+                raise ValueError(f"ensemble member {i} differs from member 0 in architecture, network config or "
+                                 "fix_signs; members must share them")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def first(self) -> PropertyModel:
+        return self.members[0]  # type: ignore[return-value]
+
+    @property
+    def cfg(self) -> Any:
+        return self.first.cfg
+
+    @property
+    def arch(self) -> Architecture:
+        return self.first.arch
+
+    @property
+    def architecture(self) -> str:
+        return self.first.architecture
+
+    @property
+    def fix_signs(self) -> bool:
+        return self.first.fix_signs
+
+    @property
+    def targets(self) -> list[str]:
+        return self.first.targets
+
+    @property
+    def device(self) -> torch.device:
+        return self.first.device
+
+    def member_values(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
+                      autocast_bf16: bool = False) -> np.ndarray:
+        """(M, n_molecules, T): every member's predictions."""
+        frames = self.first.expand(numbers, positions)
+        return np.stack([m.evaluate(frames, batch_size, autocast_bf16) for m in self.members])
+
+    def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
+                autocast_bf16: bool = False) -> np.ndarray:
+        """The members' mean (n_molecules, T)."""
+        return self.member_values(numbers, positions, batch_size, autocast_bf16).mean(0)
+
+    def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
+                    autocast_bf16: bool = False) -> Predictions:
+        """The members' mean, spread (sample standard deviation) and values."""
+        return Predictions.from_members(self.member_values(numbers, positions, batch_size, autocast_bf16))

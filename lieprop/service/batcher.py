@@ -36,8 +36,10 @@ import numpy as np
 
 log = logging.getLogger("lieprop.service.batcher")
 
-PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], np.ndarray]
-Outcome = np.ndarray | BaseException
+#: (numbers per molecule, positions per molecule) -> one prediction per molecule, in order (the model's
+#: ``predictions``; any sequence with one entry per molecule works).
+PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], Sequence[Any]]
+Outcome = Any  # a molecule's prediction, or the BaseException it met
 
 
 class Priority(IntEnum):
@@ -90,8 +92,9 @@ class BatchStats:
 class DynamicBatcher:
     """Queue molecules, batch them, run ``predict`` on one worker thread, hand each submission its rows in order.
 
-    ``predict(numbers_list, positions_list) -> (n, T) array`` must give each molecule the same row whatever
-    batch it shares (``PropertyModel.predict`` does). ``initializer`` runs first on the worker thread (e.g.
+    ``predict(numbers_list, positions_list)`` returns one prediction per molecule (e.g.
+    :meth:`~lieprop.model.predictor.PropertyModel.predictions`) and must give each molecule the same prediction
+    whatever batch it shares. ``initializer`` runs first on the worker thread (e.g.
     ``torch.set_num_threads``); ``on_batch`` is called there after every batch with :class:`BatchStats`;
     ``incoming()``, if given, counts submissions on their way (0: do not wait for the batch to fill).
 
@@ -290,7 +293,7 @@ class DynamicBatcher:
         waits = [start - e.enqueued for e in batch]
         outcomes: list[Outcome]
         try:
-            outcomes = list(self._run_model(batch))
+            outcomes = self._run_model(batch)
         except Exception as exc:
             if len(batch) == 1:
                 outcomes = [exc]
@@ -308,11 +311,11 @@ class DynamicBatcher:
             except Exception:
                 log.exception("on_batch observer failed")
 
-    def _run_model(self, batch: list[_Entry]) -> np.ndarray:
-        values = np.asarray(self._predict([e.numbers for e in batch], [e.positions for e in batch]))
-        if values.shape[0] != len(batch):
-            raise RuntimeError(f"predict returned {values.shape[0]} rows for {len(batch)} molecules")
-        return values
+    def _run_model(self, batch: list[_Entry]) -> list[Outcome]:
+        rows = list(self._predict([e.numbers for e in batch], [e.positions for e in batch]))
+        if len(rows) != len(batch):
+            raise RuntimeError(f"predict returned {len(rows)} rows for {len(batch)} molecules")
+        return rows
 
     def _run_alone(self, entry: _Entry) -> Outcome:
         try:

@@ -1,15 +1,28 @@
-"""Training configuration: presets, a TOML/YAML file and command-line overrides, validated by pydantic."""
+"""Training configuration: presets, a TOML/YAML file and command-line overrides, validated by pydantic.
+
+The network is configured once, by its architecture (:mod:`lieprop.model.architectures`): ``architecture`` names
+the family and ``network`` holds that family's config keys (``--set network.width=128``; for LieConv the fields of
+:class:`lieprop.model.network.NetworkConfig`, with their defaults there). ``targets`` is shared by the run and the
+network. A network key given at the top level (``--set width=128``, the form before the registry) still works, with
+a ``DeprecationWarning``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+from lieprop.model.architectures import DEFAULT_ARCHITECTURE, get_architecture
+
+#: Keys of an architecture's config that belong to the run rather than to ``network``.
+RUN_KEYS = frozenset({"targets"})
 
 
 class TrainConfig(BaseModel):
@@ -23,20 +36,9 @@ class TrainConfig(BaseModel):
     split: Literal["cormorant", "schnet"] = "cormorant"
     limit_train: int | None = None  # use only the first N training molecules (tests, pilots)
     limit_valid: int | None = 5000  # validation molecules evaluated each epoch
-    # network
-    group: str = "T3"
-    width: int = 256
-    depth: int = 6
-    fill: float = 1.0
-    nbhd: int = 100
-    lift_samples: int = 1
-    kernel_norm: bool = True
-    norm: Literal["layer", "affine", "batch"] = "layer"  # normalisation layers (see lieprop.model.norm)
-    aggregation: Literal["mean", "sum"] = "mean"  # of messages over a neighbourhood (see lieprop.model.lieconv)
-    kernel_hidden: int = 32  # hidden width of the kernel MLP g
-    kernel_out: int = 16  # kernel channels contracted with each value channel (the PointConv trick)
-    distance_feature: bool = True
-    radial_basis: int = 16  # Gaussians of the pair distance as extra kernel input (see docs/MODEL_CARD.md)
+    # network: a registered architecture and its config keys (defaults: the architecture's config class)
+    architecture: str = DEFAULT_ARCHITECTURE
+    network: dict[str, Any] = Field(default_factory=dict)
     # orientation handling: "frames" trains in principal-axes frames (one sampled per step), "rotate"
     # applies random rotations (the paper's augmentation), "none" uses the input orientation.
     orientation: Literal["frames", "rotate", "none"] = "frames"
@@ -66,6 +68,40 @@ class TrainConfig(BaseModel):
     name: str = "lieprop-qm9"
     init_from: str | None = None  # start from this bundle's weights and normalisation (a new schedule)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_network_keys(cls, data: Any) -> Any:
+        return nest_network_keys(data) if isinstance(data, dict) else data
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str) -> str:
+        get_architecture(v)  # ValueError naming the known ones
+        return v
+
+    @model_validator(mode="after")
+    def _valid_network(self) -> TrainConfig:
+        self.network_config()  # unknown keys, wrong types and bad values fail here, before any work
+        return self
+
+    def network_config(self) -> Any:
+        """The architecture's config for this run: ``network`` with the run's ``targets``."""
+        arch = get_architecture(self.architecture)
+        reserved = sorted(set(self.network) & RUN_KEYS)
+        if reserved:
+            raise ValueError(f"network.{reserved[0]} is a run key: set {reserved[0]} at the top level")
+        unknown = sorted(set(self.network) - network_keys(arch.name))
+        if unknown:
+            raise ValueError(f"unknown network keys {unknown} for architecture {arch.name}; known: "
+                             f"{', '.join(sorted(network_keys(arch.name)))}")
+        try:
+            return TypeAdapter(arch.config).validate_python({**self.network, "targets": list(self.targets)})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            name = f"network.{where}" if where else "network"
+            raise ValueError(f"{name}: {first.get('msg')} (architecture {arch.name})") from None
+
     @field_validator("targets")
     @classmethod
     def _known_targets(cls, v: list[str]) -> list[str]:
@@ -81,17 +117,52 @@ PRESETS: dict[str, dict] = {
     # The LieConv QM9 recipe sized for a CPU budget (see docs/MODEL_CARD.md for why).
     "default": {},
     # The paper's sizes, for GPU runs: k = 1536, 500 epochs, batch 100, one target at a time in the paper.
-    "paper": {"width": 1536, "depth": 6, "batch_size": 100, "epochs": 500, "lr": 3e-3, "warmup_fraction": 0.01,
-              "orientation": "rotate"},
+    "paper": {"network": {"width": 1536, "depth": 6}, "batch_size": 100, "epochs": 500, "lr": 3e-3,
+              "warmup_fraction": 0.01, "orientation": "rotate"},
     # Short CPU budgets (minutes to an hour): narrower, finer radial basis, summed messages; it won the 6-minute
     # pilots of docs/MODEL_CARD.md and is the configuration of benchmarks/equal_budget.py.
-    "budget": {"width": 128, "radial_basis": 32, "aggregation": "sum"},
+    "budget": {"network": {"width": 128, "radial_basis": 32, "aggregation": "sum"}},
     # SE(3) lifts as in the paper's SE(3) runs.
-    "se3": {"group": "SE3", "fill": 0.5, "nbhd": 25, "lift_samples": 4},
+    "se3": {"network": {"group": "SE3", "fill": 0.5, "nbhd": 25, "lift_samples": 4}},
     # Seconds-long runs for tests.
-    "tiny": {"width": 32, "depth": 2, "batch_size": 32, "epochs": 2, "limit_train": 256, "limit_valid": 64,
-             "ema_decay": 0.0, "warmup_fraction": 0.1},
+    "tiny": {"network": {"width": 32, "depth": 2}, "batch_size": 32, "epochs": 2, "limit_train": 256,
+             "limit_valid": 64, "ema_decay": 0.0, "warmup_fraction": 0.1},
 }
+
+
+def network_keys(architecture: str = DEFAULT_ARCHITECTURE) -> frozenset[str]:
+    """The config keys of ``architecture`` that go under ``network``."""
+    return frozenset(f.name for f in dataclasses.fields(get_architecture(architecture).config)) - RUN_KEYS
+
+
+def nest_network_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with dotted keys (``network.width``) and top-level network keys (``width``, deprecated) moved into
+    the ``network`` table. Other keys are left alone (unknown ones are errors later)."""
+    out = dict(data)
+    network = dict(out.get("network") or {})
+    for key in [k for k in out if isinstance(k, str) and k.startswith("network.")]:
+        network[key.removeprefix("network.")] = out.pop(key)
+    flat = sorted(set(out) & network_keys(str(out.get("architecture", DEFAULT_ARCHITECTURE))))
+    if flat:
+        warnings.warn(f"top-level network keys {flat} are deprecated; use network.{flat[0]}=... (--set) or a "
+                      "[network] table", DeprecationWarning, stacklevel=3)
+        for key in flat:
+            network[key] = out.pop(key)
+    if network or "network" in out:
+        out["network"] = network
+    return out
+
+
+def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win, key by key; ``network`` tables are merged key by key too."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        layer = nest_network_keys(layer)
+        network = {**merged.get("network", {}), **layer.get("network", {})}
+        merged.update(layer)
+        if network:
+            merged["network"] = network
+    return merged
 
 
 def parse_value(text: str):
@@ -112,17 +183,16 @@ def parse_override(item: str) -> tuple[str, object]:
 
 def load_config(preset: str = "default", file: str | Path | None = None,
                 overrides: dict | None = None) -> TrainConfig:
-    """Preset, then the file's keys, then ``overrides`` (later wins)."""
+    """Preset, then the file's keys, then ``overrides`` (later wins; ``network`` tables merge key by key)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    data = dict(PRESETS[preset])
+    from_file: dict[str, Any] = {}
     if file is not None:
         path = Path(file)
         if path.suffix in (".yaml", ".yml"):
             import yaml  # optional dependency
 
-            data.update(yaml.safe_load(path.read_text()) or {})
+            from_file = yaml.safe_load(path.read_text()) or {}
         else:
-            data.update(tomllib.loads(path.read_text()))
-    data.update(overrides or {})
-    return TrainConfig(**data)
+            from_file = tomllib.loads(path.read_text())
+    return TrainConfig(**merge_layers(PRESETS[preset], from_file, overrides or {}))

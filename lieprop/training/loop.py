@@ -20,20 +20,19 @@ import torch
 from tqdm import tqdm
 
 from lieprop.data.batch import featurize, size_bucketed_batches
+from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
-from lieprop.model.bundle import save_bundle
+from lieprop.model.bundle import load_bundle, save_bundle
 from lieprop.model.device import pick_device
-from lieprop.model.network import NetworkConfig
 from lieprop.model.norm import fold_batch_norm
 from lieprop.model.predictor import PropertyModel
 from lieprop.training.config import TrainConfig
 from lieprop.training.data import SplitData, split_data
 
 
-def network_config(cfg: TrainConfig) -> NetworkConfig:
-    """The network part of a run's config: every TrainConfig key that NetworkConfig also has."""
-    shared = NetworkConfig.__dataclass_fields__.keys() & TrainConfig.model_fields.keys()
-    return NetworkConfig(**{k: getattr(cfg, k) for k in shared} | {"targets": list(cfg.targets)})
+def network_config(cfg: TrainConfig):
+    """The network part of a run's config: its architecture's config (``cfg.network`` with the run's targets)."""
+    return cfg.network_config()
 
 
 def fit_normalisation(model: PropertyModel, train: SplitData) -> None:
@@ -43,8 +42,6 @@ def fit_normalisation(model: PropertyModel, train: SplitData) -> None:
     energies this subsumes the QM9 atom references), intensive ones a mean; the scale is the standard
     deviation of what is left, so the network learns O(1) residuals.
     """
-    from lieprop.data.elements import ELEMENT_INDEX
-
     counts = np.zeros((len(train), 5))
     mol = np.repeat(np.arange(len(train)), train.sizes)
     np.add.at(counts, (mol, ELEMENT_INDEX[train.numbers]), 1.0)
@@ -93,17 +90,19 @@ class RunState:
 
 
 class EMA:
-    """Exponential moving average of floating-point parameters; buffers follow the live model."""
+    """Exponential moving average of the trained parameters; buffers (normalisation constants, batch-norm running
+    statistics) follow the live model."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.averaged = frozenset(k for k, p in model.named_parameters() if p.dtype.is_floating_point)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
         for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point and k.startswith("net.") and "running" not in k:
+            if k in self.averaged:
                 self.shadow[k].lerp_(v, 1 - d)
             else:
                 self.shadow[k].copy_(v)
@@ -139,7 +138,7 @@ class Trainer:
         if cfg.orientation == "frames":
             self.train.compute_frames(cfg.fix_signs)
         self.log(f"data: {len(self.train)} train / {len(self.valid)} valid molecules ({time.time() - t0:.1f} s)")
-        self.model = PropertyModel(network_config(cfg), fix_signs=cfg.fix_signs)
+        self.model = PropertyModel(network_config(cfg), fix_signs=cfg.fix_signs, architecture=cfg.architecture)
         fit_normalisation(self.model, self.train)
         self.parent: dict | None = None  # the bundle this run started from, for the lineage in best.pt
         if cfg.init_from:
@@ -153,10 +152,13 @@ class Trainer:
         self._tb = None  # TensorBoard writer, opened at the first epoch's end (False: not installed)
 
     def warm_start(self, path: str) -> None:
-        """Continue from a bundle: same network config required; its weights and normalisation are taken."""
-        from lieprop.model.bundle import load_bundle
-
+        """Continue from a bundle: same architecture and network config required; its weights and normalisation are
+        taken."""
         bundle = load_bundle(path)
+        if not isinstance(bundle.model, PropertyModel):
+            raise ValueError(f"{path} is an ensemble of {bundle.n_members} models; warm-start from one member")
+        if bundle.architecture != self.model.architecture:
+            raise ValueError(f"{path} is a {bundle.architecture} model, this run trains {self.model.architecture}")
         theirs, ours = bundle.model.cfg.to_dict(), self.model.cfg.to_dict()
         state = bundle.model.state_dict()
         if theirs["norm"] == "batch" and ours["norm"] == "affine":
@@ -240,7 +242,7 @@ class Trainer:
         """The model to evaluate and ship: the EMA weights when EMA is on."""
         if not self.ema:
             return self.model
-        m = PropertyModel(self.model.cfg, self.model.fix_signs).to(self.device)
+        m = PropertyModel(self.model.cfg, self.model.fix_signs, self.model.architecture).to(self.device)
         self.ema.copy_to(m)
         return m
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lieprop
-from lieprop.training.commands import add_evaluate, add_train
+from lieprop.training.commands import add_ensemble, add_evaluate, add_train
 
 Subparsers = Any  # argparse._SubParsersAction, which argparse does not export
 
@@ -125,12 +125,14 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
-    cfg = bundle.model.cfg
     print(f"model     {card['name']}")
     print(f"version   {card['version']}")
     print(f"sha256    {card['sha256']}")
-    print(f"network   LieResNet {cfg.group}, width {cfg.width}, depth {cfg.depth}, "
-          f"{sum(p.numel() for p in bundle.model.parameters()):,} parameters")
+    members = f", an ensemble of {card['members']} members" if card["members"] > 1 else ""
+    print(f"network   {card['architecture']}: {card['network']}, "
+          f"{sum(p.numel() for p in bundle.model.parameters()):,} parameters{members}")
+    if card["uncertainty"]:
+        print(f"spread    every value carries a std: the {card['uncertainty']}")
     print("targets   " + ", ".join(f"{t} ({BY_NAME[t].unit})" for t in card["targets"]))
     training = card.get("training")
     if isinstance(training, dict) and training:
@@ -291,7 +293,8 @@ def run_predict(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_predict, add_train, add_evaluate]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_predict, add_train, add_evaluate,
+                                                add_ensemble]
 
 
 def build_parser() -> argparse.ArgumentParser:

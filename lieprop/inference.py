@@ -138,8 +138,9 @@ def select_properties(targets: Sequence[str], names: Sequence[str] | None = None
 
 
 def model_card(bundle: Bundle) -> dict[str, Any]:
-    """What a bundle is and how good it is: name, version, sha256, targets, every output property (unit,
-    description, test MAE when the bundle records one) and the training facts (``GET /v1/models``, ``lieprop info``).
+    """What a bundle is and how good it is: name, version, sha256, architecture (and ensemble size), targets, every
+    output property (unit, description, test MAE when the bundle records one) and the training facts
+    (``GET /v1/models``, ``lieprop info``).
     """
     test_mae = bundle.meta.get("test_mae")
     test_mae = test_mae if isinstance(test_mae, Mapping) else {}
@@ -153,7 +154,10 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
             "test_mae": float(mae) if isinstance(mae, int | float) and math.isfinite(mae) else None,
         })
     small = bundle.meta.get("small_evaluation")
-    return {**model_info(bundle), "targets": list(bundle.model.targets), "properties": props,
+    return {**model_info(bundle), "architecture": bundle.architecture,
+            "network": bundle.model.arch.summary(bundle.model.cfg), "members": bundle.n_members,
+            "uncertainty": "std of the ensemble members" if bundle.n_members > 1 else None,
+            "targets": list(bundle.model.targets), "properties": props,
             "training": _json_safe(bundle.meta.get("training")),
             "test_mae_by_size": _json_safe(bundle.meta.get("test_mae_by_size")),
             "small_mae_by_size": _json_safe(small.get("by_size")) if isinstance(small, Mapping) else None,

@@ -51,6 +51,11 @@ class PredictRequest(BaseModel):
 class PropertyValue(BaseModel):
     value: float
     unit: str
+    std: float | None = Field(None, description="the model's spread for this value (ensembles: the members' sample "
+                                                "standard deviation), in `unit`; absent when the model has none")
+    interval: list[float] | None = Field(None, min_length=2, max_length=2,
+                                         description="a prediction interval [lower, upper] in `unit`, when the "
+                                                     "model has a calibrated one")
 
 
 class ItemError(BaseModel):
@@ -99,6 +104,11 @@ class SizeBin(BaseModel):
 
 class ModelCard(ModelRef):
     default: bool
+    architecture: str = Field(description="the network family (lieprop.model.architectures), e.g. lieconv")
+    network: str = Field(description="the network in one line, e.g. 'LieResNet T3, width 256, depth 6'")
+    members: int = Field(1, description="1 for a single model; the number of members of an ensemble")
+    uncertainty: str | None = Field(None, description="what the `std` of each predicted property is, when the "
+                                                      "model gives one (ensembles: the members' spread)")
     targets: list[str]
     properties: list[PropertyInfo]
     training: dict[str, Any] | None = None

@@ -154,10 +154,14 @@ def nest_network_keys(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win, key by key; ``network`` tables are merged key by key too."""
+    """Later layers win, key by key; ``network`` tables are merged key by key too, unless a layer switches to
+    another architecture (then the earlier table, another family's keys, is dropped)."""
     merged: dict[str, Any] = {}
     for layer in layers:
         layer = nest_network_keys(layer)
+        before = merged.get("architecture", DEFAULT_ARCHITECTURE)
+        if layer.get("architecture", before) != before:
+            merged.pop("network", None)
         network = {**merged.get("network", {}), **layer.get("network", {})}
         merged.update(layer)
         if network:

@@ -1,0 +1,71 @@
+"""The architecture registry: a new model family is its own module plus one line, and then trains, saves, loads,
+predicts, evaluates and reports itself like LieConv (the toy family of tests/toy_architecture.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lieprop.data.properties import PROPERTY_NAMES
+from lieprop.inference import model_card
+from lieprop.model import architectures
+from lieprop.model.architectures import get_architecture
+from lieprop.model.bundle import load_bundle, save_bundle
+from lieprop.model.network import NetworkConfig
+from lieprop.model.predictor import PropertyModel
+from lieprop.training.config import load_config
+from lieprop.training.loop import train
+
+
+@pytest.fixture
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(architectures.MODULES, "toy", "toy_architecture")  # the one registration line
+    return get_architecture("toy")
+
+
+def test_lieconv_is_the_registered_default():
+    arch = get_architecture(architectures.DEFAULT_ARCHITECTURE)
+    assert arch.name == "lieconv" and arch.config is NetworkConfig and arch.invariance == "frames"
+    with pytest.raises(ValueError, match="unknown architecture 'nope'; known: lieconv"):
+        get_architecture("nope")
+
+
+def test_bundles_saved_before_the_registry_load_as_lieconv_with_their_digest():
+    bundle = load_bundle("lieprop/models/lieprop-qm9.pt")
+    assert bundle.architecture == "lieconv" and bundle.n_members == 1
+    card = model_card(bundle)
+    assert card["architecture"] == "lieconv" and card["network"].startswith("LieResNet T3")
+
+
+def test_a_registered_family_trains_saves_loads_and_predicts_invariantly(tmp_path, qm9_head, toy_registered):
+    from helpers import random_pose
+
+    cfg = load_config("tiny", overrides={"architecture": "toy", "network": {"width": 8}, "orientation": "none",
+                                         "targets": ["homo", "u0"], "out_dir": str(tmp_path / "run"),
+                                         "epochs": 1})
+    tr = train(cfg, data=qm9_head, log=lambda *_: None)
+    bundle = load_bundle(tr.out / "best.pt")
+    assert bundle.architecture == "toy" and bundle.model.cfg.width == 8
+    card = model_card(bundle)
+    assert card["network"] == "ToyNet width 8, cutoff 5.0 Å" and card["targets"] == ["homo", "u0"]
+    z, x = qm9_head.molecule(20)
+    moved = random_pose(z, x, np.random.default_rng(0))
+    a, b = bundle.model.predict([z, moved[0]], [x, moved[1]])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # invariant by construction, evaluated without frames
+    assert len(bundle.model.expand([z], [x]).owners) == 1
+
+
+def test_a_bundle_records_its_architecture_in_the_digest(tmp_path, toy_registered):
+    toy = PropertyModel(toy_registered.make_config({"targets": list(PROPERTY_NAMES)}), architecture="toy")
+    sha = save_bundle(toy, tmp_path / "toy.pt", "toy")
+    assert load_bundle(tmp_path / "toy.pt").sha256 == sha
+    lieconv = PropertyModel(NetworkConfig(width=8, depth=1, targets=list(PROPERTY_NAMES)))
+    assert save_bundle(lieconv, tmp_path / "lc.pt", "lc") != sha
+
+
+def test_a_bundle_of_an_unregistered_family_is_refused_by_name(tmp_path, toy_registered, monkeypatch):
+    toy = PropertyModel(toy_registered.make_config({"targets": ["homo"]}), architecture="toy")
+    save_bundle(toy, tmp_path / "toy.pt", "toy")
+    monkeypatch.delitem(architectures.MODULES, "toy")
+    with pytest.raises(ValueError, match="unknown architecture 'toy'"):
+        load_bundle(tmp_path / "toy.pt")

@@ -1,0 +1,95 @@
+"""Ensemble bundles: several members of one architecture answer as one model, with the members' spread as the
+``std`` of every value, in the library, file scoring, REST and REST jobs (the Prediction contract end to end)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lieprop
+from lieprop.cli import main
+from lieprop.data.properties import PROPERTY_NAMES
+from lieprop.jobs.pipeline import ScoreOptions, score_file
+from lieprop.model.bundle import BundleError, load_bundle, make_ensemble, save_bundle
+from lieprop.model.network import NetworkConfig
+from lieprop.model.predictor import EnsembleModel, PropertyModel
+from lieprop.service.schemas import ETHANOL_XYZ, WATER
+
+MOLECULES = ["CCO", {"id": "w", **WATER}, {"id": "e", "xyz": ETHANOL_XYZ}, {"id": "bad", "smiles": "C1CC"}]
+
+
+def member(seed: int, **kw) -> PropertyModel:
+    torch.manual_seed(seed)
+    return PropertyModel(NetworkConfig(**{"width": 16, "depth": 1, "targets": list(PROPERTY_NAMES), **kw}))
+
+
+@pytest.fixture(scope="module")
+def ensemble_path(tmp_path_factory):
+    """A tiny two-member ensemble, made as a user makes one: two bundles, then ``lieprop ensemble``."""
+    root = tmp_path_factory.mktemp("ensemble")
+    for seed in (1, 2):
+        save_bundle(member(seed), root / f"m{seed}.pt", f"member-{seed}", {"split": "cormorant"})
+    assert main(["ensemble", str(root / "m1.pt"), str(root / "m2.pt"), "--out", str(root / "ens.pt"),
+                 "--name", "tiny-ensemble"]) == 0
+    return root / "ens.pt"
+
+
+def test_an_ensemble_predicts_the_members_mean_and_their_spread(ensemble_path):
+    bundle = load_bundle(ensemble_path)
+    m1, m2 = (load_bundle(ensemble_path.parent / f"m{s}.pt").model for s in (1, 2))
+    assert isinstance(bundle.model, EnsembleModel) and bundle.n_members == 2
+    z, x = np.array(WATER["numbers"]), np.array(WATER["positions"])
+    a, b = m1.predict([z], [x])[0], m2.predict([z], [x])[0]
+    p = bundle.model.predictions([z], [x])[0]
+    np.testing.assert_allclose(p.value, (a + b) / 2, rtol=1e-12)
+    np.testing.assert_allclose(p.std, np.abs(a - b) / np.sqrt(2), rtol=1e-9)  # sample std of two values
+    np.testing.assert_allclose(p.members, [a, b], rtol=1e-12)
+    np.testing.assert_allclose(bundle.model.predict([z], [x])[0], p.value)
+
+
+def test_the_ensemble_bundle_verifies_and_records_its_members(ensemble_path):
+    bundle = load_bundle(ensemble_path)
+    shas = [load_bundle(ensemble_path.parent / f"m{s}.pt").sha256 for s in (1, 2)]
+    assert [m["sha256"] for m in bundle.meta["members"]] == shas
+    card = lieprop.inference.model_card(bundle)
+    assert card["members"] == 2 and card["uncertainty"] == "std of the ensemble members"
+
+
+def test_members_of_different_networks_are_refused(tmp_path):
+    save_bundle(member(1), tmp_path / "a.pt", "a")
+    save_bundle(member(2, depth=2), tmp_path / "b.pt", "b")
+    with pytest.raises(BundleError, match="differs from member 0"):
+        make_ensemble([tmp_path / "a.pt", tmp_path / "b.pt"], tmp_path / "e.pt", "e")
+    assert main(["ensemble", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(tmp_path / "e.pt")]) == 2
+
+
+def test_the_library_gives_every_property_a_value_and_a_std(ensemble_path):
+    results = lieprop.predict(MOLECULES, model=ensemble_path)["results"]
+    assert [r["ok"] for r in results] == [True, True, True, False]
+    for r in results[:3]:
+        for name, entry in r["properties"].items():
+            assert set(entry) == {"value", "unit", "std"}, name
+            assert entry["std"] >= 0 and np.isfinite(entry["value"])
+    single = lieprop.predict(MOLECULES[:1], model=ensemble_path.parent / "m1.pt")["results"][0]
+    assert all(set(e) == {"value", "unit"} for e in single["properties"].values())  # a single model: no std
+
+
+def test_file_scoring_writes_a_std_column_after_each_property(tmp_path, ensemble_path):
+    source = tmp_path / "in.csv"
+    source.write_text("name,smiles\nethanol,CCO\nbad,C1CC\nwater,O\n")
+    score_file(source, tmp_path / "out.csv", ScoreOptions(properties=("homo", "u0_atomization")),
+               model=ensemble_path, workers=1)
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[4:8] == ["homo [eV]", "homo_std [eV]", "u0_atomization [eV]", "u0_atomization_std [eV]"]
+    library = lieprop.predict(["CCO"], properties=["homo"], model=ensemble_path)["results"][0]["properties"]
+    assert float(rows[0]["homo [eV]"]) == pytest.approx(library["homo"]["value"], rel=1e-6)
+    assert float(rows[0]["homo_std [eV]"]) == pytest.approx(library["homo"]["std"], rel=1e-6)
+    assert rows[1]["homo_std [eV]"] == "" and rows[1]["error"] == "invalid_smiles"
+    score_file(source, tmp_path / "out.jsonl", ScoreOptions(properties=("homo",)), model=ensemble_path, workers=1)
+    first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    assert set(first["properties"]["homo"]) == {"value", "unit", "std"}

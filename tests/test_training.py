@@ -257,3 +257,33 @@ def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path,
         Trainer(tiny(tmp_path, out_dir=str(tmp_path / "other"), init_from=str(bundle), network={"width": 16}),
                 data=qm9_head,
                 log=lambda *_: None)
+
+
+def test_force_field_conformers_are_the_services_smiles_geometries(tmp_path, qm9_head, monkeypatch):
+    from lieprop.data.conformers import build_conformers, load_conformers
+    from lieprop.data.readers import from_smiles
+
+    monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
+    build_conformers(qm9_head, limit=40, log=lambda *_: None)  # a trial cache: the first 40 rows
+    conformers = load_conformers()
+    assert len(conformers) == 40 and conformers.ok.all()
+    z, x = conformers.molecule(7)
+    served = from_smiles(str(qm9_head.smiles[7]))
+    np.testing.assert_array_equal(z, served.numbers)
+    np.testing.assert_allclose(x, served.positions, atol=1e-5)  # float32 storage of the very same conformer
+    assert sorted(z) == sorted(qm9_head.molecule(7)[0])
+    assert conformers.available(np.array([3, 39, 40, 300])).tolist() == [True, True, False, False]
+
+
+def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_path, qm9_head, monkeypatch):
+    from lieprop.data.conformers import build_conformers
+
+    monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
+    build_conformers(qm9_head, limit=len(qm9_head), log=lambda *_: None)
+    plain = Trainer(tiny(tmp_path), data=qm9_head, log=lambda *_: None)
+    both = Trainer(tiny(tmp_path, forcefield_geometries=True), data=qm9_head, log=lambda *_: None)
+    assert len(both.train) == 2 * len(plain.train)  # every training molecule twice: DFT and force-field geometry
+    np.testing.assert_array_equal(both.train.targets[len(plain.train):], plain.train.targets)
+    both.fit()
+    row = both.state.history[-1]
+    assert row["selection_score"] == pytest.approx((row["valid_score"] + row["valid_ff_score"]) / 2)

@@ -35,7 +35,8 @@ CHUNK = 2000
 @dataclass(frozen=True)
 class ConformerArrays:
     """Force-field geometries of QM9, row-aligned with :class:`~lieprop.data.qm9.QM9Arrays`: molecule ``i`` owns
-    atoms ``offsets[i]:offsets[i+1]`` (none when ``ok[i]`` is False; ``errors[i]`` then says why)."""
+    atoms ``offsets[i]:offsets[i+1]`` (none when ``ok[i]`` is False; ``errors[i]`` then says why). A trial cache
+    holds only the first rows of QM9: :meth:`available` says which rows have a conformer."""
 
     numbers: np.ndarray  # (n_atoms_total,) int8
     positions: np.ndarray  # (n_atoms_total, 3) float32, Å
@@ -45,6 +46,14 @@ class ConformerArrays:
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
+
+    def available(self, rows: np.ndarray) -> np.ndarray:
+        """Boolean mask over QM9 ``rows``: which have a conformer here."""
+        rows = np.asarray(rows)
+        inside = rows < len(self)
+        out = np.zeros(rows.shape, dtype=bool)
+        out[inside] = self.ok[rows[inside]]
+        return out
 
     def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(numbers, positions) of molecule ``i``'s conformer (empty arrays when it has none)."""
@@ -95,7 +104,7 @@ def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int
     n = min(len(data), limit) if limit else len(data)
     parts = _parts_dir()
     parts.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in range(0, n, CHUNK) if not (parts / f"{s:06d}.npz").exists()]
+    todo = [s for s in range(0, n, CHUNK) if not _part(s, n).exists()]
     log(f"conformers: {len(range(0, n, CHUNK)) - len(todo)} of {len(range(0, n, CHUNK))} chunks done; "
         f"embedding {sum(min(CHUNK, n - s) for s in todo)} molecules on {workers} worker(s)")
     start = time.time()
@@ -110,19 +119,23 @@ def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int
             arrays = future.result()
             tmp = parts / f"{s:06d}.tmp.npz"
             np.savez(tmp, **arrays)
-            os.replace(tmp, parts / f"{s:06d}.npz")
+            os.replace(tmp, _part(s, n))
             rate = k * CHUNK / max(1e-9, time.time() - start)
             log(f"conformers: chunk {s // CHUNK + 1}/{len(range(0, n, CHUNK))}, {int(arrays['ok'].sum())}/"
                 f"{len(arrays['ok'])} embedded, {rate:.0f} molecules/s")
-    if n == N_MOLECULES:
-        return merge_parts(n)
-    return parts
+    return merge_parts(n)
+
+
+def _part(start: int, n: int) -> Path:
+    """The file of the chunk that starts at ``start`` (named by its rows, so a trial build of the first ``n``
+    molecules never passes a short last chunk off as a full one)."""
+    return _parts_dir() / f"{start:06d}-{min(start + CHUNK, n):06d}.npz"
 
 
 def merge_parts(n: int = N_MOLECULES) -> Path:
-    """Join the chunk files into the cache file (once every chunk exists)."""
-    parts = _parts_dir()
-    chunks = [np.load(parts / f"{s:06d}.npz") for s in range(0, n, CHUNK)]
+    """Join the chunk files of the first ``n`` molecules into the cache file (once every chunk exists). A cache of
+    fewer than all QM9 molecules (a trial build) covers only its first rows."""
+    chunks = [np.load(_part(s, n)) for s in range(0, n, CHUNK)]
     counts = np.concatenate([c["counts"] for c in chunks])
     out = {"numbers": np.concatenate([c["numbers"] for c in chunks]),
            "positions": np.concatenate([c["positions"] for c in chunks]),

@@ -49,6 +49,10 @@ class TrainConfig(BaseModel):
     # also train on the validation split's molecules with at most 10 atoms (about 100 of 17,748; the test split is
     # untouched): water is a validation molecule in the Cormorant split, and nothing in training resembles it
     train_small_valid: bool = False
+    # also train on every training molecule's force-field conformer (RDKit ETKDGv3 + MMFF94 from its SMILES, exactly
+    # the service's SMILES path; lieprop.data.conformers), with the DFT targets: the geometries SMILES users send.
+    # Validation then scores both geometries of the validation molecules, and the best checkpoint is the best mean.
+    forcefield_geometries: bool = False
     # optimisation
     batch_size: int = 64
     lr: float = 3e-3

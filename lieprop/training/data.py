@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,17 +82,33 @@ class SplitData:
         return Batch(b.numbers, x.to(torch.float32), b.mask)
 
 
-def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str, ...]) -> SplitData:
-    """Pack QM9 molecules ``rows`` contiguously with their targets (lieprop units, total energies)."""
+def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str, ...],
+               geometries: Any = None) -> SplitData:
+    """Pack QM9 molecules ``rows`` contiguously with their targets (lieprop units, total energies).
+
+    ``geometries``: another source of atoms for the same rows (ragged ``numbers``, ``positions``, ``offsets``
+    row-aligned with QM9, e.g. :class:`lieprop.data.conformers.ConformerArrays`); default the DFT geometries."""
     rows = np.asarray(rows)
-    sizes = data.n_atoms[rows]
+    geo = data if geometries is None else geometries
+    sizes = np.diff(geo.offsets)[rows]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    src = np.concatenate([np.arange(data.offsets[r], data.offsets[r + 1]) for r in rows]) if len(rows) else []
+    src = np.concatenate([np.arange(geo.offsets[r], geo.offsets[r + 1]) for r in rows]) if len(rows) else []
     cols = [PROPERTY_NAMES.index(t) for t in targets]
     return SplitData(
-        numbers=data.numbers[src].astype(np.int64),
-        positions=data.positions[src].astype(np.float64),
+        numbers=geo.numbers[src].astype(np.int64),
+        positions=geo.positions[src].astype(np.float64),
         offsets=offsets,
         targets=data.targets_in_units()[rows][:, cols],
         qm9_rows=rows,
+    )
+
+
+def concat_splits(a: SplitData, b: SplitData) -> SplitData:
+    """The molecules of ``a`` then those of ``b`` (frames are computed afterwards, on the whole)."""
+    return SplitData(
+        numbers=np.concatenate([a.numbers, b.numbers]),
+        positions=np.concatenate([a.positions, b.positions]),
+        offsets=np.concatenate([a.offsets, a.offsets[-1] + b.offsets[1:]]),
+        targets=np.concatenate([a.targets, b.targets]),
+        qm9_rows=np.concatenate([a.qm9_rows, b.qm9_rows]),
     )

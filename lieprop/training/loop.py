@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from lieprop.data.batch import featurize, size_bucketed_batches
+from lieprop.data.conformers import load_conformers
 from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
 from lieprop.model.bundle import load_bundle, save_bundle
@@ -27,7 +28,7 @@ from lieprop.model.device import pick_device
 from lieprop.model.norm import fold_batch_norm
 from lieprop.model.predictor import PropertyModel
 from lieprop.training.config import TrainConfig
-from lieprop.training.data import SplitData, split_data
+from lieprop.training.data import SplitData, concat_splits, split_data
 
 
 def network_config(cfg: TrainConfig):
@@ -134,6 +135,12 @@ class Trainer:
         t0 = time.time()
         self.train = split_data(qm9, train_rows, cfg.targets)
         self.valid = split_data(qm9, valid_rows, cfg.targets)
+        self.valid_ff: SplitData | None = None  # the validation molecules in force-field geometries
+        if cfg.forcefield_geometries:
+            conformers = load_conformers()
+            self.train = concat_splits(self.train, split_data(qm9, train_rows[conformers.available(train_rows)],
+                                                              cfg.targets, conformers))
+            self.valid_ff = split_data(qm9, valid_rows[conformers.available(valid_rows)], cfg.targets, conformers)
         self.small = split_data(qm9, small_molecules(qm9), cfg.targets)  # sanity set, logged, not selected on
         if cfg.orientation == "frames":
             self.train.compute_frames(cfg.fix_signs)
@@ -295,7 +302,7 @@ class Trainer:
         return self.state
 
     def end_of_epoch(self, train_loss: float, mol_s: float) -> None:
-        shipped = self.eval_model()  # one EMA copy for both evaluations
+        shipped = self.eval_model()  # one EMA copy for every evaluation
         mae = self.validate(self.valid, shipped)
         score = self.normalised(mae)
         small = self.validate(self.small, shipped)
@@ -303,6 +310,11 @@ class Trainer:
                "lr": lr_at(self.cfg, self.progress()), "train_loss": train_loss, "train_mol_s": round(mol_s, 1),
                "valid_score": score, **{f"valid_mae_{k}": v for k, v in mae.items()},
                "small_score": self.normalised(small), **{f"small_mae_{k}": v for k, v in small.items()}}
+        if self.valid_ff is not None:  # the SMILES path: selection weighs both geometries equally
+            ff = self.validate(self.valid_ff, shipped)
+            row.update({"valid_ff_score": self.normalised(ff), **{f"valid_ff_mae_{k}": v for k, v in ff.items()}})
+            score = (score + row["valid_ff_score"]) / 2
+            row["selection_score"] = score
         self.state.history.append(row)
         if score < self.state.best_valid:
             self.state.best_valid = score

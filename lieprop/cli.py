@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lieprop
-from lieprop.training.commands import add_ensemble, add_evaluate, add_train
+from lieprop.training.commands import add_calibrate, add_ensemble, add_evaluate, add_train
 
 Subparsers = Any  # argparse._SubParsersAction, which argparse does not export
 
@@ -294,7 +294,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 #: Subcommand registrars, in ``--help`` order.
 COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_predict, add_train, add_evaluate,
-                                                add_ensemble]
+                                                add_ensemble, add_calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

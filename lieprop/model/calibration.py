@@ -1,0 +1,148 @@
+"""Calibrated uncertainty: turn a model's raw spread into a standard deviation and prediction intervals that hold.
+
+An ensemble's spread ``s`` (the members' sample standard deviation) ranks molecules by how much the members
+disagree, but its size is not an error bar: members fine-tuned from one parent agree more than their errors
+warrant, and they can agree by chance on a molecule they all get wrong. Per target ``t``, calibration fits
+
+    sigma = a_t * sqrt(s^2 + b_t^2)
+
+by maximum likelihood of the errors under N(0, sigma^2) on a calibration set (the validation split, in the
+geometries users send and in DFT geometries): ``a_t`` scales the spread, the floor ``b_t`` keeps sigma honest when
+the members happen to agree. ``sigma`` is the ``std`` a result reports. Intervals are split-conformal on the
+normalised errors |error| / sigma: ``value ± q_t(level) * sigma``, where ``q_t(level)`` is the
+ceil((n + 1) level) / n empirical quantile, so that on exchangeable data a level-0.9 interval covers at least 90% of
+molecules. The quantiles of a grid of levels are stored; other levels interpolate.
+
+Everything here is numpy on arrays of shape (n, T); a bundle stores a :class:`Calibration` as plain JSON in its
+metadata (``calibration``) and the ensemble applies it to every prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lieprop.model.prediction import Predictions
+
+#: Coverage levels whose conformal quantiles a calibration stores (others interpolate between them).
+LEVELS = (0.5, 0.6, 0.68, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
+#: The level of the ``interval`` a result carries unless asked for another (REST and file scoring ``coverage``).
+DEFAULT_LEVEL = 0.9
+#: Floors tried, as multiples of the target's median spread.
+_FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-target calibration of an ensemble's spread (see the module doc)."""
+
+    targets: tuple[str, ...]
+    scale: np.ndarray  # (T,) a_t
+    floor: np.ndarray  # (T,) b_t, in the target's unit
+    levels: np.ndarray  # (L,)
+    quantiles: np.ndarray  # (L, T) conformal quantiles of |error| / sigma
+    typical: np.ndarray  # (T,) median sigma on the calibration set
+    n: int  # molecules it was fitted on
+    source: str = ""  # what the calibration set was
+
+    def sigma(self, spread: np.ndarray) -> np.ndarray:
+        """Calibrated standard deviations (n, T) from raw spreads (n, T)."""
+        return self.scale * np.sqrt(np.asarray(spread) ** 2 + self.floor**2)
+
+    def quantile(self, level: float) -> np.ndarray:
+        """(T,) interval half-widths in units of sigma for coverage ``level`` (interpolated between stored
+        levels; ``ValueError`` outside them)."""
+        if not self.levels[0] <= level <= self.levels[-1]:
+            raise ValueError(f"coverage must be between {self.levels[0]} and {self.levels[-1]}, got {level}")
+        return np.array([np.interp(level, self.levels, self.quantiles[:, t]) for t in range(len(self.targets))])
+
+    def apply(self, predictions: Predictions, level: float = DEFAULT_LEVEL) -> Predictions:
+        """``predictions`` with ``std`` calibrated and an interval at ``level`` (value ± quantile * std)."""
+        if predictions.std is None:
+            raise ValueError("calibration needs a spread: only ensembles give one")
+        sigma = self.sigma(predictions.std)
+        half = self.quantile(level) * sigma
+        return Predictions(predictions.value, sigma, predictions.value - half, predictions.value + half, level,
+                           predictions.members)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON for a bundle's metadata."""
+        return {"targets": list(self.targets), "scale": self.scale.tolist(), "floor": self.floor.tolist(),
+                "levels": self.levels.tolist(), "quantiles": self.quantiles.tolist(),
+                "typical": self.typical.tolist(), "n": self.n, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        return cls(tuple(d["targets"]), np.asarray(d["scale"], float), np.asarray(d["floor"], float),
+                   np.asarray(d["levels"], float), np.asarray(d["quantiles"], float),
+                   np.asarray(d["typical"], float), int(d["n"]), str(d.get("source", "")))
+
+
+def _nll(err: np.ndarray, var: np.ndarray) -> float:
+    return float(0.5 * np.mean(np.log(var) + err**2 / var))
+
+
+def fit_calibration(values: np.ndarray, spread: np.ndarray, truth: np.ndarray, targets: Sequence[str],
+                    levels: Sequence[float] = LEVELS, source: str = "") -> Calibration:
+    """Fit scale, floor and conformal quantiles per target on a calibration set ((n, T) arrays)."""
+    values, spread, truth = (np.asarray(a, dtype=np.float64) for a in (values, spread, truth))
+    err = truth - values
+    n, t = err.shape
+    scale, floor = np.ones(t), np.zeros(t)
+    for j in range(t):
+        median = float(np.median(spread[:, j]))
+        unit = median if median > 0 else float(np.mean(np.abs(err[:, j]))) or 1.0
+        best = (math.inf, 1.0, 0.0)
+        for f in _FLOOR_GRID * unit:
+            base = spread[:, j] ** 2 + f**2
+            if np.any(base <= 0):
+                continue
+            a2 = float(np.mean(err[:, j] ** 2 / base))  # the MLE of a^2 for this floor
+            nll = _nll(err[:, j], a2 * base)
+            if nll < best[0]:
+                best = (nll, math.sqrt(a2), f)
+        _, scale[j], floor[j] = best
+    cal = Calibration(tuple(targets), scale, floor, np.asarray(levels, float), np.zeros((len(levels), t)),
+                      np.zeros(t), n, source)
+    sigma = cal.sigma(spread)
+    scores = np.abs(err) / sigma
+    ranks = [min(n, math.ceil((n + 1) * lv)) for lv in levels]
+    sorted_scores = np.sort(scores, axis=0)
+    quantiles = np.stack([sorted_scores[r - 1] for r in ranks])
+    return Calibration(cal.targets, scale, floor, cal.levels, quantiles, np.median(sigma, axis=0), n, source)
+
+
+def coverage_report(values: np.ndarray, predictions: Predictions, truth: np.ndarray, targets: Sequence[str]
+                    ) -> dict[str, dict[str, float]]:
+    """Per target: the share of molecules whose interval holds the truth, the mean interval width, the mean std,
+    and the Spearman rank correlation between std and |error|."""
+    err = np.abs(np.asarray(truth) - np.asarray(values))
+    out = {}
+    for j, name in enumerate(targets):
+        inside = (predictions.lower[:, j] <= truth[:, j]) & (truth[:, j] <= predictions.upper[:, j])
+        out[name] = {"coverage": float(inside.mean()),
+                     "width": float(np.mean(predictions.upper[:, j] - predictions.lower[:, j])),
+                     "std": float(np.mean(predictions.std[:, j])), "mae": float(err[:, j].mean()),
+                     "spearman": spearman(predictions.std[:, j], err[:, j])}
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    ra, rb = _ranks(np.asarray(a)), _ranks(np.asarray(b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float((ra**2).sum() * (rb**2).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=float)
+    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]

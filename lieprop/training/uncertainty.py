@@ -1,0 +1,180 @@
+"""``lieprop calibrate``: fit an ensemble's uncertainty on the validation split and measure it on the test split.
+
+The calibration set is the validation split in both geometries a user can send: QM9's DFT geometries and the
+force-field conformers lieprop makes from each molecule's SMILES (:mod:`lieprop.data.conformers`), pooled, so one
+calibration serves both input paths. The report then measures, on the test split and per path, what a chemist
+relies on: the coverage of the 90% interval (and of every stored level: the reliability curve), its mean width,
+and whether the std ranks molecules by their error (Spearman correlation of std and |error|). It also checks that
+the spread knows its domain: larger for force-field geometries than for the DFT geometries of the same molecules,
+and larger for molecules outside QM9 (more than 9 heavy atoms; :data:`OUTSIDE_QM9`) than for QM9's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lieprop.data.conformers import load_conformers
+from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
+from lieprop.data.qm9 import load_qm9, split_indices
+from lieprop.data.readers import from_smiles
+from lieprop.data.validation import ValidationLimits
+from lieprop.model.bundle import load_bundle, record_metadata
+from lieprop.model.calibration import DEFAULT_LEVEL, LEVELS, Calibration, coverage_report, fit_calibration
+from lieprop.model.prediction import Predictions
+from lieprop.model.predictor import EnsembleModel
+
+#: Molecules of CHONF with 10 to 24 heavy atoms: outside QM9 (at most 9), for the domain check. Common drugs,
+#: natural products and aromatics; no labels needed, only their spread.
+OUTSIDE_QM9 = (
+    "CC(=O)Oc1ccccc1C(=O)O", "CC(=O)Nc1ccc(O)cc1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+    "COc1ccc2cc(C(C)C(=O)O)ccc2c1", "CCOC(=O)c1ccc(N)cc1", "CCN(CC)CC(=O)Nc1c(C)cccc1C", "COc1cc(C=O)ccc1O",
+    "O=c1ccc2ccccc2o1", "OC(=O)Cc1c[nH]c2ccccc12", "NCCc1c[nH]c2ccc(O)cc12", "NC(Cc1c[nH]c2ccccc12)C(=O)O",
+    "NC(Cc1ccccc1)C(=O)O", "NC(Cc1ccc(O)cc1)C(=O)O", "CC(C)C1CCC(C)CC1O", "CC1(C)C2CCC1(C)C(=O)C2",
+    "CC1=CCC(C(C)=C)CC1", "Cc1ccc(C(C)C)c(O)c1", "C=CCc1ccc(O)c(OC)c1", "O=CC=Cc1ccccc1", "CC(=O)Nc1ccccc1",
+    "O=C(O)c1ccccc1O", "COC(=O)c1ccccc1O", "c1ccc2ccccc2c1", "c1ccc(-c2ccccc2)cc1", "c1ccc2cc3ccccc3cc2c1",
+    "CNCCC(Oc1ccc(C(F)(F)F)cc1)c1ccccc1", "OC(=O)c1ccc(F)cc1F", "CCCCCCCCCC", "CCCCCCCCCCO",
+)
+
+
+def raw_predictions(model: EnsembleModel, source: Any, rows: np.ndarray, batch_size: int = 256) -> Predictions:
+    """The ensemble's uncalibrated predictions of QM9 ``rows`` in ``source``'s geometries."""
+    zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
+    return model.raw_predictions(list(zs), list(xs), batch_size=batch_size)
+
+
+def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
+              record: bool = False, data: Any = None, log=print) -> dict[str, Any]:
+    """Fit the calibration of an ensemble bundle and report it (see the module doc); with ``record`` (whole
+    splits only) store the calibration and the test report in the bundle."""
+    bundle = load_bundle(bundle_path)
+    model = bundle.model
+    if not isinstance(model, EnsembleModel):
+        raise ValueError(f"{bundle_path} is a single model: calibration needs an ensemble's spread (make one with "
+                         "lieprop ensemble)")
+    if record and limit:
+        raise ValueError("only a calibration on the whole validation and test splits can be recorded")
+    data = data if data is not None else load_qm9()
+    conformers = load_conformers()
+    parts = split_indices(len(data), bundle.meta.get("split", "cormorant"))
+    cols = [PROPERTY_NAMES.index(t) for t in model.targets]
+    truth_all = data.targets_in_units()[:, cols]
+    sets: dict[tuple[str, str], tuple[np.ndarray, Predictions]] = {}
+    for split in ("valid", "test"):
+        rows = parts[split][:limit] if limit else parts[split]
+        rows = rows[conformers.available(rows)]  # the same molecules in both geometries
+        for geometry, source in (("dft", data), ("forcefield", conformers)):
+            log(f"{split} / {geometry}: {len(rows)} molecules")
+            sets[split, geometry] = rows, raw_predictions(model, source, rows)
+    valid = [sets["valid", g] for g in ("dft", "forcefield")]
+    cal = fit_calibration(np.concatenate([p.value for _, p in valid]), np.concatenate([p.std for _, p in valid]),
+                          np.concatenate([truth_all[r] for r, _ in valid]), model.targets,
+                          source=f"validation split, DFT and force-field geometries ({len(valid[0][0])} molecules "
+                                 "each)")
+    report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
+                              "calibration": cal.to_dict(), "test": {}, "reliability": {}}
+    for geometry in ("dft", "forcefield"):
+        rows, raw = sets["test", geometry]
+        calibrated = cal.apply(raw, DEFAULT_LEVEL)
+        truth = truth_all[rows]
+        report["test"][geometry] = {"n": len(rows), "targets": coverage_report(raw.value, calibrated, truth,
+                                                                               model.targets)}
+        report["reliability"][geometry] = {
+            str(level): [float(v) for v in _covered(cal.apply(raw, level), truth).mean(0)] for level in LEVELS}
+    dft, ff = (sets["test", g][1] for g in ("dft", "forcefield"))
+    report["domain"] = {
+        "forcefield_over_dft_std": {t: float(np.median(cal.sigma(ff.std)[:, j] / cal.sigma(dft.std)[:, j]))
+                                    for j, t in enumerate(model.targets)},
+        "forcefield_over_dft_mae": {t: report["test"]["forcefield"]["targets"][t]["mae"]
+                                    / report["test"]["dft"]["targets"][t]["mae"] for t in model.targets},
+        **outside_domain(model, cal, cal.sigma(ff.std)),
+    }
+    log(format_report(report))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "uncertainty.json").write_text(json.dumps(report, indent=2))
+        _plots(report, sets, cal, truth_all, model.targets, out)
+    if record:
+        record_metadata(bundle_path, calibration=cal.to_dict(), uncertainty_evaluation={
+            "test": report["test"], "reliability": report["reliability"], "domain": report["domain"],
+            "command": f"lieprop calibrate {bundle_path} --record"})
+    return report
+
+
+def _covered(p: Predictions, truth: np.ndarray) -> np.ndarray:
+    return (p.lower <= truth) & (truth <= p.upper)
+
+
+def outside_domain(model: EnsembleModel, cal: Calibration, inside_sigma: np.ndarray) -> dict[str, Any]:
+    """The calibrated std of :data:`OUTSIDE_QM9` (embedded as the service embeds SMILES) over that of QM9 test
+    molecules on the same path (``inside_sigma``), per target, as a ratio of medians."""
+    limits = ValidationLimits(max_atoms=200)
+    molecules = [from_smiles(s, limits=limits) for s in OUTSIDE_QM9]
+    raw = model.raw_predictions([m.numbers for m in molecules], [m.positions for m in molecules])
+    sigma = cal.sigma(raw.std)
+    return {"outside_qm9_molecules": len(molecules),
+            "outside_over_inside_std": {t: float(np.median(sigma[:, j]) / np.median(inside_sigma[:, j]))
+                                        for j, t in enumerate(model.targets)}}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The test-split table per path as Markdown."""
+    lines = []
+    for geometry, part in report["test"].items():
+        lines += [f"test split, {geometry} geometries ({part['n']} molecules), 90% intervals", "",
+                  "| target | unit | MAE | mean std | coverage | mean width | Spearman(std, abs error) |",
+                  "|---|---|---|---|---|---|---|"]
+        for t, row in part["targets"].items():
+            p = BY_NAME[t]
+            k = p.to_paper
+            lines.append(f"| {t} | {p.paper_unit or p.unit} | {row['mae'] * k:.4g} | {row['std'] * k:.4g} | "
+                         f"{row['coverage']:.3f} | {row['width'] * k:.4g} | {row['spearman']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(report: dict[str, Any], sets: dict, cal: Any, truth_all: np.ndarray, targets: list[str],
+           out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    for geometry, curve in report["reliability"].items():
+        levels = [float(k) for k in curve]
+        observed = [float(np.mean(v)) for v in curve.values()]
+        ax.plot(levels, observed, "o-", label=f"{geometry} geometries (mean over targets)")
+    ax.plot([0.5, 1.0], [0.5, 1.0], "k--", lw=0.8, label="ideal")
+    ax.set_xlabel("expected coverage")
+    ax.set_ylabel("observed coverage (test split)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+    shown = [t for t in ("homo", "gap", "u0", "mu") if t in targets]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], shown, strict=True):
+        j = targets.index(t)
+        k = BY_NAME[t].to_paper
+        for geometry in ("dft", "forcefield"):
+            rows, raw = sets["test", geometry]
+            sigma = cal.sigma(raw.std)[:, j] * k
+            err = np.abs(truth_all[rows, j] - raw.value[:, j]) * k
+            bins = np.quantile(sigma, np.linspace(0, 1, 11))
+            which = np.clip(np.searchsorted(bins, sigma, side="right") - 1, 0, 9)
+            ax.plot([sigma[which == b].mean() for b in range(10)], [err[which == b].mean() for b in range(10)],
+                    "o-", label=geometry)
+        lim = ax.get_xlim()
+        ax.plot(lim, [v * np.sqrt(2 / np.pi) for v in lim], "k--", lw=0.8, label="calibrated Gaussian")
+        ax.set_xlabel(f"std ({BY_NAME[t].paper_unit or BY_NAME[t].unit})")
+        ax.set_ylabel("mean abs error")
+        ax.set_title(t)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_std.png", dpi=100)
+    plt.close(fig)

@@ -183,7 +183,7 @@ def describe_lineage(parent: dict) -> str:
 def add_job_option_flags(p: argparse.ArgumentParser) -> None:
     """A flag per option of :class:`lieprop.jobs.options.JobOptions` (``--smiles-column NAME``, ...), with its
     description and default; options only REST uploads have are left out. Values are validated by the model."""
-    from lieprop.jobs.options import REST_ONLY, JobOptions, scalar_type
+    from lieprop.jobs.options import REST_ONLY, JobOptions, is_list, scalar_type
 
     for name, field in JobOptions.model_fields.items():
         if name in REST_ONLY:
@@ -191,17 +191,10 @@ def add_job_option_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         default = "" if field.default is None else f" (default: {field.default})"
         kind = scalar_type(field)
-        nargs = "+" if typing.get_origin(_optional(field.annotation)) is list else None
+        nargs = "+" if is_list(field) else None
         metavar = "N" if kind is int else "NAME" if nargs or name.endswith("_column") else name.upper()
         p.add_argument(flag, dest=name, type=kind, nargs=nargs, default=None, metavar=metavar,
                        help=f"{field.description}{default}")
-
-
-def _optional(annotation: Any) -> Any:
-    """X for ``X | None``, else the annotation."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
 
 
 def add_predict(sub: Subparsers) -> None:

@@ -75,7 +75,7 @@ class JobOptions(BaseModel):
             raise ValueError(f"unknown options {unknown}; known: {', '.join(cls.model_fields)}")
         given: dict[str, Any] = dict(defaults or {})
         for name, field in cls.model_fields.items():
-            if _is_list(field):
+            if is_list(field):
                 items = [p.strip() for v in values.get(name, []) for p in v.split(",") if p.strip()]
                 if items:
                     given[name] = items
@@ -115,7 +115,8 @@ def bounds(field: FieldInfo) -> tuple[Any, Any]:
     return low, high
 
 
-def _is_list(field: FieldInfo) -> bool:
+def is_list(field: FieldInfo) -> bool:
+    """Whether a field takes several values (``list[X]`` or ``list[X] | None``)."""
     annotation: Any = field.annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
@@ -133,7 +134,7 @@ def form_fields_schema() -> dict[str, dict[str, Any]]:
             schema["minimum"] = low
         if high is not None:
             schema["maximum"] = high
-        prefix = "comma-separated " if _is_list(field) else ""
+        prefix = "comma-separated " if is_list(field) else ""
         schema["description"] = prefix + (field.description or name)
         schemas[name] = schema
     return schemas
@@ -184,4 +185,4 @@ def input_suffix(filename: str | None, fmt: str | None) -> str | None:
 
 
 __all__ = ["MAX_CHUNK_SIZE", "RECORDED", "REST_ONLY", "JobOptions", "bounds", "canonical_format",
-           "form_fields_schema", "input_suffix", "scalar_type"]
+           "form_fields_schema", "input_suffix", "is_list", "scalar_type"]

@@ -182,8 +182,25 @@ def describe_lineage(parent: dict) -> str:
 # lieprop predict (the pipeline: lieprop/jobs; docs/JOBS.md)
 
 
+def add_job_option_flags(p: argparse.ArgumentParser) -> None:
+    """A flag per option of :class:`lieprop.jobs.options.JobOptions` (``--smiles-column NAME``, ...), with its
+    description and default; options only REST uploads have are left out. Values are validated by the model."""
+    from lieprop.jobs.options import REST_ONLY, JobOptions, is_list, scalar_type
+
+    for name, field in JobOptions.model_fields.items():
+        if name in REST_ONLY:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = "" if field.default is None else f" (default: {field.default})"
+        kind = scalar_type(field)
+        nargs = "+" if is_list(field) else None
+        metavar = "N" if kind is int else "NAME" if nargs or name.endswith("_column") else name.upper()
+        p.add_argument(flag, dest=name, type=kind, nargs=nargs, default=None, metavar=metavar,
+                       help=f"{field.description}{default}")
+
+
 def add_predict(sub: Subparsers) -> None:
-    from lieprop.jobs.pipeline import DEFAULT_CHUNK_SIZE, DEFAULT_MODEL_BATCH
+    from lieprop.jobs.pipeline import DEFAULT_MODEL_BATCH
 
     p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", """\
   lieprop predict library.csv --out scores.csv                 # CSV with a 'smiles' column -> CSV
@@ -197,19 +214,10 @@ outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an err
     p.add_argument("input", type=Path, help="input file")
     p.add_argument("--out", "-o", dest="output", type=Path, required=True, metavar="OUTPUT",
                    help="output file: .csv, .jsonl or .parquet")
-    p.add_argument("--format", default=None, help="input format when the extension does not tell "
-                   "(csv, smi, sdf, mol, xyz, extxyz)")
-    p.add_argument("--smiles-column", default="smiles", metavar="NAME", help="CSV column with the SMILES "
-                   "(default: smiles; any case)")
-    p.add_argument("--id-column", default=None, metavar="NAME", help="CSV column with the row ids (default: the "
-                   "first of id, name, mol_id, molecule_id, identifier, title; else the row number)")
-    p.add_argument("--properties", nargs="+", default=None, metavar="NAME",
-                   help="properties to predict (default: all, with atomization energies)")
+    add_job_option_flags(p)
     p.add_argument("--model", type=Path, default=None, metavar="PATH", help="model bundle (default: bundled)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes that read and embed molecules (default: all cores); Ray: model actors")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N",
-                   help=f"rows per committed chunk, the unit of --resume (default {DEFAULT_CHUNK_SIZE})")
     p.add_argument("--model-batch", type=int, default=DEFAULT_MODEL_BATCH, metavar="N",
                    help=f"molecules per model call (default {DEFAULT_MODEL_BATCH})")
     p.add_argument("--max-atoms", type=int, default=None, metavar="N",
@@ -230,8 +238,9 @@ outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an err
 def run_predict(args: argparse.Namespace) -> int:
     from lieprop.data.elements import QM9_MAX_ATOMS
     from lieprop.inference import ModelNotFoundError, UnknownPropertyError, load_model
+    from lieprop.jobs.options import JobOptions
     from lieprop.jobs.output import NothingToResume, OutputError
-    from lieprop.jobs.pipeline import ScoreOptions, score_file
+    from lieprop.jobs.pipeline import score_file
     from lieprop.model.bundle import BundleError
 
     def fail(message: object) -> int:
@@ -239,9 +248,9 @@ def run_predict(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        options = ScoreOptions(format=args.format, smiles_column=args.smiles_column, id_column=args.id_column,
-                               properties=args.properties, chunk_size=args.chunk_size, model_batch=args.model_batch,
-                               max_atoms=args.max_atoms or QM9_MAX_ATOMS)
+        given = {name: getattr(args, name) for name in JobOptions.model_fields if getattr(args, name, None) is not None}
+        options = JobOptions.parse(given).score_options(model_batch=args.model_batch,
+                                                        max_atoms=args.max_atoms or QM9_MAX_ATOMS)
         if args.workers is not None and args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         bundle = load_model(args.model)

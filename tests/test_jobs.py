@@ -541,3 +541,39 @@ def test_uploads_over_the_limit_get_413_and_leave_nothing(tmp_path, bundle_path)
         assert small.status_code == 422 and "unknown options" in small.json()["error"]["message"]
         assert c.get("/v1/jobs").json() == {"jobs": []}
     assert not any((tmp_path / "data" / "jobs").iterdir())
+
+
+# --------------------------------------------------------------------------------------------------
+# Job options, declared once (lieprop/jobs/options.py)
+
+
+def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
+    from lieprop.cli import build_parser
+    from lieprop.jobs.options import REST_ONLY, JobOptions, form_fields_schema
+
+    names = list(JobOptions.model_fields)
+    given = {"format": "csv", "smiles_column": "SMILES", "id_column": "name", "properties": ["homo", "gap"],
+             "chunk_size": 3}
+    assert set(given) == set(names) - set(REST_ONLY)
+    flags = [part for n, v in given.items()
+             for part in ("--" + n.replace("_", "-"), *(map(str, v) if isinstance(v, list) else [str(v)]))]
+    args = build_parser().parse_args(["predict", "in.csv", "--out", "out.csv", *flags])
+    assert {n: getattr(args, n) for n in given} == given
+    assert list(form_fields_schema()) == names
+    assert form_fields_schema()["chunk_size"] == {"type": "integer", "minimum": 1, "maximum": 100_000,
+                                                  "description": JobOptions.model_fields["chunk_size"].description}
+    options = JobOptions.from_strings({"format": [" .SD "], "properties": ["homo, gap", "u0"], "chunk_size": ["", "7"],
+                                       "file": ["ignored"]}, {"chunk_size": 3}, ignore=("file",))
+    assert (options.format, options.properties, options.chunk_size) == ("sdf", ["homo", "gap", "u0"], 7)
+    assert JobOptions.from_strings({}, {"chunk_size": 3}).chunk_size == 3
+    score = options.score_options(model_batch=5)
+    assert (score.format, score.properties, score.chunk_size, score.model_batch) == ("sdf", ("homo", "gap", "u0"), 7, 5)
+    assert options.record() == {"smiles_column": "smiles", "id_column": None, "properties": ["homo", "gap", "u0"],
+                                "chunk_size": 7}
+    for values, message in [({"chunk_size": ["0"]}, "chunk_size must be between 1 and 100000, got 0"),
+                            ({"chunk_size": ["many"]}, "chunk_size must be an integer, got 'many'"),
+                            ({"format": ["pdb"]}, "unknown format 'pdb'"),
+                            ({"colour": ["red"]}, "unknown options ['colour']")]:
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            JobOptions.from_strings(values)
+    assert cli(["predict", "x.csv", "--out", "y.csv", "--chunk-size", "0"]) == 2

@@ -464,3 +464,54 @@ def test_slow_requests_get_504_json(bundle_path):
         body = assert_json_error(post(c, [{"smiles": "CCCCCCO"}] * 8), 504, "timeout")
         assert "0.001" in body["error"]["message"]
         assert c.get("/healthz").status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------
+# Access declared with the routes (lieprop/service/access.py), checked at the edge before any body is read
+
+
+def test_routes_declare_which_need_the_api_key_and_which_stream_uploads(bundle_path):
+    from lieprop.service.access import RouteTable
+    from lieprop.service.app import create_app
+    from lieprop.service.routes import ROUTERS
+    from lieprop.service.settings import Settings
+
+    app = create_app(Settings(model=bundle_path, warmup=False, workers_embed=1))
+    table = RouteTable([*app.routes, *(r for router in ROUTERS for r in router.routes)])
+    keyed = {(m, r.template) for r in table.routes if r.api_key for m in r.methods or ()}
+    assert keyed == {("POST", "/v1/predict"), ("GET", "/v1/models"), ("GET", "/v1/properties"), ("GET", "/metrics"),
+                     ("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"),
+                     ("GET", "/v1/jobs/{job_id}/results"), ("DELETE", "/v1/jobs/{job_id}")}
+    assert {(m, r.template) for r in table.routes if r.upload for m in r.methods or ()} == {("POST", "/v1/jobs")}
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+        route, full = table.match(path, "GET")
+        assert route is not None and full and not route.api_key, path
+    route, full = table.match("/v1/jobs/abc", "PUT")  # 405, still behind the key
+    assert route is not None and not full and route.api_key and route.template == "/v1/jobs/{job_id}"
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/predict"])
+def test_a_wrong_key_is_refused_before_the_body_is_read(bundle_path, path):
+    """The edge answers 401 without calling ``receive``: a wrong key never uploads its body."""
+    from lieprop.service.app import create_app
+    from lieprop.service.settings import Settings
+
+    app = create_app(Settings(model=bundle_path, warmup=False, workers_embed=1, api_key="s3cret"))
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    for key in (b"wrong", None):
+        sent.clear()
+        headers = [(b"content-type", b"text/csv"), (b"content-length", b"1000000000")]
+        scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "headers": headers + ([(b"x-api-key", key)] if key else []), "root_path": "",
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "scheme": "http", "http_version": "1.1"}
+        asyncio.run(app(scope, receive, send))
+        assert sent[0]["status"] == 401
+        body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+        assert body["error"]["code"] == "unauthorized" and ("wrong" if key else "missing") in body["error"]["message"]

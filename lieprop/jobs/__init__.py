@@ -1,10 +1,11 @@
 """Batch scoring: whole files of molecules, streamed in chunks, resumable, on this machine or on Ray.
 
-``lieprop predict INPUT --out OUTPUT`` (:mod:`lieprop.cli`), ``POST /v1/jobs`` (:mod:`lieprop.service.jobs`) and
-:func:`score_file` run the same pipeline (:mod:`lieprop.jobs.pipeline`): raw records from the input
+``lieprop predict INPUT --out OUTPUT`` (:mod:`lieprop.cli`), ``POST /v1/jobs`` (:mod:`lieprop.service.routes.jobs`)
+and :func:`score_file` run the same pipeline (:mod:`lieprop.jobs.pipeline`): raw records from the input
 (:mod:`~lieprop.jobs.records`), parsed in worker processes, scored by the model a chunk at a time, written to a
 result file that a killed run resumes (:mod:`~lieprop.jobs.output`). :mod:`~lieprop.jobs.ray_engine` runs it on
-Ray; :mod:`~lieprop.jobs.store` keeps the REST jobs in SQLite. Worker processes import this package to unpickle
+Ray; :mod:`~lieprop.jobs.store` keeps the REST jobs in SQLite; :mod:`~lieprop.jobs.options` declares the options
+of a job once, for the CLI, REST and the pipeline. Worker processes import this package to unpickle
 their tasks, so it stays light: names load on first use.
 """
 

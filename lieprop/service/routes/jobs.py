@@ -1,0 +1,200 @@
+"""REST batch jobs: ``POST /v1/jobs`` (file upload), ``GET /v1/jobs[/{id}[/results]]``, ``DELETE /v1/jobs/{id}``.
+
+An upload is streamed to ``<data_dir>/jobs/<id>/`` (never held in memory; at most ``max_upload_bytes``, see
+:mod:`lieprop.service.uploads`), checked (format, SMILES column, properties) and answered at once with 202 and the
+job. Its options (form fields or query parameters) are those of ``lieprop predict``, declared once in
+:class:`lieprop.jobs.options.JobOptions`. The runner thread (:mod:`lieprop.service.job_runner`) scores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from lieprop.data.readers import FORMATS
+from lieprop.inference import Column, UnknownPropertyError, select_properties
+from lieprop.jobs.options import JobOptions, form_fields_schema, input_suffix
+from lieprop.jobs.output import Table, jsonl_to_csv
+from lieprop.jobs.records import Source, open_source
+from lieprop.service import schemas
+from lieprop.service.access import API_KEY, STREAMED_UPLOAD
+from lieprop.service.errors import ERROR_RESPONSES, error_response
+from lieprop.service.job_runner import RESULTS, JobManager
+from lieprop.service.state import Service, ServiceDep
+from lieprop.service.uploads import UPLOAD_NAME, UploadTooLarge, receive_upload
+
+log = logging.getLogger("lieprop.service.jobs")
+
+router = APIRouter(prefix="/v1/jobs", dependencies=[API_KEY], tags=["jobs"])
+
+_NOT_FOUND = {"model": schemas.ErrorResponse, "description": "no such job"}
+#: The form field that carries the file.
+FILE_FIELD = "file"
+
+
+def upload_request_body() -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of ``POST /v1/jobs``: the file and the :class:`JobOptions` as form fields."""
+    return {
+        "required": True,
+        "description": "The input file, as multipart/form-data (field `file`, options as further fields or query "
+                       "parameters) or as the raw body (options as query parameters; give `format` or `filename`).",
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": [FILE_FIELD],
+                "properties": {
+                    FILE_FIELD: {"type": "string", "format": "binary",
+                                 "description": "CSV with a SMILES column, .smi, SDF/MOL, multi-frame XYZ/extxyz "
+                                                "(optionally .gz)"},
+                    **form_fields_schema(),
+                }}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+
+
+def _not_found(job_id: str) -> JSONResponse:
+    return error_response(404, "not_found", f"no job {job_id[:80]!r}")
+
+
+async def _get_job(service: Service, job_id: str) -> dict[str, Any] | None:
+    if service.jobs is None or not service.jobs.db_path.exists():
+        return None
+    return await asyncio.to_thread(service.jobs.store.get, job_id)
+
+
+def _manager(service: Service) -> JobManager:
+    assert service.jobs is not None  # a job was found, so the service started its job manager
+    return service.jobs
+
+
+@router.post("", status_code=202, summary="Score a file of molecules in the background",
+             dependencies=[STREAMED_UPLOAD], openapi_extra={"requestBody": upload_request_body()},
+             responses={202: {"description": "the job was created; poll its `links.self`"}, **ERROR_RESPONSES})
+async def create_job(service: ServiceDep, request: Request) -> Response:
+    """Upload a file; the answer (202) comes at once with the job and its links. Options as in `lieprop
+    predict`: `format`, `smiles_column`, `id_column`, `properties`, `chunk_size`."""
+    if not service.ready or service.jobs is None:
+        return error_response(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "2"})
+    jobs = service.jobs
+    job_id = uuid.uuid4().hex
+    folder = jobs.job_dir(job_id)
+    values: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        values.setdefault(key, []).append(value)
+    try:
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=False)
+        stored = await receive_upload(request, folder, values)
+        if isinstance(stored, Response):
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            return stored
+        options = JobOptions.from_strings(values, {"chunk_size": service.settings.job_chunk_size},
+                                          ignore=(FILE_FIELD,))
+        columns = select_properties(service.bundle.model.targets, options.properties)
+        filename, size = stored
+        suffix = input_suffix(options.filename or filename, options.format)
+        if suffix is None:
+            raise ValueError(f"cannot tell the format of {filename or 'the upload'!r}; pass format= one of "
+                             f"{', '.join(FORMATS)}")
+        path = folder / f"input{suffix}"
+        await asyncio.to_thread(os.replace, folder / UPLOAD_NAME, path)
+        source = await asyncio.to_thread(_open_source, path, options)
+    except UploadTooLarge as exc:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return error_response(413, "body_too_large", str(exc))
+    except UnknownPropertyError as exc:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return error_response(422, "unknown_property", str(exc), [{"unknown": exc.names}])
+    except (ValueError, FileNotFoundError) as exc:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return error_response(422, "invalid_job", str(exc))
+    job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
+           "format": source.format, "input_bytes": size, "options": options.record(),
+           "columns": [[c.name, c.unit] for c in columns], "model": service.info}
+    created = await asyncio.to_thread(jobs.store.create, job)
+    jobs.ensure_runner()
+    log.info("job created", extra={"job": job_id, "bytes": size, "format": source.format})
+    body = jobs.view(created)
+    return JSONResponse(body, status_code=202, headers={"Location": body["links"]["self"]})
+
+
+@router.get("", summary="List jobs, newest first",
+            responses={401: ERROR_RESPONSES[401], 422: ERROR_RESPONSES[422]})
+async def list_jobs(service: ServiceDep, limit: int = 100, state: str | None = None) -> Response:
+    """The latest `limit` (1-1000) jobs, optionally only those in `state`."""
+    if not 1 <= limit <= 1000:
+        return error_response(422, "invalid_request", "limit must be between 1 and 1000")
+    if service.jobs is None or not service.jobs.db_path.exists():
+        return JSONResponse({"jobs": []})
+    rows = await asyncio.to_thread(service.jobs.store.list, limit, state)
+    return JSONResponse({"jobs": [service.jobs.view(j) for j in rows]})
+
+
+@router.get("/{job_id}", summary="A job's state, counts and progress",
+            responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND})
+async def job_status(service: ServiceDep, job_id: str) -> Response:
+    """State (queued, running, succeeded, failed, cancelled), rows done of total, rate and ETA, counts by
+    outcome and error code."""
+    job = await _get_job(service, job_id)
+    return _not_found(job_id) if job is None else JSONResponse(_manager(service).view(job))
+
+
+@router.get("/{job_id}/results", summary="Stream a finished job's results",
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}},
+                             "description": "one row per input record, in input order"},
+                       401: ERROR_RESPONSES[401], 404: _NOT_FOUND, 422: ERROR_RESPONSES[422],
+                       409: {"model": schemas.ErrorResponse, "description": "the job has not succeeded (yet)"},
+                       410: {"model": schemas.ErrorResponse, "description": "the results were deleted"}})
+async def job_results(service: ServiceDep, job_id: str, request: Request, format: str | None = None) -> Response:
+    """JSON Lines (default; the REST result of every record, with its index) or CSV (`?format=csv` or
+    `Accept: text/csv`; the same table as `lieprop predict --out x.csv`)."""
+    job = await _get_job(service, job_id)
+    if job is None:
+        return _not_found(job_id)
+    fmt = format or ("csv" if "text/csv" in request.headers.get("accept", "") else "jsonl")
+    if fmt not in ("csv", "jsonl"):
+        return error_response(422, "invalid_request", f"format must be csv or jsonl, got {fmt[:20]!r}")
+    if job["results_deleted"]:
+        return error_response(410, "gone", "the results of this job were deleted")
+    if job["state"] != "succeeded":
+        detail = f": {job['error']}" if job["state"] == "failed" else ""
+        return error_response(409, "job_not_succeeded", f"the job is {job['state']}{detail}; results are "
+                              "available once it has succeeded")
+    path = _manager(service).job_dir(job_id) / RESULTS
+    if not path.exists():
+        return error_response(410, "gone", "the results of this job are no longer on disk")
+    if fmt == "jsonl":
+        return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl")
+    table = Table(tuple(Column(n, u, -1, n.endswith("_atomization")) for n, u in job["columns"]),
+                  with_smiles=job["format"] in ("csv", "smi"))
+    return StreamingResponse(_csv_stream(path, table), media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+
+
+@router.delete("/{job_id}", summary="Cancel a job and delete its files",
+               responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND})
+async def delete_job(service: ServiceDep, job_id: str) -> Response:
+    """An unfinished job is cancelled; the input and results of any job are deleted. The job's record stays
+    (`GET` shows it, `results` answers 410)."""
+    job = await _get_job(service, job_id)
+    if job is None:
+        return _not_found(job_id)
+    manager = _manager(service)
+    return JSONResponse(manager.view(await asyncio.to_thread(manager.cancel, job)))
+
+
+def _open_source(path: Path, options: JobOptions) -> Source:
+    return open_source(path, options.format, options.smiles_column, options.id_column)
+
+
+def _csv_stream(path: Path, table: Table) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from jsonl_to_csv(f, table)

@@ -1,0 +1,206 @@
+"""The state the routes of the REST service share: the :class:`Service` object, and :func:`get_service` to reach it.
+
+The app (:func:`lieprop.service.app.create_app`) keeps one :class:`Service` in ``app.state.service``; a route takes it
+as a parameter ``service: ServiceDep`` (FastAPI calls :func:`get_service`).
+
+Start-up (:meth:`Service.start`, from the app's lifespan) loads and verifies the bundle (a missing or broken bundle
+stops start-up with its reason), then warms the model and the embedding pool in the background; ``/readyz`` answers
+503 until that is done and again while shutting down. :meth:`Service.stop` pauses a running batch job, drains the
+batcher and stops the embedding pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Awaitable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from lieprop.data.molecule import Molecule
+from lieprop.data.readers import embedding_pool
+from lieprop.data.validation import MoleculeError, ValidationLimits
+from lieprop.inference import (
+    EMBEDDING_KINDS,
+    Column,
+    Parsed,
+    build_results,
+    fallback_id,
+    input_kind,
+    load_model,
+    model_card,
+    model_info,
+    parse_item,
+    parse_items,
+    size_warnings,
+)
+from lieprop.model.device import pick_device
+from lieprop.service import schemas
+from lieprop.service.batcher import DynamicBatcher, Priority
+from lieprop.service.job_runner import JobManager
+from lieprop.service.metrics import ServiceMetrics
+from lieprop.service.settings import Settings
+
+log = logging.getLogger("lieprop.service")
+
+
+class Service:
+    """What the routes share: settings, metrics, the model bundle, the batcher, the embedding pool, readiness."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = ValidationLimits(max_atoms=settings.max_atoms)
+        self.state = "starting"  # starting -> warming -> ready (or failed) -> stopping
+        self.detail: str | None = None
+        self.bundle: Any = None
+        self.batcher: DynamicBatcher | None = None
+        self.pool: ProcessPoolExecutor | None = None
+        self.info: dict[str, str] = {}
+        self.size_warnings: dict[str, str] = {}  # size bins the model is known to fail on (lieprop.inference)
+        self.cards: dict[str, Any] = {}
+        self._warm_task: asyncio.Task | None = None
+        self.jobs: JobManager | None = None  # batch jobs (lieprop/service/job_runner.py), once started
+        self.parsing = 0  # requests being read: their molecules will reach the batcher soon
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and warm, and the service is not shutting down."""
+        return self.state == "ready"
+
+    async def start(self) -> None:
+        """Load the model, start the batcher, the embedding pool and the job runner; warm up in the background."""
+        s = self.settings
+        self.bundle = await asyncio.to_thread(load_model, s.model)  # ModelNotFoundError / BundleError stop start-up
+        self.size_warnings = size_warnings(self.bundle.meta)
+        self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
+        self.info = model_info(self.bundle)
+        card = model_card(self.bundle)
+        self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
+        threads = s.model_threads or os.cpu_count() or 1
+        self.batcher = DynamicBatcher(
+            functools.partial(self.bundle.model.predict, batch_size=s.model_chunk),
+            max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
+            max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
+            on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,
+        ).start()
+        self.metrics.track_queue(lambda: self.batcher.queued if self.batcher else 0)
+        self.metrics.model.labels(**self.info).set(1)
+        self.pool = self._new_pool()
+        self.state = "warming"
+        self._warm_task = asyncio.create_task(self._warm())
+        self.jobs = JobManager(s, self.metrics, self.bundle, self.batcher)
+        await asyncio.to_thread(self.jobs.start)  # jobs a dead server left running resume
+        log.info("model loaded", extra={"model": self.info, "threads": threads, "path": str(s.model)})
+
+    async def stop(self) -> None:
+        """Pause a running job (resumable), drain the batcher, stop the embedding pool."""
+        self.state = "stopping"
+        self.metrics.ready.set(0)
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+        timeout = self.settings.shutdown_timeout_s
+        if self.jobs is not None:  # first: a running job pauses (resumable) before the model worker stops
+            await asyncio.to_thread(self.jobs.stop, timeout)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.close, True, timeout)
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.shutdown, True, cancel_futures=True)
+        log.info("stopped")
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return embedding_pool(self.settings.workers_embed)
+
+    async def _warm(self) -> None:
+        try:
+            if self.settings.warmup:
+                start = time.perf_counter()
+                await asyncio.wrap_future(self.batcher.call(self._warm_model))
+                warm = [{"smiles": "CCO"}] * self.settings.workers_embed
+                await asyncio.gather(*(self._run_pool([(0, item)]) for item in warm))
+                log.info("warm", extra={"seconds": round(time.perf_counter() - start, 3)})
+            self.state = "ready"
+            self.metrics.ready.set(1)
+            log.info("ready")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.state, self.detail = "failed", f"warm-up failed: {type(exc).__name__}: {exc}"
+            log.exception("warm-up failed")
+
+    def _warm_model(self) -> None:
+        """Run the model on one small molecule and on a full batch, so first requests pay no allocation."""
+        molecules = [parse_item(schemas.WATER, 0), parse_item({"xyz": schemas.ETHANOL_XYZ}, 1)]
+        predict = functools.partial(self.bundle.model.predict, batch_size=self.settings.model_chunk)
+        for m in molecules:
+            predict([m.numbers], [m.positions])
+        full = molecules * max(1, self.settings.max_batch_size // 2)
+        predict([m.numbers for m in full], [m.positions for m in full])
+
+    async def _run_pool(self, chunk: list[tuple[int, dict]]) -> list[Parsed]:
+        loop = asyncio.get_running_loop()
+        pool = self.pool
+        try:
+            return await loop.run_in_executor(pool, parse_items, chunk, self.limits)
+        except BrokenProcessPool:
+            log.error("the embedding pool broke (a worker died); starting a new one")
+            if self.pool is pool:
+                self.pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            return [Parsed(i, MoleculeError("embedding_failed", "the embedding worker died on this request"), 0.0)
+                    for i, _ in chunk]
+
+    async def parse(self, items: list[dict]) -> list[Parsed]:
+        """Read every item: SMILES and MOL blocks in the process pool (split over its workers), the rest on a
+        thread. Returns one :class:`Parsed` per item, in order."""
+        loop = asyncio.get_running_loop()
+        heavy = [(i, d) for i, d in enumerate(items) if input_kind(d) in EMBEDDING_KINDS]
+        light = [(i, d) for i, d in enumerate(items) if input_kind(d) not in EMBEDDING_KINDS]
+        jobs: list[Awaitable[list[Parsed]]] = []
+        if light:
+            jobs.append(loop.run_in_executor(None, parse_items, light, self.limits))
+        if heavy:
+            n = min(self.settings.workers_embed, len(heavy))
+            jobs.extend(self._run_pool(heavy[k::n]) for k in range(n))
+        parsed = [p for chunk in await asyncio.gather(*jobs) for p in chunk]
+        for p in parsed:
+            if input_kind(items[p.index]) in EMBEDDING_KINDS:
+                self.metrics.embedding.observe(p.seconds)
+        return sorted(parsed, key=lambda p: p.index)
+
+    async def predict(self, items: list[dict], columns: list[Column],
+                      priority: Priority = Priority.INTERACTIVE) -> list[dict]:
+        """Results for REST items, in order (raises QueueFull / BatcherClosed)."""
+        self.parsing += 1
+        try:
+            parsed = await self.parse(items)
+        finally:
+            self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
+        outcomes = [p.outcome for p in parsed]
+        valid = [o for o in outcomes if isinstance(o, Molecule)]
+        future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
+        rows = await asyncio.wrap_future(future)
+        ids = [fallback_id(item, i) for i, item in enumerate(items)]
+        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, self.size_warnings)
+
+
+def _init_model_thread(threads: int) -> None:
+    import torch  # heavy: loads with the model worker, not with this module
+
+    torch.set_num_threads(threads)
+    log.info("model worker started", extra={"torch_threads": torch.get_num_threads()})
+
+
+def get_service(request: Request) -> Service:
+    """The app's :class:`Service` (a FastAPI dependency)."""
+    return request.app.state.service
+
+
+#: A route parameter ``service: ServiceDep`` receives the app's :class:`Service`.
+ServiceDep = Annotated[Service, Depends(get_service)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -93,3 +94,46 @@ def test_file_scoring_writes_a_std_column_after_each_property(tmp_path, ensemble
     score_file(source, tmp_path / "out.jsonl", ScoreOptions(properties=("homo",)), model=ensemble_path, workers=1)
     first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
     assert set(first["properties"]["homo"]) == {"value", "unit", "std"}
+
+
+@pytest.fixture(scope="module")
+def ensemble_server(tmp_path_factory, ensemble_path):
+    from test_service import start_server
+
+    tmp = tmp_path_factory.mktemp("ensemble-server")
+    server = start_server(tmp, ensemble_path, "--data-dir", str(tmp / "data"), "--job-workers", "1")
+    yield server
+    server.stop()
+
+
+def test_rest_predict_and_models_show_the_spread(ensemble_server, ensemble_path):
+    with httpx.Client(base_url=ensemble_server.base_url, timeout=60) as client:
+        card = client.get("/v1/models").json()["models"][0]
+        assert (card["architecture"], card["members"]) == ("lieconv", 2)
+        body = client.post("/v1/predict", json={"molecules": [m if isinstance(m, dict) else {"smiles": m}
+                                                              for m in MOLECULES]}).json()
+    library = lieprop.predict(MOLECULES, model=ensemble_path)["results"]
+    assert [r["ok"] for r in body["results"]] == [True, True, True, False]
+    for served, local in zip(body["results"][:3], library[:3], strict=True):
+        for name, entry in served["properties"].items():
+            assert set(entry) == {"value", "unit", "std"}
+            assert entry["value"] == pytest.approx(local["properties"][name]["value"], rel=1e-5, abs=1e-6)
+            assert entry["std"] == pytest.approx(local["properties"][name]["std"], rel=1e-4, abs=1e-6)
+
+
+def test_a_rest_job_on_an_ensemble_returns_values_and_spreads(tmp_path, ensemble_server):
+    from test_jobs import upload, wait_for
+
+    source = tmp_path / "in.csv"
+    source.write_text("name,smiles\nethanol,CCO\nbad,C1CC\n")
+    with httpx.Client(base_url=ensemble_server.base_url, timeout=60) as client:
+        job = upload(client, source, properties=["homo", "gap"])
+        wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
+        lines = client.get(f"/v1/jobs/{job['id']}/results").text.splitlines()
+        table = client.get(f"/v1/jobs/{job['id']}/results", params={"format": "csv"}).text
+    first = json.loads(lines[0])
+    assert set(first["properties"]["gap"]) == {"value", "unit", "std"}
+    header = table.splitlines()[0].split(",")
+    assert header[4:8] == ["homo [eV]", "homo_std [eV]", "gap [eV]", "gap_std [eV]"]
+    row = next(csv.reader(table.splitlines()[1:2]))
+    assert float(row[5]) == pytest.approx(first["properties"]["homo"]["std"])

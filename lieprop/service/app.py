@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-import lieprop
 from lieprop.service.access import RouteTable
 from lieprop.service.edge import EdgeMiddleware
 from lieprop.service.errors import add_exception_handlers, error_response
@@ -29,6 +28,7 @@ from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.routes import ROUTERS
 from lieprop.service.settings import Settings
 from lieprop.service.state import Service
+from lieprop.version import __version__
 
 
 @asynccontextmanager
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = Service(settings, ServiceMetrics())
     app = FastAPI(
-        title="lieprop", version=lieprop.__version__, lifespan=lifespan,
+        title="lieprop", version=__version__, lifespan=lifespan,
         description="Quantum-chemical properties (QM9) of small organic molecules, predicted by a LieConv network. "
                     "Every value carries its unit; one bad molecule never fails the others.",
     )

@@ -35,6 +35,7 @@ from lieprop.jobs.options import JobOptions
 from lieprop.jobs.output import NothingToResume, OutputError
 from lieprop.jobs.pipeline import LocalEngine, RunInterrupted, Summary, score_file
 from lieprop.jobs.store import FINAL_STATES, JobStore
+from lieprop.model.prediction import Predictions
 from lieprop.service.batcher import BatcherClosed, BatchStats, DynamicBatcher, Priority
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.settings import Settings
@@ -203,14 +204,14 @@ class JobManager:
         log.warning("job failed", extra={"job": job_id, "error": message})
 
     def _background_predict(self, should_stop: Callable[[], bool]
-                            ) -> Callable[[list[np.ndarray], list[np.ndarray]], np.ndarray]:
+                            ) -> Callable[[list[np.ndarray], list[np.ndarray]], Predictions]:
         model, metrics, batcher = self.bundle.model, self.metrics, self.batcher
         frame_batch = self.settings.model_chunk
 
-        def predict(numbers: list[np.ndarray], positions: list[np.ndarray]) -> np.ndarray:
-            batch = functools.partial(model.predict, numbers, positions, batch_size=frame_batch)
+        def predict(numbers: list[np.ndarray], positions: list[np.ndarray]) -> Predictions:
+            batch = functools.partial(model.predictions, numbers, positions, batch_size=frame_batch)
 
-            def timed() -> np.ndarray:
+            def timed() -> Predictions:
                 start = time.perf_counter()
                 try:
                     return batch()

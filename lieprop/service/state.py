@@ -85,7 +85,7 @@ class Service:
         self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
         threads = s.model_threads or os.cpu_count() or 1
         self.batcher = DynamicBatcher(
-            functools.partial(self.bundle.model.predict, batch_size=s.model_chunk),
+            functools.partial(self.bundle.model.predictions, batch_size=s.model_chunk),
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
             max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
             on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,
@@ -137,7 +137,7 @@ class Service:
     def _warm_model(self) -> None:
         """Run the model on one small molecule and on a full batch, so first requests pay no allocation."""
         molecules = [parse_item(schemas.WATER, 0), parse_item({"xyz": schemas.ETHANOL_XYZ}, 1)]
-        predict = functools.partial(self.bundle.model.predict, batch_size=self.settings.model_chunk)
+        predict = functools.partial(self.bundle.model.predictions, batch_size=self.settings.model_chunk)
         for m in molecules:
             predict([m.numbers], [m.positions])
         full = molecules * max(1, self.settings.max_batch_size // 2)

@@ -118,7 +118,7 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
         return error_response(422, "invalid_job", str(exc))
     job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
            "format": source.format, "input_bytes": size, "options": options.record(),
-           "columns": [[c.name, c.unit] for c in columns], "model": service.info}
+           "columns": [[c.name, c.unit, service.bundle.n_members > 1] for c in columns], "model": service.info}
     created = await asyncio.to_thread(jobs.store.create, job)
     jobs.ensure_runner()
     log.info("job created", extra={"job": job_id, "bytes": size, "format": source.format})
@@ -173,8 +173,9 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
         return error_response(410, "gone", "the results of this job are no longer on disk")
     if fmt == "jsonl":
         return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl")
-    table = Table(tuple(Column(n, u, -1, n.endswith("_atomization")) for n, u in job["columns"]),
-                  with_smiles=job["format"] in ("csv", "smi"))
+    table = Table(tuple(Column(c[0], c[1], -1, c[0].endswith("_atomization")) for c in job["columns"]),
+                  with_smiles=job["format"] in ("csv", "smi"),
+                  with_std=any(len(c) > 2 and c[2] for c in job["columns"]))  # [name, unit(, has std)]
     return StreamingResponse(_csv_stream(path, table), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
 

@@ -181,6 +181,7 @@ def describe_lineage(parent: dict) -> str:
 
 
 def add_predict(sub: Subparsers) -> None:
+    from lieprop.data import formats
     from lieprop.jobs.pipeline import DEFAULT_CHUNK_SIZE, DEFAULT_MODEL_BATCH
 
     p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", """\
@@ -190,13 +191,14 @@ def add_predict(sub: Subparsers) -> None:
   lieprop predict trajectory.extxyz --out traj.csv --workers 1
   lieprop predict big.csv.gz --out big.parquet --resume        # after Ctrl-C or kill -9: continue where it stopped
   lieprop predict big.csv --out big.parquet --engine ray       # on Ray (pip install 'lieprop[ray]'; RAY_ADDRESS)
-inputs: .csv (SMILES column), .smi, .sdf/.sd/.mol, .xyz/.extxyz (multi-frame), optionally .gz
-outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an error code and message""")
+inputs: {inputs}
+outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an error code and message""".format(
+        inputs=formats.describe()))
     p.add_argument("input", type=Path, help="input file")
     p.add_argument("--out", "-o", dest="output", type=Path, required=True, metavar="OUTPUT",
                    help="output file: .csv, .jsonl or .parquet")
     p.add_argument("--format", default=None, help="input format when the extension does not tell "
-                   "(csv, smi, sdf, mol, xyz, extxyz)")
+                   f"({', '.join(formats.names())})")
     p.add_argument("--smiles-column", default="smiles", metavar="NAME", help="CSV column with the SMILES "
                    "(default: smiles; any case)")
     p.add_argument("--id-column", default=None, metavar="NAME", help="CSV column with the row ids (default: the "

@@ -1,0 +1,100 @@
+"""3D geometry from a connectivity with RDKit: ETKDGv3 with a fixed seed, then MMFF94 (UFF where MMFF lacks
+parameters), keeping the lowest-energy conformer.
+
+Shared by SMILES (:mod:`lieprop.data.smiles`) and 2D MOL blocks (:mod:`lieprop.data.sdf`). The same molecule, seed
+and conformer count give identical coordinates in any process, which is what makes embedding cacheable and
+parallel runs equal to serial ones. RDKit is imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from lieprop.data.molecule import Molecule
+from lieprop.data.validation import MoleculeError, ValidationLimits, validate
+
+
+def rdkit_numbers(mol: Any) -> np.ndarray:
+    """The atomic numbers of an RDKit molecule."""
+    return np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()], dtype=np.int64)
+
+
+def rdkit_message(log: Any) -> str:
+    """RDKit's captured error lines, without time stamps and boilerplate."""
+    lines = []
+    for line in log.messages.splitlines():
+        line = re.sub(r"^\[\d\d:\d\d:\d\d\]\s*", "", line).removeprefix("ERROR: ").strip()
+        if line and "moving to the beginning of the next molecule" not in line:
+            lines.append(line)
+    return "; ".join(lines) or "no details from RDKit"
+
+
+def embed(mol: Any, seed: int, n_conformers: int, *, what: str) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """Embed ``mol`` (hydrogens explicit) in place: ETKDGv3, force-field optimisation, keep the
+    lowest-energy conformer. Returns its positions, the provenance ``conformer`` entry and warnings.
+
+    Raises :class:`MoleculeError` ``embedding_failed`` (``what`` names the input) when ETKDG finds no geometry.
+    """
+    from rdkit import rdBase
+    from rdkit.Chem import AllChem
+
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed)
+    params.numThreads = 1
+    with rdBase.CaptureErrorLog():
+        ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+        random_coords = not ids
+        if random_coords:  # ETKDG's distance-geometry start fails for some strained systems
+            params.useRandomCoords = True
+            ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+    if not ids:
+        raise MoleculeError("embedding_failed", f"{what}: ETKDGv3 found no 3D geometry (seed {seed})")
+
+    with rdBase.CaptureErrorLog():
+        if AllChem.MMFFHasAllMoleculeParams(mol):
+            force_field = "MMFF94"
+            props = AllChem.MMFFGetMoleculeProperties(mol, mmffVariant="MMFF94")
+
+            def make(cid: int) -> Any:
+                return AllChem.MMFFGetMoleculeForceField(mol, props, confId=cid)
+        elif AllChem.UFFHasAllMoleculeParams(mol):
+            force_field = "UFF"
+
+            def make(cid: int) -> Any:
+                return AllChem.UFFGetMoleculeForceField(mol, confId=cid)
+        else:
+            force_field = None
+        results = []  # (energy, conformer id, converged)
+        for cid in ids:
+            if force_field is None:
+                results.append((float("nan"), cid, False))
+                continue
+            ff = make(cid)
+            converged = ff.Minimize(maxIts=2000) == 0
+            results.append((float(ff.CalcEnergy()), cid, converged))
+    energy, best, converged = min(results, key=lambda r: (np.nan_to_num(r[0], nan=np.inf), r[1]))
+    conformer = {
+        "method": "ETKDGv3", "seed": int(seed), "random_coords": random_coords,
+        "n_conformers": len(ids), "force_field": force_field, "converged": converged,
+        "energy_kcal_mol": None if np.isnan(energy) else energy,
+    }
+    warnings = []
+    if force_field is None:
+        warnings.append("no force field has parameters for this molecule; the ETKDG geometry is unoptimised")
+    elif not converged:
+        warnings.append(f"the {force_field} optimisation of the generated conformer did not converge")
+    return mol.GetConformer(best).GetPositions(), conformer, warnings
+
+
+def validate_embedded(molecule: Molecule, limits: ValidationLimits) -> Molecule:
+    """Validate a generated geometry; a broken one is the embedder's failure, not the input's."""
+    try:
+        return validate(molecule, limits)
+    except MoleculeError as exc:
+        if exc.code != "invalid_geometry":
+            raise
+        message = f"the generated 3D geometry is unusable: {exc.message}"
+        raise MoleculeError("embedding_failed", message) from None

@@ -19,10 +19,10 @@ Parsers run in worker processes, which import this module afresh: a format regis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from lieprop.data.molecule import Molecule
 from lieprop.data.records import ReadOptions, RecordParser
@@ -315,51 +315,6 @@ def item_kinds() -> tuple[Kind, ...]:
 def by_item_key(key: str) -> Kind | None:
     """The kind a REST item key carries, or None (``numbers``, ``id``, unknown keys)."""
     return next((k for k in _kinds.values() if k.item_key == key), None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Live views: the old module-level tables (readers.FORMATS, records.KINDS, ...) as views of the registry
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LiveMapping(Mapping[K, V], Generic[K, V]):
-    """A read-only mapping computed from the registry at every use, so that it never misses a format."""
-
-    def __init__(self, compute: Callable[[], Mapping[K, V]]) -> None:
-        self._compute = compute
-
-    def __getitem__(self, key: K) -> V:
-        return self._compute()[key]
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._compute())
-
-    def __len__(self) -> int:
-        return len(self._compute())
-
-    def __repr__(self) -> str:
-        return repr(dict(self._compute()))
-
-
-class LiveSet(Set[K], Generic[K]):
-    """A read-only set computed from the registry at every use."""
-
-    def __init__(self, compute: Callable[[], Iterable[K]]) -> None:
-        self._compute = compute
-
-    def __contains__(self, value: object) -> bool:
-        return value in set(self._compute())
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(tuple(self._compute()))
-
-    def __len__(self) -> int:
-        return len(tuple(self._compute()))
-
-    def __repr__(self) -> str:
-        return repr(frozenset(self._compute()))
 
 
 # --------------------------------------------------------------------------------------------------

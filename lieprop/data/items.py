@@ -25,14 +25,15 @@ from lieprop.data.readers import read_records
 from lieprop.data.records import ParseOptions
 from lieprop.data.smiles import from_smiles
 from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, validate
+from lieprop.data.views import LiveMapping, LiveSet
 
 #: The REST key of the array kind: atomic numbers, with ``positions`` (and optionally ``charge``) beside it.
 ARRAY_KEY = "numbers"
 #: Input kinds of a REST item (its key) and the provenance ``source`` each produces; a view of the registry.
-INPUT_KINDS: formats.LiveMapping[str, str] = formats.LiveMapping(
+INPUT_KINDS: LiveMapping[str, str] = LiveMapping(
     lambda: {**{k.item_key: k.name for k in formats.item_kinds()}, ARRAY_KEY: "atoms"})
 #: Item keys whose parsing may embed a conformer (RDKit, tens of ms): the service sends them to its process pool.
-EMBEDDING_KINDS: formats.LiveSet[str] = formats.LiveSet(
+EMBEDDING_KINDS: LiveSet[str] = LiveSet(
     lambda: [k.item_key for k in formats.item_kinds() if k.embeds])
 
 

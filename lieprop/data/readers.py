@@ -48,6 +48,7 @@ from lieprop.data.sdf import sdf_item, split_sdf_records
 from lieprop.data.smiles import from_smiles
 from lieprop.data.textio import Source, open_text, resolve_source
 from lieprop.data.validation import DEFAULT_LIMITS, ValidationLimits
+from lieprop.data.views import LiveMapping
 from lieprop.data.xyz import split_xyz_frames, xyz_item
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
 
 #: Formats :func:`read_file` understands (``format=`` values) and the extensions that select them: a view of
 #: the registry (:mod:`lieprop.data.formats`), so it always lists every registered format.
-FORMATS: formats.LiveMapping[str, tuple[str, ...]] = formats.LiveMapping(
+FORMATS: LiveMapping[str, tuple[str, ...]] = LiveMapping(
     lambda: {f.name: f.extensions for f in formats.registered()})
 
 

@@ -41,6 +41,7 @@ from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.data.molecule import Molecule
 from lieprop.data.records import DEFAULT_SEED, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
+from lieprop.data.views import LiveMapping
 from lieprop.inference import Column, build_results, select_properties, size_warnings
 from lieprop.jobs.output import Counts, ResultFile, Table, output_format, result_row
 from lieprop.jobs.records import RawRecord, Source, open_source, parse_records, record_input
@@ -50,7 +51,7 @@ DEFAULT_MODEL_BATCH = 64
 DEFAULT_FRAME_BATCH = 128
 #: Records per worker task, by record kind (a view of the registry, :mod:`lieprop.data.formats`: embedding a SMILES
 #: takes ~10 ms, parsing an XYZ frame ~0.2 ms).
-TASK_SIZE: formats.LiveMapping[str, int] = formats.LiveMapping(lambda: {k.name: k.task_size for k in formats.kinds()})
+TASK_SIZE: LiveMapping[str, int] = LiveMapping(lambda: {k.name: k.task_size for k in formats.kinds()})
 
 PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], np.ndarray]
 

@@ -37,9 +37,10 @@ from lieprop.data.records import (
     parse_record,
 )
 from lieprop.data.validation import MoleculeError, ValidationLimits
+from lieprop.data.views import LiveMapping
 
 #: Input kinds: how records of each :data:`~lieprop.data.readers.FORMATS` entry are parsed (a registry view).
-KINDS: formats.LiveMapping[str, str] = formats.LiveMapping(
+KINDS: LiveMapping[str, str] = LiveMapping(
     lambda: {f.name: f.kind.name for f in formats.registered()})
 #: SMILES -> embedding outcome, per worker process: a repeated SMILES is embedded once. Exact, because embedding
 #: is seeded: the cached molecule is the one a fresh embedding would give (the id is set per row).

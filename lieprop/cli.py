@@ -200,16 +200,17 @@ def add_job_option_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_predict(sub: Subparsers) -> None:
+    from lieprop.data import formats
     from lieprop.jobs.pipeline import DEFAULT_MODEL_BATCH
 
-    p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", """\
+    p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", f"""\
   lieprop predict library.csv --out scores.csv                 # CSV with a 'smiles' column -> CSV
   lieprop predict library.csv --out scores.parquet --smiles-column SMILES --id-column name
   lieprop predict docked.sdf --out docked.jsonl --properties homo lumo gap
   lieprop predict trajectory.extxyz --out traj.csv --workers 1
   lieprop predict big.csv.gz --out big.parquet --resume        # after Ctrl-C or kill -9: continue where it stopped
   lieprop predict big.csv --out big.parquet --engine ray       # on Ray (pip install 'lieprop[ray]'; RAY_ADDRESS)
-inputs: .csv (SMILES column), .smi, .sdf/.sd/.mol, .xyz/.extxyz (multi-frame), optionally .gz
+inputs: {formats.describe()}
 outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an error code and message""")
     p.add_argument("input", type=Path, help="input file")
     p.add_argument("--out", "-o", dest="output", type=Path, required=True, metavar="OUTPUT",

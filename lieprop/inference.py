@@ -12,19 +12,18 @@ records, ASE ``Atoms``, or dicts shaped like the REST items ``{"id", "smiles" | 
     {'value': -7.1..., 'unit': 'eV'}
 
 Every result carries ``ok``; a molecule that cannot be predicted gets ``{"ok": false, "error": {"code", "message"}}``
-and never stops the others. The service imports the parsing and formatting helpers from here; this module imports
-neither torch nor RDKit at import time, so embedding worker processes that unpickle :func:`parse_items` stay small.
+and never stops the others. The service imports the parsing and formatting helpers from here; reading the inputs
+(:func:`parse_items`, :func:`input_kind`, ...) lives in :mod:`lieprop.data.items` and is re-exported. This module
+imports neither torch nor RDKit at import time, so embedding worker processes that unpickle :func:`parse_items` stay
+small.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.resources
-import itertools
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -33,10 +32,20 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from lieprop.data.elements import ELEMENT_INDEX
+from lieprop.data.items import (  # noqa: F401 - REST item parsing lives in the data layer; re-exported here
+    EMBEDDING_KINDS,
+    INPUT_KINDS,
+    Parsed,
+    fallback_id,
+    input_kind,
+    item_kind,
+    parse_item,
+    parse_items,
+)
 from lieprop.data.molecule import Molecule
 from lieprop.data.properties import BY_NAME, ENERGY_NAMES, PROPERTIES, atomref_matrix, resolve
 from lieprop.data.qm9 import size_bin
-from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, validate
+from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits
 from lieprop.model.prediction import Prediction, as_prediction
 
 if TYPE_CHECKING:
@@ -44,11 +53,6 @@ if TYPE_CHECKING:
 
 #: File name of the bundled model inside ``lieprop/models``.
 DEFAULT_MODEL = "lieprop-qm9.pt"
-#: Input kinds of a REST item and the provenance ``source`` each produces.
-INPUT_KINDS: dict[str, str] = {"smiles": "smiles", "xyz": "xyz", "sdf": "sdf", "numbers": "atoms"}
-#: Kinds whose parsing may embed a conformer (RDKit, tens of ms): the service sends them to its process pool.
-EMBEDDING_KINDS = frozenset({"smiles", "sdf"})
-_ITEM_KEYS = frozenset({"id", "smiles", "xyz", "sdf", "numbers", "positions", "charge"})
 #: Item error code of a molecule that was read but the model could not predict (not a docs/DESIGN.md input code).
 PREDICTION_FAILED = "prediction_failed"
 
@@ -184,112 +188,6 @@ def _known_property(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def input_kind(item: Mapping[str, Any]) -> str:
-    """Which of ``smiles``, ``xyz``, ``sdf``, ``numbers`` (with ``positions``) a REST item holds.
-
-    Raises ``ValueError`` unless exactly one is given (``numbers`` and ``positions`` together), or for unknown keys.
-    """
-    unknown = sorted(set(item) - _ITEM_KEYS)
-    if unknown:
-        raise ValueError(f"unknown keys {unknown}; an item has 'id' and one of 'smiles', 'xyz', 'sdf' or "
-                         "'numbers' + 'positions' (+ optional 'charge')")
-    given = [k for k in INPUT_KINDS if item.get(k) is not None]
-    if (item.get("numbers") is None) != (item.get("positions") is None):
-        raise ValueError("'numbers' and 'positions' go together")
-    if len(given) != 1:
-        what = "none" if not given else ", ".join(repr(k) for k in given)
-        raise ValueError(f"an item needs exactly one of 'smiles', 'xyz', 'sdf' or 'numbers' + 'positions'; got {what}")
-    if item.get("charge") is not None and given[0] != "numbers":
-        raise ValueError("'charge' goes with 'numbers' + 'positions' (SMILES, XYZ and SDF carry their own)")
-    return given[0]
-
-
-def parse_item(item: Any, index: int, limits: ValidationLimits = DEFAULT_LIMITS) -> Molecule:
-    """One input (SMILES string, :class:`Molecule`, ASE ``Atoms`` or REST item dict) as a validated molecule.
-
-    The molecule's id is the item's own (dict ``id``, ``Molecule.id``, ``atoms.info["id"]``), else ``str(index)``.
-    Raises :class:`MoleculeError` for molecules that cannot be predicted, ``TypeError`` / ``ValueError`` for inputs
-    that are no molecule description at all.
-    """
-    from lieprop.data import readers
-
-    if isinstance(item, str):
-        return readers.from_smiles(item, str(index), limits=limits)
-    if isinstance(item, Molecule):
-        molecule = validate(item, limits)
-        return molecule if molecule.id is not None else dataclasses.replace(molecule, id=str(index))
-    if isinstance(item, Mapping):
-        kind = input_kind(item)
-        ident = str(item["id"]) if item.get("id") is not None else str(index)
-        if kind == "smiles":
-            return readers.from_smiles(item["smiles"], ident, limits=limits)
-        if kind == "numbers":
-            return readers.from_arrays(item["numbers"], item["positions"], id=ident,
-                                       charge=int(item.get("charge") or 0), limits=limits)
-        reader = readers.read_xyz if kind == "xyz" else readers.read_sdf
-        found = list(itertools.islice(reader(item[kind], limits=limits, text=True), 2))
-        if len(found) > 1:
-            what = "frames" if kind == "xyz" else "records"
-            raise MoleculeError(f"invalid_{kind}", f"the {kind} text holds more than one molecule ({what}); send "
-                                "one molecule per item")
-        if found[0].error is not None:
-            raise found[0].error
-        return dataclasses.replace(found[0].molecule, id=ident)
-    if hasattr(item, "numbers") and hasattr(item, "get_positions"):  # ASE Atoms, without importing ASE
-        molecule = readers.from_atoms(item, limits=limits)
-        return molecule if molecule.id is not None else dataclasses.replace(molecule, id=str(index))
-    raise TypeError(f"molecule {index}: cannot predict a {type(item).__name__}; give a SMILES string, a Molecule, "
-                    "ASE Atoms or a dict like the REST items")
-
-
-def item_kind(item: Any) -> str:
-    """``smiles``, ``xyz``, ``sdf``, ``atoms`` or ``molecule``: what :func:`parse_item` will do with ``item``."""
-    if isinstance(item, str):
-        return "smiles"
-    if isinstance(item, Mapping):
-        return input_kind(item)
-    return "molecule" if isinstance(item, Molecule) else "atoms"
-
-
-class Parsed(NamedTuple):
-    """:func:`parse_items`' answer for one input: its index, the molecule or its error, and the seconds it took."""
-
-    index: int
-    outcome: Molecule | MoleculeError
-    seconds: float
-
-
-def parse_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits = DEFAULT_LIMITS) -> list[Parsed]:
-    """Parse ``(index, input)`` pairs; a process-pool task (picklable arguments and results, never raises for a
-    bad molecule). Unforeseen reader failures become the kind's error code, so one input cannot fail the rest."""
-    out = []
-    for index, item in items:
-        start = time.perf_counter()
-        try:
-            outcome: Molecule | MoleculeError = parse_item(item, index, limits)
-        except MoleculeError as exc:
-            outcome = exc
-        except Exception as exc:  # RDKit/ASE surprises; TypeError for non-molecules is the library caller's
-            if isinstance(exc, TypeError) and not isinstance(item, Mapping | str):
-                raise
-            code = {"smiles": "embedding_failed", "xyz": "invalid_xyz", "sdf": "invalid_sdf"}.get(
-                _safe_kind(item), "invalid_geometry")
-            outcome = MoleculeError(code, f"cannot read molecule {index}: {type(exc).__name__}: {exc}")
-        out.append(Parsed(index, outcome, time.perf_counter() - start))
-    return out
-
-
-def _safe_kind(item: Any) -> str:
-    try:
-        return item_kind(item)
-    except ValueError:
-        return "atoms"
-
-
-# --------------------------------------------------------------------------------------------------
 # Results
 
 
@@ -414,21 +312,6 @@ def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[st
         results.append(failure_result(outcome.id, row) if isinstance(row, BaseException)
                        else ok_result(outcome, row, columns, targets, warnings_by_size))
     return results
-
-
-def fallback_id(item: Any, index: int) -> str:
-    """The id a result gets when its input could not be read: the item's own, else its position."""
-    if isinstance(item, Mapping) and item.get("id") is not None:
-        return str(item["id"])
-    own = getattr(item, "id", None)
-    if isinstance(own, str):
-        return own
-    info = getattr(item, "info", None)
-    if isinstance(info, Mapping):
-        for key in ("id", "name"):
-            if info.get(key) is not None:
-                return str(info[key])
-    return str(index)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path,
 
 
 def test_force_field_conformers_are_the_services_smiles_geometries(tmp_path, qm9_head, monkeypatch):
-    from lieprop.data.conformers import build_conformers, load_conformers
+    from lieprop.data.qm9_conformers import build_conformers, load_conformers
     from lieprop.data.readers import from_smiles
 
     monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
@@ -276,7 +276,7 @@ def test_force_field_conformers_are_the_services_smiles_geometries(tmp_path, qm9
 
 
 def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_path, qm9_head, monkeypatch):
-    from lieprop.data.conformers import build_conformers
+    from lieprop.data.qm9_conformers import build_conformers
 
     monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
     build_conformers(qm9_head, limit=len(qm9_head), log=lambda *_: None)

@@ -1,176 +1,100 @@
-"""QM9 in the geometries users send: every molecule's SMILES embedded exactly as the service embeds a SMILES.
+"""3D geometry from a connectivity with RDKit: ETKDGv3 with a fixed seed, then MMFF94 (UFF where MMFF lacks
+parameters), keeping the lowest-energy conformer.
 
-A chemist who sends a SMILES gets a prediction for lieprop's own conformer of it (ETKDGv3 with the fixed seed, then
-MMFF94; :func:`lieprop.data.readers.from_smiles`), not for the DFT-relaxed QM9 geometry the model was trained on.
-To train and evaluate for that path, this module embeds all 130,831 QM9 SMILES once, through that same function,
-and caches the result next to the QM9 cache (``qm9-mmff-v1.npz`` under :func:`lieprop.data.qm9.cache_dir`).
-
-Building takes about 10 ms per molecule per core (about 20 minutes on one core), in chunks of
-:data:`CHUNK` molecules, each written to ``qm9-mmff-v1.parts/`` as soon as it is done: an interrupted build resumes
-at the first missing chunk (``python -m lieprop.data.conformers --workers 2``). A molecule that does not embed, or
-whose embedded composition differs from its QM9 composition, is kept with ``ok = False`` and its error, so rows stay
-aligned with QM9's.
+Shared by SMILES (:mod:`lieprop.data.smiles`) and 2D MOL blocks (:mod:`lieprop.data.sdf`). The same molecule, seed
+and conformer count give identical coordinates in any process, which is what makes embedding cacheable and
+parallel runs equal to serial ones. RDKit is imported inside the functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+import re
+from typing import Any
 
 import numpy as np
 
-from lieprop.data.qm9 import N_MOLECULES, QM9Arrays, cache_dir, load_qm9
-from lieprop.data.validation import MoleculeError
-
-CONFORMER_VERSION = 1
-#: Molecules per resumable chunk.
-CHUNK = 2000
+from lieprop.data.molecule import Molecule
+from lieprop.data.validation import MoleculeError, ValidationLimits, validate
 
 
-@dataclass(frozen=True)
-class ConformerArrays:
-    """Force-field geometries of QM9, row-aligned with :class:`~lieprop.data.qm9.QM9Arrays`: molecule ``i`` owns
-    atoms ``offsets[i]:offsets[i+1]`` (none when ``ok[i]`` is False; ``errors[i]`` then says why). A trial cache
-    holds only the first rows of QM9: :meth:`available` says which rows have a conformer."""
-
-    numbers: np.ndarray  # (n_atoms_total,) int8
-    positions: np.ndarray  # (n_atoms_total, 3) float32, Å
-    offsets: np.ndarray  # (n_mol + 1,) int64
-    ok: np.ndarray  # (n_mol,) bool
-    errors: np.ndarray  # (n_mol,) str, empty when ok
-
-    def __len__(self) -> int:
-        return int(self.offsets.shape[0] - 1)
-
-    def available(self, rows: np.ndarray) -> np.ndarray:
-        """Boolean mask over QM9 ``rows``: which have a conformer here."""
-        rows = np.asarray(rows)
-        inside = rows < len(self)
-        out = np.zeros(rows.shape, dtype=bool)
-        out[inside] = self.ok[rows[inside]]
-        return out
-
-    def molecule(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(numbers, positions) of molecule ``i``'s conformer (empty arrays when it has none)."""
-        a, b = self.offsets[i], self.offsets[i + 1]
-        return self.numbers[a:b].astype(np.int64), self.positions[a:b].astype(np.float64)
+def rdkit_numbers(mol: Any) -> np.ndarray:
+    """The atomic numbers of an RDKit molecule."""
+    return np.array([atom.GetAtomicNum() for atom in mol.GetAtoms()], dtype=np.int64)
 
 
-def conformer_cache_path() -> Path:
-    return cache_dir() / f"qm9-mmff-v{CONFORMER_VERSION}.npz"
+def rdkit_message(log: Any) -> str:
+    """RDKit's captured error lines, without time stamps and boilerplate."""
+    lines = []
+    for line in log.messages.splitlines():
+        line = re.sub(r"^\[\d\d:\d\d:\d\d\]\s*", "", line).removeprefix("ERROR: ").strip()
+        if line and "moving to the beginning of the next molecule" not in line:
+            lines.append(line)
+    return "; ".join(lines) or "no details from RDKit"
 
 
-def _parts_dir() -> Path:
-    return conformer_cache_path().with_suffix(".parts")
+def embed(mol: Any, seed: int, n_conformers: int, *, what: str) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """Embed ``mol`` (hydrogens explicit) in place: ETKDGv3, force-field optimisation, keep the
+    lowest-energy conformer. Returns its positions, the provenance ``conformer`` entry and warnings.
+
+    Raises :class:`MoleculeError` ``embedding_failed`` (``what`` names the input) when ETKDG finds no geometry.
+    """
+    from rdkit import rdBase
+    from rdkit.Chem import AllChem
+
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed)
+    params.numThreads = 1
+    with rdBase.CaptureErrorLog():
+        ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+        random_coords = not ids
+        if random_coords:  # ETKDG's distance-geometry start fails for some strained systems
+            params.useRandomCoords = True
+            ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+    if not ids:
+        raise MoleculeError("embedding_failed", f"{what}: ETKDGv3 found no 3D geometry (seed {seed})")
+
+    with rdBase.CaptureErrorLog():
+        if AllChem.MMFFHasAllMoleculeParams(mol):
+            force_field = "MMFF94"
+            props = AllChem.MMFFGetMoleculeProperties(mol, mmffVariant="MMFF94")
+
+            def make(cid: int) -> Any:
+                return AllChem.MMFFGetMoleculeForceField(mol, props, confId=cid)
+        elif AllChem.UFFHasAllMoleculeParams(mol):
+            force_field = "UFF"
+
+            def make(cid: int) -> Any:
+                return AllChem.UFFGetMoleculeForceField(mol, confId=cid)
+        else:
+            force_field = None
+        results = []  # (energy, conformer id, converged)
+        for cid in ids:
+            if force_field is None:
+                results.append((float("nan"), cid, False))
+                continue
+            ff = make(cid)
+            converged = ff.Minimize(maxIts=2000) == 0
+            results.append((float(ff.CalcEnergy()), cid, converged))
+    energy, best, converged = min(results, key=lambda r: (np.nan_to_num(r[0], nan=np.inf), r[1]))
+    conformer = {
+        "method": "ETKDGv3", "seed": int(seed), "random_coords": random_coords,
+        "n_conformers": len(ids), "force_field": force_field, "converged": converged,
+        "energy_kcal_mol": None if np.isnan(energy) else energy,
+    }
+    warnings = []
+    if force_field is None:
+        warnings.append("no force field has parameters for this molecule; the ETKDG geometry is unoptimised")
+    elif not converged:
+        warnings.append(f"the {force_field} optimisation of the generated conformer did not converge")
+    return mol.GetConformer(best).GetPositions(), conformer, warnings
 
 
-def embed_chunk(smiles: list[str], compositions: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Embed ``smiles`` as the service does; a process-pool task. Returns the chunk's arrays."""
-    from lieprop.data.readers import from_smiles
-    from lieprop.data.validation import ValidationLimits
-
-    limits = ValidationLimits(max_atoms=1000)  # QM9's own molecules: never refused for size
-    numbers: list[np.ndarray] = []
-    positions: list[np.ndarray] = []
-    counts, ok, errors = [], [], []
-    for text, composition in zip(smiles, compositions, strict=True):
-        try:
-            m = from_smiles(text, limits=limits)
-            if not np.array_equal(np.sort(m.numbers), np.sort(composition)):
-                raise MoleculeError("invalid_smiles", "the SMILES gives another composition than the QM9 geometry")
-            numbers.append(m.numbers.astype(np.int8))
-            positions.append(m.positions.astype(np.float32))
-            counts.append(len(m.numbers))
-            ok.append(True)
-            errors.append("")
-        except Exception as exc:  # noqa: BLE001 - recorded per molecule; the build goes on
-            counts.append(0)
-            ok.append(False)
-            errors.append(f"{type(exc).__name__}: {exc}"[:200])
-    return {"numbers": np.concatenate(numbers) if numbers else np.zeros(0, np.int8),
-            "positions": np.concatenate(positions) if positions else np.zeros((0, 3), np.float32),
-            "counts": np.asarray(counts, np.int64), "ok": np.asarray(ok), "errors": np.asarray(errors, dtype=str)}
-
-
-def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int | None = None,
-                     log=print) -> Path:
-    """Embed every QM9 SMILES (or the first ``limit``) into the conformer cache, resuming finished chunks."""
-    data = data if data is not None else load_qm9()
-    n = min(len(data), limit) if limit else len(data)
-    parts = _parts_dir()
-    parts.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in range(0, n, CHUNK) if not _part(s, n).exists()]
-    log(f"conformers: {len(range(0, n, CHUNK)) - len(todo)} of {len(range(0, n, CHUNK))} chunks done; "
-        f"embedding {sum(min(CHUNK, n - s) for s in todo)} molecules on {workers} worker(s)")
-    start = time.time()
-
-    def task(s: int) -> tuple[list[str], list[np.ndarray]]:
-        rows = range(s, min(s + CHUNK, n))
-        return [str(data.smiles[i]) for i in rows], [data.molecule(i)[0] for i in rows]
-
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {s: pool.submit(embed_chunk, *task(s)) for s in todo}
-        for k, (s, future) in enumerate(futures.items(), 1):
-            arrays = future.result()
-            tmp = parts / f"{s:06d}.tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, _part(s, n))
-            rate = k * CHUNK / max(1e-9, time.time() - start)
-            log(f"conformers: chunk {s // CHUNK + 1}/{len(range(0, n, CHUNK))}, {int(arrays['ok'].sum())}/"
-                f"{len(arrays['ok'])} embedded, {rate:.0f} molecules/s")
-    return merge_parts(n)
-
-
-def _part(start: int, n: int) -> Path:
-    """The file of the chunk that starts at ``start`` (named by its rows, so a trial build of the first ``n``
-    molecules never passes a short last chunk off as a full one)."""
-    return _parts_dir() / f"{start:06d}-{min(start + CHUNK, n):06d}.npz"
-
-
-def merge_parts(n: int = N_MOLECULES) -> Path:
-    """Join the chunk files of the first ``n`` molecules into the cache file (once every chunk exists). A cache of
-    fewer than all QM9 molecules (a trial build) covers only its first rows."""
-    chunks = [np.load(_part(s, n)) for s in range(0, n, CHUNK)]
-    counts = np.concatenate([c["counts"] for c in chunks])
-    out = {"numbers": np.concatenate([c["numbers"] for c in chunks]),
-           "positions": np.concatenate([c["positions"] for c in chunks]),
-           "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-           "ok": np.concatenate([c["ok"] for c in chunks]),
-           "errors": np.concatenate([c["errors"] for c in chunks])}
-    path = conformer_cache_path()
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, version=CONFORMER_VERSION, **out)
-    os.replace(tmp, path)
-    return path
-
-
-def load_conformers() -> ConformerArrays:
-    """The conformer cache; ``FileNotFoundError`` naming the command that builds it when it is missing."""
-    path = conformer_cache_path()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; build it (about 20 minutes per core, resumable) with "
-                                "python -m lieprop.data.conformers --workers N")
-    with np.load(path) as z:
-        if int(z["version"]) != CONFORMER_VERSION:
-            raise FileNotFoundError(f"{path} is from another version; rebuild it with python -m "
-                                    "lieprop.data.conformers")
-        return ConformerArrays(**{f: z[f] for f in ConformerArrays.__dataclass_fields__})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=1, help="embedding processes (default 1)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N molecules (a trial run)")
-    args = parser.parse_args(argv)
-    path = build_conformers(workers=args.workers, limit=args.limit, log=lambda m: print(m, flush=True))
-    print(f"done: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def validate_embedded(molecule: Molecule, limits: ValidationLimits) -> Molecule:
+    """Validate a generated geometry; a broken one is the embedder's failure, not the input's."""
+    try:
+        return validate(molecule, limits)
+    except MoleculeError as exc:
+        if exc.code != "invalid_geometry":
+            raise
+        message = f"the generated 3D geometry is unusable: {exc.message}"
+        raise MoleculeError("embedding_failed", message) from None

@@ -20,26 +20,57 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from lieprop.data.elements import QM9_ELEMENTS, QM9_MAX_ATOMS, QM9_MAX_HEAVY_ATOMS, symbol
 from lieprop.data.molecule import Molecule
 
-ErrorCode = Literal[
-    "invalid_smiles",
-    "invalid_xyz",
-    "invalid_sdf",
+#: Error codes that do not belong to one input kind: the domain checks, conformer generation, empty input.
+COMMON_CODES: tuple[str, ...] = (
     "unsupported_element",
     "too_many_atoms",
     "embedding_failed",
     "charged_molecule",
     "invalid_geometry",
     "empty_input",
-]
-#: The error codes of the REST contract (docs/DESIGN.md), in a fixed order.
-ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
+)
+
+if TYPE_CHECKING:
+    ErrorCode = str  # at run time a Literal of error_codes(), built on access (module __getattr__ below)
+
+
+#: Each registered input kind's codes (the code of an unreadable record, then the code of a parser that dies), in
+#: registration order. The format registry (:mod:`lieprop.data.formats`) keeps this up to date whenever a kind is
+#: registered or removed; it imports this module, never the other way round. The package imports the registry
+#: (lieprop/data/__init__.py), so the built-in kinds are here before any reader runs.
+_KIND_CODES: dict[str, tuple[str, ...]] = {}
+
+
+def set_kind_codes(codes: dict[str, tuple[str, ...]]) -> None:
+    """Replace the registered kinds' codes (called by the format registry only)."""
+    global _KIND_CODES
+    _KIND_CODES = dict(codes)
+
+
+def error_codes() -> tuple[str, ...]:
+    """The molecule error codes of the REST contract (docs/DESIGN.md), in a fixed order: each registered input
+    kind's ``invalid_<kind>`` (:mod:`lieprop.data.formats`), then :data:`COMMON_CODES` (and any other code a kind
+    declares). Derived from the format registry, so a new format's code is known as soon as it is registered."""
+    kinds = list(_KIND_CODES.values())
+    return tuple(dict.fromkeys([*(c[0] for c in kinds), *COMMON_CODES, *(x for c in kinds for x in c[1:])]))
+
+
+def __getattr__(name: str) -> Any:
+    """``ERROR_CODES`` (a tuple) and ``ErrorCode`` (a ``Literal`` for pydantic schemas) of the registry as it is
+    when they are imported: computed here rather than at import, as the registry builds on this module."""
+    if name == "ERROR_CODES":
+        return error_codes()
+    if name == "ErrorCode":
+        return Literal[error_codes()]  # type: ignore[valid-type]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _SUPPORTED = ", ".join(symbol(z) for z in QM9_ELEMENTS)
 
@@ -52,8 +83,9 @@ class MoleculeError(Exception):
     """
 
     def __init__(self, code: ErrorCode, message: str) -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"unknown error code {code!r}; expected one of {', '.join(ERROR_CODES)}")
+        known = error_codes()
+        if code not in known:
+            raise ValueError(f"unknown error code {code!r}; expected one of {', '.join(known)}")
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message

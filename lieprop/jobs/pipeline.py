@@ -35,10 +35,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lieprop.data import formats
 from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.data.molecule import Molecule
-from lieprop.data.readers import DEFAULT_SEED, Item, SmilesRecord
+from lieprop.data.records import DEFAULT_SEED, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
+from lieprop.data.views import LiveMapping
 from lieprop.inference import Column, build_results, select_properties, size_warnings
 from lieprop.jobs.output import Counts, ResultFile, Table, output_format, result_row
 from lieprop.jobs.records import RawRecord, Source, open_source, parse_records, record_input
@@ -48,8 +50,9 @@ from lieprop.version import __version__
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_MODEL_BATCH = 64
 DEFAULT_FRAME_BATCH = 128
-#: Records per worker task: embedding a SMILES takes ~10 ms, parsing an XYZ frame ~0.2 ms.
-TASK_SIZE = {"smiles": 16, "xyz": 128, "sdf": 64}
+#: Records per worker task, by record kind (a view of the registry, :mod:`lieprop.data.formats`: embedding a SMILES
+#: takes ~10 ms, parsing an XYZ frame ~0.2 ms).
+TASK_SIZE: LiveMapping[str, int] = LiveMapping(lambda: {k.name: k.task_size for k in formats.kinds()})
 
 #: (numbers per molecule, positions per molecule) -> one prediction per molecule: the model's ``predictions``
 #: (:class:`~lieprop.model.prediction.Predictions`), or any sequence of rows of values.
@@ -226,8 +229,8 @@ class LocalEngine:
     instead of worker processes (default: when ``workers`` is 1 and no pool is given). ``nice``: CPU priority
     steps below normal for the worker processes. ``should_stop``: polled while waiting for parsed chunks; True
     raises :class:`RunInterrupted`. If a worker dies (a crash in RDKit, the OOM killer), the pool is replaced
-    and the records it held are retried one at a time, so only a record that kills workers again fails
-    (``embedding_failed``, or ``invalid_xyz`` / ``invalid_sdf``).
+    and the records it held are retried one at a time, so only a record that kills workers again fails (with its
+    kind's ``failure_code``: ``embedding_failed`` for SMILES, ``invalid_xyz`` / ``invalid_sdf``, ...).
     """
 
     name = "local"
@@ -290,7 +293,7 @@ class LocalEngine:
 
     def _parsed(self, records: Iterator[SmilesRecord | RawRecord], plan: Plan, stop: threading.Event
                 ) -> Iterator[tuple[SmilesRecord | RawRecord, Item]]:
-        tasks = batched(records, TASK_SIZE[plan.kind])
+        tasks = batched(records, formats.kind(plan.kind).task_size)
         if self.in_process:
             for task in tasks:
                 yield from zip(task, parse_records(plan.kind, task, plan.seed, plan.limits), strict=True)
@@ -329,9 +332,8 @@ class LocalEngine:
             except BrokenProcessPool:
                 self._renew(self._pool)
                 index = record.index
-                code = "embedding_failed" if plan.kind == "smiles" else f"invalid_{plan.kind}"
-                item = Item(index, getattr(record, "id", None) or str(index),
-                            error=MoleculeError(code, f"record {index}: the worker parsing it died"))
+                item = Item(index, getattr(record, "id", None) or str(index), error=MoleculeError(
+                    formats.kind(plan.kind).failure_code, f"record {index}: the worker parsing it died"))
             yield record, item
 
     def _renew(self, broken: Executor | None) -> None:

@@ -70,7 +70,7 @@ def add_evaluate(sub: Any) -> None:
     p.add_argument("--geometry", default="dft", choices=["dft", "forcefield"],
                    help="dft: QM9's DFT-relaxed geometries (default); forcefield: the conformers lieprop makes from "
                         "each molecule's SMILES, i.e. what a SMILES user gets (build them once with python -m "
-                        "lieprop.data.conformers)")
+                        "lieprop.data.qm9_conformers)")
     p.add_argument("--limit", type=int, help="only the first N molecules of the split")
     p.add_argument("--out", help="directory for report.json, parity.png and errors.png")
     p.add_argument("--no-plots", action="store_true")

@@ -50,7 +50,7 @@ class TrainConfig(BaseModel):
     # untouched): water is a validation molecule in the Cormorant split, and nothing in training resembles it
     train_small_valid: bool = False
     # also train on every training molecule's force-field conformer (RDKit ETKDGv3 + MMFF94 from its SMILES, exactly
-    # the service's SMILES path; lieprop.data.conformers), with the DFT targets: the geometries SMILES users send.
+    # the service's SMILES path; lieprop.data.qm9_conformers), with the DFT targets: the geometries SMILES users send.
     # Validation then scores both geometries of the validation molecules, and the best checkpoint is the best mean.
     forcefield_geometries: bool = False
     # optimisation

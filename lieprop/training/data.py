@@ -87,7 +87,7 @@ def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str
     """Pack QM9 molecules ``rows`` contiguously with their targets (lieprop units, total energies).
 
     ``geometries``: another source of atoms for the same rows (ragged ``numbers``, ``positions``, ``offsets``
-    row-aligned with QM9, e.g. :class:`lieprop.data.conformers.ConformerArrays`); default the DFT geometries."""
+    row-aligned with QM9, e.g. :class:`lieprop.data.qm9_conformers.ConformerArrays`); default the DFT geometries."""
     rows = np.asarray(rows)
     geo = data if geometries is None else geometries
     sizes = np.diff(geo.offsets)[rows]

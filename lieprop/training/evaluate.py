@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lieprop.data.conformers import load_conformers
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import SIZE_BINS, load_qm9, size_bin, small_molecules, split_indices
+from lieprop.data.qm9_conformers import load_conformers
 from lieprop.model.bundle import load_bundle, record_metadata
 
 #: Published test MAE (docs/QM9.md), in each property's paper unit (meV for energies).
@@ -43,7 +43,7 @@ def mae_by_size(n_atoms: np.ndarray, err: np.ndarray, targets: list[str]) -> dic
 
 
 #: Geometries ``lieprop evaluate`` can score a split in: QM9's DFT-relaxed ones, or the force-field conformers that
-#: lieprop makes from each molecule's SMILES (the service's SMILES path; lieprop.data.conformers).
+#: lieprop makes from each molecule's SMILES (the service's SMILES path; lieprop.data.qm9_conformers).
 GEOMETRIES = ("dft", "forcefield")
 
 

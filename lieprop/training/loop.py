@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from lieprop.data.batch import featurize, size_bucketed_batches
-from lieprop.data.conformers import load_conformers
 from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
+from lieprop.data.qm9_conformers import load_conformers
 from lieprop.model.bundle import load_bundle, save_bundle
 from lieprop.model.device import pick_device
 from lieprop.model.norm import fold_batch_norm

@@ -1,7 +1,7 @@
 """``lieprop calibrate``: fit an ensemble's uncertainty on the validation split and measure it on the test split.
 
 The calibration set is the validation split in both geometries a user can send: QM9's DFT geometries and the
-force-field conformers lieprop makes from each molecule's SMILES (:mod:`lieprop.data.conformers`), pooled, so one
+force-field conformers lieprop makes from each molecule's SMILES (:mod:`lieprop.data.qm9_conformers`), pooled, so one
 calibration serves both input paths. The report then measures, on the test split and per path, what a chemist
 relies on: the coverage of the 90% interval (and of every stored level: the reliability curve), its mean width,
 and whether the std ranks molecules by their error (Spearman correlation of std and |error|). It also checks that
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from lieprop.data.conformers import load_conformers
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import load_qm9, split_indices
+from lieprop.data.qm9_conformers import load_conformers
 from lieprop.data.readers import from_smiles
 from lieprop.data.validation import ValidationLimits
 from lieprop.model.bundle import load_bundle, record_metadata

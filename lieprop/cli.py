@@ -259,8 +259,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return fail(exc)
     engine = None
     if args.engine == "ray":
-        from lieprop.inference import default_model_path
         from lieprop.jobs.ray_engine import RayEngine
+        from lieprop.model.loading import default_model_path
 
         try:
             engine = RayEngine(args.model or default_model_path(), address=args.ray_address, workers=args.workers)

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lieprop.data.elements import QM9_MAX_ATOMS
-from lieprop.inference import default_model_path
+from lieprop.model.loading import default_model_path
 
 
 class Settings(BaseSettings):

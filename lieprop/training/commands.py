@@ -85,7 +85,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     path = args.bundle
     if path is None:
-        from lieprop.inference import default_model_path
+        from lieprop.model.loading import default_model_path
 
         path = default_model_path()
     try:

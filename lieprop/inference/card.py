@@ -1,0 +1,57 @@
+"""The model card: what a bundle is and how good it is (``GET /v1/models``, ``lieprop info``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lieprop.data.properties import BY_NAME
+from lieprop.inference.columns import select_properties
+from lieprop.inference.results import size_warnings
+
+if TYPE_CHECKING:
+    from lieprop.model.bundle import Bundle
+
+
+def model_info(bundle: Bundle) -> dict[str, str]:
+    """``{"name", "version", "sha256"}``: which model made a prediction."""
+    return {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
+
+
+def model_card(bundle: Bundle) -> dict[str, Any]:
+    """What a bundle is and how good it is: name, version, sha256, architecture (and ensemble size), targets, every
+    output property (unit, description, test MAE when the bundle records one) and the training facts
+    (``GET /v1/models``, ``lieprop info``).
+    """
+    test_mae = bundle.meta.get("test_mae")
+    test_mae = test_mae if isinstance(test_mae, Mapping) else {}
+    props = []
+    for col in select_properties(bundle.model.targets):
+        base = col.name.removesuffix("_atomization")
+        mae = test_mae.get(base)  # an atomization energy differs from the total by a constant per formula
+        props.append({
+            "name": col.name, "unit": col.unit, "atomization": col.atomization,
+            "description": BY_NAME[base].description + (" minus the atom references" if col.atomization else ""),
+            "test_mae": float(mae) if isinstance(mae, int | float) and math.isfinite(mae) else None,
+        })
+    small = bundle.meta.get("small_evaluation")
+    return {**model_info(bundle), "architecture": bundle.architecture,
+            "network": bundle.model.arch.summary(bundle.model.cfg), "members": bundle.n_members,
+            "uncertainty": "std of the ensemble members" if bundle.n_members > 1 else None,
+            "targets": list(bundle.model.targets), "properties": props,
+            "training": _json_safe(bundle.meta.get("training")),
+            "test_mae_by_size": _json_safe(bundle.meta.get("test_mae_by_size")),
+            "small_mae_by_size": _json_safe(small.get("by_size")) if isinstance(small, Mapping) else None,
+            "size_warnings": size_warnings(bundle.meta)}
+
+
+def _json_safe(value: Any) -> Any:
+    """A copy that strict JSON can carry: non-finite floats become None, tuples lists, keys strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,147 @@
+"""The one result builder: a molecule (or its error) and its :class:`~lieprop.model.prediction.Prediction` ->
+the REST result ``{"id", "ok", "properties": {name: {"value", "unit"[, "std", "interval"]}}, "provenance",
+"warnings"}`` or ``{"id", "ok": false, "error": {"code", "message"}}``. The library, REST, file scoring and REST
+jobs all build their results here."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lieprop.data.elements import ELEMENT_INDEX
+from lieprop.data.molecule import Molecule
+from lieprop.data.properties import BY_NAME, PROPERTIES, atomref_matrix
+from lieprop.data.qm9 import size_bin
+from lieprop.data.validation import MoleculeError
+from lieprop.inference.columns import Column
+from lieprop.model.prediction import Prediction, as_prediction
+
+#: Item error code of a molecule that was read but the model could not predict (not a docs/DESIGN.md input code).
+PREDICTION_FAILED = "prediction_failed"
+
+
+@functools.lru_cache(maxsize=1)
+def _atomref_by_z() -> np.ndarray:
+    """(n_Z, 12): per-atom reference of every property (zeros outside H, C, N, O, F)."""
+    table = np.zeros((ELEMENT_INDEX.shape[0], len(PROPERTIES)))
+    rows = ELEMENT_INDEX >= 0
+    table[rows] = atomref_matrix()[ELEMENT_INDEX[rows]]
+    return table
+
+
+def atom_reference(numbers: np.ndarray, target: str) -> float:
+    """Sum over the atoms of ``target``'s atom reference (eV for energies): total - this = atomization."""
+    j = next(k for k, p in enumerate(PROPERTIES) if p.name == target)
+    return float(_atomref_by_z()[np.asarray(numbers, dtype=np.int64), j].sum())
+
+
+#: A size bin whose recorded MAE on some target exceeds this many times the target's overall test MAE is one the model
+#: is known to fail on: its molecules' results carry a warning.
+WEAK_SIZE_FACTOR = 3.0
+#: Bins with fewer test molecules than this take their MAE from the small-molecule sanity set instead, when recorded.
+MIN_BIN_MOLECULES = 20
+
+
+def _number(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def size_warnings(meta: Mapping[str, Any]) -> dict[str, str]:
+    """{size bin label: warning} for the atom-count bins on which a bundle is known to do much worse than its
+    model card says (from ``lieprop evaluate --record`` on the test split and the ``small`` set)."""
+    overall = meta.get("test_mae")
+    if not isinstance(overall, Mapping):
+        return {}
+    small = meta.get("small_evaluation")
+    bins: dict[str, Mapping[str, Any]] = dict((small.get("by_size") if isinstance(small, Mapping) else None) or {})
+    for label, row in (meta.get("test_mae_by_size") or {}).items():
+        if label not in bins or row.get("n", 0) >= MIN_BIN_MOLECULES:  # the test split's bin, unless it is too thin
+            bins[label] = row
+    out = {}
+    for label, row in bins.items():
+        worst = None
+        for target, mae in (row.get("mae") or {}).items():
+            prop = BY_NAME.get(target)
+            ref = overall.get(target)
+            if prop is None or not isinstance(ref, int | float) or ref <= 0:
+                continue
+            ratio = mae / (ref * prop.to_paper)
+            if ratio > WEAK_SIZE_FACTOR and (worst is None or ratio > worst[0]):
+                worst = (ratio, target, mae, ref * prop.to_paper, prop.paper_unit or prop.unit)
+        if worst:
+            ratio, target, mae, ref, unit = worst
+            out[label] = (f"the model is unreliable for molecules of {label} atoms: its {target} error there is "
+                          f"{_number(mae)} {unit}, {ratio:.0f}x its {_number(ref)} {unit} average (see lieprop info)")
+    return out
+
+
+def property_entry(prediction: Prediction, col: Column, shift: float) -> dict[str, Any] | None:
+    """One property of a result: ``{"value", "unit"}``, with ``"std"`` and ``"interval"`` (``[lower, upper]``) when
+    the model gives them; ``shift`` (the atom references of an ``*_atomization`` column) moves the
+    value and the interval, not the spread. None when a number is not finite."""
+    j = col.target
+    entry: dict[str, Any] = {"value": float(prediction.value[j]) - shift, "unit": col.unit}
+    if prediction.std is not None:
+        entry["std"] = float(prediction.std[j])
+    if prediction.lower is not None and prediction.upper is not None:
+        entry["interval"] = [float(prediction.lower[j]) - shift, float(prediction.upper[j]) - shift]
+    numbers = [entry["value"], entry.get("std", 0.0), *entry.get("interval", ())]
+    return entry if all(math.isfinite(v) for v in numbers) else None
+
+
+def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequence[Column], targets: Sequence[str],
+              warnings_by_size: Mapping[str, str] | None = None) -> dict:
+    """The REST result of a predicted molecule (or a ``prediction_failed`` error when a number is not finite).
+    ``row`` is the molecule's :class:`~lieprop.model.prediction.Prediction` (a bare row of values is accepted);
+    ``warnings_by_size`` (from :func:`size_warnings`) adds a warning to molecules of a size the model fails on."""
+    prediction = as_prediction(row)
+    props: dict[str, dict[str, Any]] = {}
+    for col in columns:
+        shift = atom_reference(molecule.numbers, targets[col.target]) if col.atomization else 0.0
+        entry = property_entry(prediction, col, shift)
+        if entry is None:
+            return error_result(molecule.id, {"code": PREDICTION_FAILED,
+                                              "message": f"the model produced a non-finite {col.name}"})
+        props[col.name] = entry
+    provenance = dict(molecule.provenance)
+    provenance.setdefault("source", "atoms")
+    provenance.setdefault("conformer", None)
+    warnings = list(molecule.warnings)
+    if warnings_by_size:
+        extra = warnings_by_size.get(size_bin(len(molecule.numbers)))
+        warnings += [extra] if extra else []
+    return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
+
+
+def error_result(ident: str | None, error: MoleculeError | Mapping[str, str]) -> dict:
+    """The REST result of a molecule that could not be predicted."""
+    body = error.to_dict() if isinstance(error, MoleculeError) else dict(error)
+    return {"id": ident, "ok": False, "error": body}
+
+
+def failure_result(ident: str | None, exc: BaseException) -> dict:
+    """The result of a molecule whose model batch failed (see :class:`~lieprop.service.batcher.DynamicBatcher`)."""
+    return error_result(ident, {"code": PREDICTION_FAILED, "message": f"the model failed on this molecule: "
+                                f"{type(exc).__name__}: {exc}"})
+
+
+def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[str],
+                  predictions: Sequence[Prediction | np.ndarray | BaseException], columns: Sequence[Column],
+                  targets: Sequence[str], warnings_by_size: Mapping[str, str] | None = None) -> list[dict]:
+    """One result per input, in order: ``predictions`` holds one :class:`~lieprop.model.prediction.Prediction` (or
+    the exception the model met) per molecule in ``outcomes``. The one builder of results: the library, REST, file
+    scoring and REST jobs all call it."""
+    rows = iter(predictions)
+    results = []
+    for outcome, ident in zip(outcomes, ids, strict=True):
+        if isinstance(outcome, MoleculeError):
+            results.append(error_result(ident, outcome))
+            continue
+        row = next(rows)
+        results.append(failure_result(outcome.id, row) if isinstance(row, BaseException)
+                       else ok_result(outcome, row, columns, targets, warnings_by_size))
+    return results

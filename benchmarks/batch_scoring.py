@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from lieprop.inference import default_model_path
-    from lieprop.jobs.pipeline import DEFAULT_CHUNK_SIZE
-    from lieprop.jobs.ray_engine import ray_available
+    from lieprop.scoring.pipeline import DEFAULT_CHUNK_SIZE
+    from lieprop.scoring.ray_engine import ray_available
 
     n_smiles = args.smiles or (100 if args.quick else 2000)
     n_xyz = args.xyz or (200 if args.quick else 5000)

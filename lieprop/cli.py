@@ -179,13 +179,13 @@ def describe_lineage(parent: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# lieprop predict (the pipeline: lieprop/jobs; docs/JOBS.md)
+# lieprop predict (the pipeline: lieprop/scoring; docs/JOBS.md)
 
 
 def add_job_option_flags(p: argparse.ArgumentParser) -> None:
-    """A flag per option of :class:`lieprop.jobs.options.JobOptions` (``--smiles-column NAME``, ...), with its
+    """A flag per option of :class:`lieprop.scoring.options.JobOptions` (``--smiles-column NAME``, ...), with its
     description and default; options only REST uploads have are left out. Values are validated by the model."""
-    from lieprop.jobs.options import REST_ONLY, JobOptions, is_list, scalar_type
+    from lieprop.scoring.options import REST_ONLY, JobOptions, is_list, scalar_type
 
     for name, field in JobOptions.model_fields.items():
         if name in REST_ONLY:
@@ -201,7 +201,7 @@ def add_job_option_flags(p: argparse.ArgumentParser) -> None:
 
 def add_predict(sub: Subparsers) -> None:
     from lieprop.data import formats
-    from lieprop.jobs.pipeline import DEFAULT_MODEL_BATCH
+    from lieprop.scoring.pipeline import DEFAULT_MODEL_BATCH
 
     p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", f"""\
   lieprop predict library.csv --out scores.csv                 # CSV with a 'smiles' column -> CSV
@@ -239,10 +239,10 @@ outputs (by extension): .csv, .jsonl/.ndjson, .parquet; failed rows carry an err
 def run_predict(args: argparse.Namespace) -> int:
     from lieprop.data.elements import QM9_MAX_ATOMS
     from lieprop.inference import ModelNotFoundError, UnknownPropertyError, load_model
-    from lieprop.jobs.options import JobOptions
-    from lieprop.jobs.output import NothingToResume, OutputError
-    from lieprop.jobs.pipeline import score_file
     from lieprop.model.bundle import BundleError
+    from lieprop.scoring.options import JobOptions
+    from lieprop.scoring.output import NothingToResume, OutputError
+    from lieprop.scoring.pipeline import score_file
 
     def fail(message: object) -> int:
         print(f"lieprop predict: {message}", file=sys.stderr)
@@ -259,8 +259,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return fail(exc)
     engine = None
     if args.engine == "ray":
-        from lieprop.jobs.ray_engine import RayEngine
         from lieprop.model.loading import default_model_path
+        from lieprop.scoring.ray_engine import RayEngine
 
         try:
             engine = RayEngine(args.model or default_model_path(), address=args.ray_address, workers=args.workers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from lieprop.jobs.records import parse_records
+from lieprop.scoring.records import parse_records
 
 
 def parse_or_crash(kind, records, seed, limits):

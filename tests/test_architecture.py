@@ -23,8 +23,9 @@ LAYER_OF = {
     "lieprop.model": "model",
     "lieprop.training": "training",
     "lieprop.inference": "inference",
-    "lieprop.jobs": "jobs/service",
-    "lieprop.service": "jobs/service",
+    "lieprop.scoring": "scoring/service",
+    "lieprop.jobs": "scoring/service",  # the deprecated old name of lieprop.scoring (shim modules)
+    "lieprop.service": "scoring/service",
     "lieprop.cli": "cli",
     "lieprop": "package",  # the top-level package: __version__ and the lazy `lieprop.predict` (inference)
     "lieprop.version": "base",  # the version string, below every layer
@@ -35,8 +36,8 @@ MAY_IMPORT = {
     "model": {"base", "data", "model"},
     "training": {"base", "data", "model", "training"},
     "inference": {"base", "data", "model", "inference"},
-    "jobs/service": {"base", "data", "model", "training", "inference", "jobs/service"},
-    "cli": {"base", "data", "model", "training", "inference", "jobs/service", "cli", "package"},
+    "scoring/service": {"base", "data", "model", "training", "inference", "scoring/service"},
+    "cli": {"base", "data", "model", "training", "inference", "scoring/service", "cli", "package"},
     "package": {"base", "inference"},
 }
 
@@ -219,7 +220,7 @@ def test_function_level_third_party_imports_are_heavy_or_optional():
 
 
 def test_no_upward_imports_between_layers():
-    """docs/DESIGN.md: data < model < training / inference < jobs / service < cli."""
+    """docs/DESIGN.md: data < model < training / inference < scoring / service < cli."""
     upward = sorted({(e.source, e.target) for e in EDGES if layer(e.target) not in MAY_IMPORT[layer(e.source)]}
                     - set(ALLOWED_UPWARD))
     assert upward == [], "\n".join(f"{s} ({layer(s)}) imports {t} ({layer(t)})" for s, t in upward)
@@ -240,5 +241,19 @@ def test_the_service_is_split_without_cycles():
     for low in ("lieprop.service.state", "lieprop.service.job_runner", "lieprop.service.errors"):
         assert not any(_reaches(graph, low, m) for m in service if m.startswith("lieprop.service.routes")), low
     cli_lazy = {e.target for e in EDGES if e.source == "lieprop.cli"}
-    assert "lieprop.jobs.options" in cli_lazy
-    assert not _reaches(_graph({False}), "lieprop.jobs.options", "lieprop.service.app")  # the CLI stays FastAPI-free
+    assert "lieprop.scoring.options" in cli_lazy
+    assert not _reaches(_graph({False}), "lieprop.scoring.options", "lieprop.service.app")  # the CLI stays FastAPI-free
+
+
+def test_the_old_package_name_still_imports_with_a_deprecation_warning():
+    """lieprop.jobs became lieprop.scoring (file scoring); the old imports give the same modules for a release."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    import lieprop.jobs.pipeline as old, lieprop.scoring.pipeline as new\n"
+            "    from lieprop.jobs.store import JobStore\n"
+            "assert old is new and JobStore.__module__ == 'lieprop.service.job_store'\n"
+            "assert any(w.category is DeprecationWarning and 'lieprop.scoring' in str(w.message) for w in seen)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

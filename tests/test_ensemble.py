@@ -14,10 +14,10 @@ import torch
 import lieprop
 from lieprop.cli import main
 from lieprop.data.properties import PROPERTY_NAMES
-from lieprop.jobs.pipeline import ScoreOptions, score_file
 from lieprop.model.bundle import BundleError, load_bundle, make_ensemble, save_bundle
 from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import EnsembleModel, PropertyModel
+from lieprop.scoring.pipeline import ScoreOptions, score_file
 from lieprop.service.schemas import ETHANOL_XYZ, WATER
 
 MOLECULES = ["CCO", {"id": "w", **WATER}, {"id": "e", "xyz": ETHANOL_XYZ}, {"id": "bad", "smiles": "C1CC"}]

@@ -85,8 +85,8 @@ def test_the_rest_contract_codes_come_from_the_kinds_in_a_fixed_order():
 
 def test_the_old_tables_are_views_of_the_registry():
     from lieprop.inference import EMBEDDING_KINDS, INPUT_KINDS
-    from lieprop.jobs.pipeline import TASK_SIZE
-    from lieprop.jobs.records import KINDS
+    from lieprop.scoring.pipeline import TASK_SIZE
+    from lieprop.scoring.records import KINDS
 
     assert dict(FORMATS) == {f.name: f.extensions for f in formats.registered()}
     assert dict(KINDS) == {"xyz": "xyz", "extxyz": "xyz", "sdf": "sdf", "mol": "sdf", "smi": "smiles",
@@ -181,7 +181,7 @@ def test_a_registered_format_without_records_is_one_empty_input_item(toy):
 
 
 def test_a_registered_format_is_scored_by_score_file(toy, tmp_path):
-    from lieprop.jobs.pipeline import ScoreOptions, score_file
+    from lieprop.scoring.pipeline import ScoreOptions, score_file
 
     out = tmp_path / "scores.csv"
     summary = score_file(toy, out, ScoreOptions(properties=("homo",)), workers=1)

@@ -20,8 +20,8 @@ from test_service import make_tiny_bundle, start_server
 
 import lieprop
 from lieprop.cli import main as cli
-from lieprop.jobs.output import OutputError
-from lieprop.jobs.pipeline import ScoreOptions, score_file
+from lieprop.scoring.output import OutputError
+from lieprop.scoring.pipeline import ScoreOptions, score_file
 
 DATA = Path(__file__).parent / "data"
 PROPS = ["homo", "gap", "u0", "u0_atomization", "cv"]
@@ -314,8 +314,8 @@ def test_memory_stays_bounded_on_a_200k_row_csv(tmp_path, bundle_path, rows, val
 
 def test_a_worker_crash_fails_only_its_records(tmp_path, bundle_path, monkeypatch):
     """If a worker process dies (RDKit crash, OOM kill), the pool is replaced and only the culprit fails."""
-    import lieprop.jobs.pipeline as pipeline
-    from lieprop.jobs.pipeline import LocalEngine
+    import lieprop.scoring.pipeline as pipeline
+    from lieprop.scoring.pipeline import LocalEngine
 
     smiles = ["CCO", "CRASH", "O", "CC"] * 2 + ["C", "CN", "N", "CC"] * 3
     source = write_csv(tmp_path / "in.csv", [(f"m{i}", s) for i, s in enumerate(smiles)])
@@ -478,7 +478,7 @@ def test_interactive_molecules_go_before_background_calls():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside Ray Data
 def test_ray_engine_equals_the_local_engine(tmp_path, bundle_path):
     pytest.importorskip("ray.data")
-    from lieprop.jobs.ray_engine import RayEngine
+    from lieprop.scoring.ray_engine import RayEngine
 
     source = distinct_csv(tmp_path / "in.csv", 60)
     options = ScoreOptions(chunk_size=8, properties=tuple(PROPS))
@@ -500,7 +500,7 @@ def test_ray_engine_equals_the_local_engine(tmp_path, bundle_path):
 def test_csv_stream_helper_reads_back():
     """The REST CSV conversion keeps quoting of awkward cells (commas, quotes, newlines)."""
     from lieprop.inference import Column
-    from lieprop.jobs.output import Table, json_line, jsonl_to_csv
+    from lieprop.scoring.output import Table, json_line, jsonl_to_csv
 
     table = Table((Column("homo", "eV", 2, False),), with_smiles=True)
     row = {"index": 0, "id": 'a,"b"\nc', "smiles": "C", "ok": False,
@@ -541,12 +541,12 @@ def test_uploads_over_the_limit_get_413_and_leave_nothing(tmp_path, bundle_path)
 
 
 # --------------------------------------------------------------------------------------------------
-# Job options, declared once (lieprop/jobs/options.py)
+# Job options, declared once (lieprop/scoring/options.py)
 
 
 def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
     from lieprop.cli import build_parser
-    from lieprop.jobs.options import REST_ONLY, JobOptions, form_fields_schema
+    from lieprop.scoring.options import REST_ONLY, JobOptions, form_fields_schema
 
     names = list(JobOptions.model_fields)
     given = {"format": "csv", "smiles_column": "SMILES", "id_column": "name", "properties": ["homo", "gap"],

@@ -8,7 +8,7 @@ that hold the same records (``xyz`` and ``extxyz`` hold XYZ frames; ``sdf`` and 
 whether parsing may embed a conformer (slow: the service sends such items to its process pool), and the key under
 which a REST item may carry one molecule of the kind.
 
-Readers (:mod:`lieprop.data.readers`), file scoring (:mod:`lieprop.jobs`), the REST items
+Readers (:mod:`lieprop.data.readers`), file scoring (:mod:`lieprop.scoring`), the REST items
 (:mod:`lieprop.data.items`), the error codes (:mod:`lieprop.data.validation`) and the CLI help all read this
 registry, so adding a format is one :func:`register` call (a built-in one: one entry in :data:`BUILTIN_FORMATS`)
 plus the module with its splitter and parser. docs/DESIGN.md ("Formats") has the contract.

@@ -1,7 +1,7 @@
 """What readers pass around: raw records cut from a text, the options that parse them, and the :class:`Item` outcome.
 
 Everything here is small, immutable and picklable, because records and options cross process boundaries (the
-embedding pool of :mod:`lieprop.data.pool`, the job workers of :mod:`lieprop.jobs.records`, Ray actors) and items
+embedding pool of :mod:`lieprop.data.pool`, the job workers of :mod:`lieprop.scoring.records`, Ray actors) and items
 come back the same way.
 """
 

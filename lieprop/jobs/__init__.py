@@ -1,28 +1,22 @@
-"""Batch scoring: whole files of molecules, streamed in chunks, resumable, on this machine or on Ray.
+"""Deprecated: the old name of :mod:`lieprop.scoring` (file scoring), kept for one release.
 
-``lieprop predict INPUT --out OUTPUT`` (:mod:`lieprop.cli`), ``POST /v1/jobs`` (:mod:`lieprop.service.routes.jobs`)
-and :func:`score_file` run the same pipeline (:mod:`lieprop.jobs.pipeline`): raw records from the input
-(:mod:`~lieprop.jobs.records`), parsed in worker processes, scored by the model a chunk at a time, written to a
-result file that a killed run resumes (:mod:`~lieprop.jobs.output`). :mod:`~lieprop.jobs.ray_engine` runs it on
-Ray; :mod:`~lieprop.jobs.store` keeps the REST jobs in SQLite; :mod:`~lieprop.jobs.options` declares the options
-of a job once, for the CLI, REST and the pipeline. Worker processes import this package to unpickle
-their tasks, so it stays light: names load on first use.
+``import lieprop.jobs`` and ``from lieprop.jobs.pipeline import score_file`` still work and give the very same
+module objects as ``lieprop.scoring`` (so monkeypatching and isinstance checks keep working), with a
+``DeprecationWarning``. The REST job store moved to :mod:`lieprop.service.job_store` (``lieprop.jobs.store``).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+warnings.warn("lieprop.jobs is deprecated: file scoring is lieprop.scoring, the REST job store "
+              "lieprop.service.job_store", DeprecationWarning, stacklevel=2)
 
 __all__ = ["LocalEngine", "RayEngine", "ScoreOptions", "Summary", "score_file"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("LocalEngine", "ScoreOptions", "Summary", "score_file"):
-        from lieprop.jobs import pipeline
+    import lieprop.scoring
 
-        return getattr(pipeline, name)
-    if name == "RayEngine":
-        from lieprop.jobs.ray_engine import RayEngine
-
-        return RayEngine
-    raise AttributeError(f"module 'lieprop.jobs' has no attribute {name!r}")
+    return getattr(lieprop.scoring, name)

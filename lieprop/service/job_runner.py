@@ -1,14 +1,14 @@
 """The batch-job runner of the REST service: the job store, the job files and one runner thread.
 
 One runner thread works through queued jobs, oldest first, with the pipeline of ``lieprop predict``
-(:func:`lieprop.jobs.pipeline.score_file`): records are parsed in a pool of ``job_workers`` processes running below
+(:func:`lieprop.scoring.pipeline.score_file`): records are parsed in a pool of ``job_workers`` processes running below
 normal CPU priority, and the model runs on the service's model thread as *background* calls of the
 :class:`~lieprop.service.batcher.DynamicBatcher`, ``max_batch_size`` molecules per call, which wait whenever
 interactive molecules are queued. So ``/v1/predict`` keeps its latency while a job runs (it waits for at most one
 background call), and the job gets the model whenever the interactive queue is empty.
 
-Job state lives in SQLite (:class:`~lieprop.jobs.store.JobStore`, ``<data_dir>/jobs.sqlite3``), results on disk
-(``results.jsonl``, written chunk by chunk by :class:`~lieprop.jobs.output.ResultFile`). If the server dies, the
+Job state lives in SQLite (:class:`~lieprop.service.job_store.JobStore`, ``<data_dir>/jobs.sqlite3``), results on disk
+(``results.jsonl``, written chunk by chunk by :class:`~lieprop.scoring.output.ResultFile`). If the server dies, the
 jobs it was running are queued again at the next start and resume from their last committed chunk; a graceful
 shutdown stops a job between model calls in the same resumable way. The routes are in
 :mod:`lieprop.service.routes.jobs`.
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lieprop.inference import UnknownPropertyError
-from lieprop.jobs.options import JobOptions
-from lieprop.jobs.output import NothingToResume, OutputError
-from lieprop.jobs.pipeline import LocalEngine, RunInterrupted, Summary, score_file
-from lieprop.jobs.store import FINAL_STATES, JobStore
 from lieprop.model.prediction import Predictions
+from lieprop.scoring.options import JobOptions
+from lieprop.scoring.output import NothingToResume, OutputError
+from lieprop.scoring.pipeline import LocalEngine, RunInterrupted, Summary, score_file
 from lieprop.service.batcher import BatcherClosed, BatchStats, DynamicBatcher, Priority
+from lieprop.service.job_store import FINAL_STATES, JobStore
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.settings import Settings
 

@@ -3,7 +3,7 @@
 An upload is streamed to ``<data_dir>/jobs/<id>/`` (never held in memory; at most ``max_upload_bytes``, see
 :mod:`lieprop.service.uploads`), checked (format, SMILES column, properties) and answered at once with 202 and the
 job. Its options (form fields or query parameters) are those of ``lieprop predict``, declared once in
-:class:`lieprop.jobs.options.JobOptions`. The runner thread (:mod:`lieprop.service.job_runner`) scores it.
+:class:`lieprop.scoring.options.JobOptions`. The runner thread (:mod:`lieprop.service.job_runner`) scores it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from lieprop.data.readers import FORMATS
 from lieprop.inference import Column, UnknownPropertyError, select_properties
-from lieprop.jobs.options import JobOptions, form_fields_schema, input_suffix
-from lieprop.jobs.output import Table, jsonl_to_csv
-from lieprop.jobs.records import Source, open_source
+from lieprop.scoring.options import JobOptions, form_fields_schema, input_suffix
+from lieprop.scoring.output import Table, jsonl_to_csv
+from lieprop.scoring.records import Source, open_source
 from lieprop.service import schemas
 from lieprop.service.access import API_KEY, STREAMED_UPLOAD
 from lieprop.service.errors import ERROR_RESPONSES, error_response

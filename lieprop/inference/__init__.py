@@ -26,7 +26,9 @@ from lieprop.inference.library import predict
 from lieprop.inference.results import (
     MIN_BIN_MOLECULES,
     PREDICTION_FAILED,
+    UNCERTAIN_FACTOR,
     WEAK_SIZE_FACTOR,
+    ResultContext,
     atom_reference,
     build_results,
     error_result,
@@ -34,13 +36,15 @@ from lieprop.inference.results import (
     ok_result,
     property_entry,
     size_warnings,
+    uncertainty_warning,
 )
 from lieprop.model.loading import DEFAULT_MODEL, ModelNotFoundError, default_model_path, load_model
 
 __all__ = [
-    "DEFAULT_MODEL", "EMBEDDING_KINDS", "INPUT_KINDS", "MIN_BIN_MOLECULES", "PREDICTION_FAILED", "WEAK_SIZE_FACTOR",
+    "DEFAULT_MODEL", "EMBEDDING_KINDS", "INPUT_KINDS", "MIN_BIN_MOLECULES", "PREDICTION_FAILED", "UNCERTAIN_FACTOR",
+    "WEAK_SIZE_FACTOR", "ResultContext",
     "Column", "ModelNotFoundError", "Parsed", "UnknownPropertyError", "atom_reference", "build_results",
     "default_model_path", "error_result", "failure_result", "fallback_id", "input_kind", "item_kind", "load_model",
     "model_card", "model_info", "ok_result", "parse_item", "parse_items", "predict", "property_entry",
-    "select_properties", "size_warnings",
+    "select_properties", "size_warnings", "uncertainty_warning",
 ]

@@ -19,7 +19,7 @@ from lieprop.data.pool import embedding_pool
 from lieprop.data.validation import DEFAULT_LIMITS, ValidationLimits
 from lieprop.inference.card import model_info
 from lieprop.inference.columns import select_properties
-from lieprop.inference.results import build_results, size_warnings
+from lieprop.inference.results import ResultContext, build_results
 from lieprop.model.loading import load_model
 
 if TYPE_CHECKING:
@@ -34,13 +34,15 @@ def predict(
     limits: ValidationLimits | None = None,
     workers: int = 1,
     executor: Executor | None = None,
+    coverage: float | None = None,
 ) -> dict[str, Any]:
     """Predict ``properties`` (default: all the model has, plus atomization energies) for ``molecules``.
 
     ``molecules``: one input or an iterable of inputs, each a SMILES string, a :class:`Molecule`, ASE ``Atoms`` or
     a REST item dict. ``model``: a loaded bundle, a bundle path, or None for the bundled model. ``limits``: the
     validation limits (default: QM9's domain, as the service). ``workers`` > 1 embeds SMILES in that many processes
-    (or pass a long-lived ``executor``, e.g. :func:`lieprop.data.readers.embedding_pool`).
+    (or pass a long-lived ``executor``, e.g. :func:`lieprop.data.readers.embedding_pool`). ``coverage``: the level
+    of the prediction intervals (default 0.9; a model with calibrated uncertainty only).
 
     Returns the REST response: ``{"model": {"name", "version", "sha256"}, "results": [...]}``, one result per
     input in order. Raises :class:`UnknownPropertyError` for unknown properties, ``TypeError`` / ``ValueError`` for
@@ -51,6 +53,7 @@ def predict(
     bundle = model if isinstance(model, Bundle) else load_model(model)
     targets = bundle.model.targets
     columns = select_properties(targets, properties)
+    context = ResultContext.of(bundle, coverage)
     items = _as_items(molecules)
     for i, item in enumerate(items):  # malformed inputs fail the call, as a 422 fails the REST request
         try:
@@ -68,7 +71,7 @@ def predict(
     predictions = bundle.model.predictions([m.numbers for m in valid], [m.positions for m in valid])
     ids = [fallback_id(item, i) for i, item in indexed]
     return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(predictions), columns,
-                                                                  targets, size_warnings(bundle.meta))}
+                                                                  targets, context)}
 
 
 def _as_items(molecules: Any) -> list[Any]:

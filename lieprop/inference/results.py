@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,30 +80,90 @@ def size_warnings(meta: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def property_entry(prediction: Prediction, col: Column, shift: float) -> dict[str, Any] | None:
+#: A molecule whose std on some property exceeds this many times that property's typical std (the median over the
+#: calibration set) gets a warning: the model knows it much less well than the molecules its card describes.
+UNCERTAIN_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class ResultContext:
+    """What a result needs from its model besides the prediction (picklable, so file-scoring workers carry it):
+
+    * ``warnings_by_size``: (size bin, warning) for the atom-count bins the model is known to fail on
+      (:func:`size_warnings`);
+    * ``typical_std``: per target, the calibrated std of a typical molecule: a molecule whose std is more than
+      :data:`UNCERTAIN_FACTOR` times it gets a warning;
+    * ``interval_quantiles``: per target, the half-width of the interval in units of std at the coverage asked for
+      (None: the interval the model gives, at its default level).
+    """
+
+    warnings_by_size: tuple[tuple[str, str], ...] = ()
+    typical_std: tuple[float, ...] | None = None
+    interval_quantiles: tuple[float, ...] | None = None
+    coverage: float | None = None
+
+    @classmethod
+    def of(cls, bundle: Any, coverage: float | None = None) -> ResultContext:
+        """The context of a bundle's results; ``coverage`` (e.g. 0.95) asks for intervals at that level, which
+        needs a calibrated model (``ValueError`` otherwise, or for a level outside the calibrated range)."""
+        calibration = getattr(bundle.model, "calibration", None)
+        if coverage is not None and calibration is None:
+            raise ValueError(f"coverage needs a model with calibrated intervals; {bundle.name} has none (see "
+                             "lieprop calibrate)")
+        return cls(tuple(sorted(size_warnings(bundle.meta).items())),
+                   tuple(map(float, calibration.typical)) if calibration is not None else None,
+                   tuple(map(float, calibration.quantile(coverage))) if coverage is not None else None,
+                   coverage)
+
+
+def property_entry(prediction: Prediction, col: Column, shift: float,
+                   interval_quantile: float | None = None) -> dict[str, Any] | None:
     """One property of a result: ``{"value", "unit"}``, with ``"std"`` and ``"interval"`` (``[lower, upper]``) when
-    the model gives them; ``shift`` (the atom references of an ``*_atomization`` column) moves the
-    value and the interval, not the spread. None when a number is not finite."""
+    the model gives them; ``shift`` (the atom references of an ``*_atomization`` column) moves the value and the
+    interval, not the spread; ``interval_quantile`` makes the interval value ± that many std. None when a number is
+    not finite."""
     j = col.target
     entry: dict[str, Any] = {"value": float(prediction.value[j]) - shift, "unit": col.unit}
     if prediction.std is not None:
         entry["std"] = float(prediction.std[j])
-    if prediction.lower is not None and prediction.upper is not None:
+    if interval_quantile is not None and prediction.std is not None:
+        half = interval_quantile * float(prediction.std[j])
+        entry["interval"] = [entry["value"] - half, entry["value"] + half]
+    elif prediction.lower is not None and prediction.upper is not None:
         entry["interval"] = [float(prediction.lower[j]) - shift, float(prediction.upper[j]) - shift]
     numbers = [entry["value"], entry.get("std", 0.0), *entry.get("interval", ())]
     return entry if all(math.isfinite(v) for v in numbers) else None
 
 
+def uncertainty_warning(prediction: Prediction, targets: Sequence[str], typical: Sequence[float]) -> str | None:
+    """A warning when the molecule's std on some target is more than :data:`UNCERTAIN_FACTOR` times the typical
+    one (the worst such target is named), else None."""
+    if prediction.std is None:
+        return None
+    ratios = np.asarray(prediction.std, dtype=float) / np.maximum(np.asarray(typical, dtype=float), 1e-300)
+    j = int(np.argmax(ratios))
+    if not ratios[j] > UNCERTAIN_FACTOR:
+        return None
+    prop = BY_NAME[targets[j]]
+    unit = prop.paper_unit or prop.unit
+    std, usual = _number(prediction.std[j] * prop.to_paper), _number(typical[j] * prop.to_paper)
+    return (f"the model is unsure about this molecule: its {targets[j]} std, {std} {unit}, is {ratios[j]:.0f}x the "
+            f"typical {usual} {unit}; molecules unlike QM9's (size, elements, bonding, geometry) get such spreads")
+
+
 def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequence[Column], targets: Sequence[str],
-              warnings_by_size: Mapping[str, str] | None = None) -> dict:
+              context: ResultContext | Mapping[str, str] | None = None) -> dict:
     """The REST result of a predicted molecule (or a ``prediction_failed`` error when a number is not finite).
     ``row`` is the molecule's :class:`~lieprop.model.prediction.Prediction` (a bare row of values is accepted);
-    ``warnings_by_size`` (from :func:`size_warnings`) adds a warning to molecules of a size the model fails on."""
+    ``context`` (:class:`ResultContext`; a mapping is taken as its ``warnings_by_size``) adds warnings and sets the
+    interval's coverage."""
+    context = _as_context(context)
     prediction = as_prediction(row)
     props: dict[str, dict[str, Any]] = {}
+    quantiles = context.interval_quantiles
     for col in columns:
         shift = atom_reference(molecule.numbers, targets[col.target]) if col.atomization else 0.0
-        entry = property_entry(prediction, col, shift)
+        entry = property_entry(prediction, col, shift, quantiles[col.target] if quantiles is not None else None)
         if entry is None:
             return error_result(molecule.id, {"code": PREDICTION_FAILED,
                                               "message": f"the model produced a non-finite {col.name}"})
@@ -111,10 +172,21 @@ def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequenc
     provenance.setdefault("source", "atoms")
     provenance.setdefault("conformer", None)
     warnings = list(molecule.warnings)
-    if warnings_by_size:
-        extra = warnings_by_size.get(size_bin(len(molecule.numbers)))
+    if context.warnings_by_size:
+        extra = dict(context.warnings_by_size).get(size_bin(len(molecule.numbers)))
         warnings += [extra] if extra else []
+    if context.typical_std is not None:
+        unsure = uncertainty_warning(prediction, targets, context.typical_std)
+        warnings += [unsure] if unsure else []
     return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
+
+
+def _as_context(context: ResultContext | Mapping[str, str] | None) -> ResultContext:
+    if context is None:
+        return ResultContext()
+    if isinstance(context, ResultContext):
+        return context
+    return ResultContext(warnings_by_size=tuple(sorted(context.items())))
 
 
 def error_result(ident: str | None, error: MoleculeError | Mapping[str, str]) -> dict:
@@ -131,10 +203,11 @@ def failure_result(ident: str | None, exc: BaseException) -> dict:
 
 def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[str],
                   predictions: Sequence[Prediction | np.ndarray | BaseException], columns: Sequence[Column],
-                  targets: Sequence[str], warnings_by_size: Mapping[str, str] | None = None) -> list[dict]:
+                  targets: Sequence[str], context: ResultContext | Mapping[str, str] | None = None) -> list[dict]:
     """One result per input, in order: ``predictions`` holds one :class:`~lieprop.model.prediction.Prediction` (or
-    the exception the model met) per molecule in ``outcomes``. The one builder of results: the library, REST, file
-    scoring and REST jobs all call it."""
+    the exception the model met) per molecule in ``outcomes``; ``context`` as in :func:`ok_result`. The one builder
+    of results: the library, REST, file scoring and REST jobs all call it."""
+    context = _as_context(context)
     rows = iter(predictions)
     results = []
     for outcome, ident in zip(outcomes, ids, strict=True):
@@ -143,5 +216,5 @@ def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[st
             continue
         row = next(rows)
         results.append(failure_result(outcome.id, row) if isinstance(row, BaseException)
-                       else ok_result(outcome, row, columns, targets, warnings_by_size))
+                       else ok_result(outcome, row, columns, targets, context))
     return results

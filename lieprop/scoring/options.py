@@ -32,7 +32,7 @@ MAX_CHUNK_SIZE = 100_000
 #: Options only a REST upload has (``lieprop predict`` reads the file name from its INPUT argument).
 REST_ONLY = ("filename",)
 #: Options kept in a REST job's record under ``options`` (``format`` and ``filename`` have their own columns).
-RECORDED = ("smiles_column", "id_column", "properties", "chunk_size")
+RECORDED = ("smiles_column", "id_column", "properties", "chunk_size", "coverage")
 
 
 class JobOptions(BaseModel):
@@ -50,6 +50,9 @@ class JobOptions(BaseModel):
         None, description="property names to predict (default: all, with atomization energies)")
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE,
                             description="rows per committed chunk, the unit of progress and resumption")
+    coverage: float | None = Field(
+        None, ge=0.5, le=0.99, description="level of the prediction intervals, for models with calibrated uncertainty "
+                                           "(default 0.9)")
     filename: str | None = Field(
         None, description="the upload's file name, when the body does not carry one (its extension tells the format)")
 
@@ -95,7 +98,7 @@ class JobOptions(BaseModel):
         """The pipeline's options: these, plus ``tuning`` (``model_batch``, ``frame_batch``, ``max_atoms``, ...)."""
         return ScoreOptions(format=self.format, smiles_column=self.smiles_column, id_column=self.id_column,
                             properties=tuple(self.properties) if self.properties is not None else None,
-                            chunk_size=self.chunk_size, **tuning)
+                            chunk_size=self.chunk_size, coverage=self.coverage, **tuning)
 
 
 def scalar_type(field: FieldInfo) -> type:

@@ -8,7 +8,8 @@ Row layout (every format carries the same values):
 * CSV and Parquet: ``index, id, [smiles,] ok, <property> [<unit>] ..., error, error_message, warnings``: one
   column per property with its unit in the header (``homo [eV]``), empty / null for failed rows; ``error`` is the
   error code and ``error_message`` the message, both empty for rows that succeeded; ``warnings`` joined by "; ".
-  A model that gives a spread (an ensemble) adds ``<property>_std [<unit>]`` after each property column.
+  A model that gives a spread (an ensemble) adds ``<property>_std [<unit>]`` after each property column, and a
+  calibrated one ``<property>_lower [<unit>]`` and ``<property>_upper [<unit>]``, its prediction interval.
   Parquet columns are typed (int64, string, bool, float64) and carry their unit as field metadata.
 
 How a run survives ``kill -9``: the result file is built in ``OUTPUT.partial/`` next to it. Each completed chunk
@@ -75,26 +76,31 @@ def property_header(column: Column) -> str:
     return f"{column.name} [{column.unit}]"
 
 
-def std_header(column: Column) -> str:
-    return f"{column.name}_std [{column.unit}]"
+def std_header(column: Column, statistic: str = "std") -> str:
+    """``homo_std [eV]`` (or ``homo_lower [eV]``, ``homo_upper [eV]``): a column of a property's uncertainty."""
+    return f"{column.name}_{statistic} [{column.unit}]"
 
 
 @dataclass(frozen=True)
 class Table:
     """The flat (CSV / Parquet) layout of a run's rows: its properties, whether a ``smiles`` column exists, and
-    whether each property is followed by its spread (``homo_std [eV]``, for models that give one: ensembles)."""
+    whether each property is followed by its spread (``homo_std [eV]``, for models that give one: ensembles) and its
+    prediction interval (``homo_lower [eV]``, ``homo_upper [eV]``, for calibrated ones)."""
 
     columns: tuple[Column, ...]
     with_smiles: bool
     with_std: bool = False
+    with_interval: bool = False
+
+    @property
+    def statistics(self) -> list[str]:
+        """What follows each property's value: ``std``, ``lower``, ``upper``, as the model gives them."""
+        return ["std"] * self.with_std + ["lower", "upper"] * self.with_interval
 
     @property
     def value_headers(self) -> list[str]:
-        """The property columns, in order: ``homo [eV]`` (and ``homo_std [eV]`` after it when ``with_std``)."""
-        out = []
-        for c in self.columns:
-            out += [property_header(c), std_header(c)] if self.with_std else [property_header(c)]
-        return out
+        """The property columns, in order: ``homo [eV]``, then its uncertainty columns (:attr:`statistics`)."""
+        return [h for c in self.columns for h in (property_header(c), *(std_header(c, s) for s in self.statistics))]
 
     @property
     def header(self) -> list[str]:
@@ -109,7 +115,9 @@ class Table:
         values: list[Any] = []
         for c in self.columns:
             entry = props.get(c.name) or {}
-            values += [entry.get("value"), entry.get("std")] if self.with_std else [entry.get("value")]
+            interval = entry.get("interval") or (None, None)
+            given = {"std": entry.get("std"), "lower": interval[0], "upper": interval[1]}
+            values += [entry.get("value"), *(given[s] for s in self.statistics)]
         return [row["index"], row["id"], *([row.get("smiles")] if self.with_smiles else []), bool(row["ok"]),
                 *values, error.get("code"), error.get("message"), "; ".join(warnings) if warnings else None]
 
@@ -160,9 +168,9 @@ def parquet_schema(table: Table) -> Any:
     fields.append(pa.field("ok", pa.bool_(), nullable=False))
     for c in table.columns:
         fields.append(pa.field(property_header(c), pa.float64(), metadata={"unit": c.unit, "property": c.name}))
-        if table.with_std:
-            fields.append(pa.field(std_header(c), pa.float64(),
-                                   metadata={"unit": c.unit, "property": c.name, "statistic": "std"}))
+        for statistic in table.statistics:
+            fields.append(pa.field(std_header(c, statistic), pa.float64(),
+                                   metadata={"unit": c.unit, "property": c.name, "statistic": statistic}))
     fields += [pa.field(n, pa.string()) for n in ("error", "error_message", "warnings")]
     return pa.schema(fields, metadata={"lieprop": "results"})
 

@@ -25,7 +25,7 @@ import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -41,7 +41,7 @@ from lieprop.data.molecule import Molecule
 from lieprop.data.records import DEFAULT_SEED, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.data.views import LiveMapping
-from lieprop.inference import Column, build_results, select_properties, size_warnings
+from lieprop.inference import Column, ResultContext, build_results, select_properties
 from lieprop.model.prediction import Prediction, Predictions, as_prediction
 from lieprop.scoring.output import Counts, ResultFile, Table, output_format, result_row
 from lieprop.scoring.records import RawRecord, Source, open_source, parse_records, record_input
@@ -76,6 +76,7 @@ class ScoreOptions:
     frame_batch: int = DEFAULT_FRAME_BATCH  #: frames per forward pass inside a model call
     seed: int = DEFAULT_SEED  #: conformer embedding seed
     max_atoms: int = QM9_MAX_ATOMS
+    coverage: float | None = None  #: level of the prediction intervals (default: the model's, 0.9)
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "model_batch", "frame_batch", "max_atoms"):
@@ -97,7 +98,7 @@ class Plan:
     frame_batch: int
     seed: int
     limits: ValidationLimits
-    warnings_by_size: tuple[tuple[str, str], ...] = ()  # lieprop.inference.size_warnings of the model
+    context: ResultContext = ResultContext()  # the model's warnings and interval coverage (lieprop.inference)
 
 
 @dataclass
@@ -179,7 +180,7 @@ def chunk_rows(pairs: Sequence[tuple[SmilesRecord | RawRecord, Item]], plan: Pla
     valid = [o for o in outcomes if isinstance(o, Molecule)]
     predictions = predict_groups(predict, valid, plan.model_batch)
     results = build_results(outcomes, [i.id for i in items], predictions, plan.columns, plan.targets,
-                            dict(plan.warnings_by_size))
+                            plan.context)
     return [result_row(item.index, result, record_input(record))
             for (record, item), result in zip(pairs, results, strict=True)]
 
@@ -349,11 +350,11 @@ class LocalEngine:
 
 
 def make_plan(source: Source, targets: Sequence[str], options: ScoreOptions,
-              warnings_by_size: Mapping[str, str] | None = None) -> Plan:
+              context: ResultContext | None = None) -> Plan:
     columns = select_properties(list(targets), options.properties)
     return Plan(source.kind, tuple(columns), tuple(targets), options.chunk_size, options.model_batch,
                 options.frame_batch, options.seed, ValidationLimits(max_atoms=options.max_atoms),
-                tuple(sorted((warnings_by_size or {}).items())))
+                context or ResultContext())
 
 
 def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256: str, output_fmt: str
@@ -365,7 +366,7 @@ def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256:
         "format": source.format, "smiles_column": options.smiles_column, "id_column": options.id_column,
         "properties": [c.name for c in plan.columns], "model_sha256": model_sha256, "output_format": output_fmt,
         "chunk_size": options.chunk_size, "model_batch": options.model_batch, "frame_batch": options.frame_batch,
-        "seed": options.seed, "max_atoms": options.max_atoms, "lieprop": __version__,
+        "seed": options.seed, "max_atoms": options.max_atoms, "coverage": options.coverage, "lieprop": __version__,
     }
 
 
@@ -404,8 +405,9 @@ def score_file(
     source = open_source(input, options.format, options.smiles_column, options.id_column)
     output_fmt = output_fmt or output_format(output)
     bundle = model if isinstance(model, Bundle) else load_model(model)
-    plan = make_plan(source, bundle.model.targets, options, size_warnings(bundle.meta))
-    table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.n_members > 1)
+    plan = make_plan(source, bundle.model.targets, options, ResultContext.of(bundle, options.coverage))
+    table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.n_members > 1,
+                  with_interval=getattr(bundle.model, "calibration", None) is not None)
     started = time.perf_counter()
     with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt) as rf:
         state = rf.open(resume=resume, overwrite=overwrite)

@@ -46,6 +46,9 @@ class PredictRequest(BaseModel):
         None, max_length=64,
         description="property names (e.g. homo, u0, u0_atomization); default: all, with atomization energies")
     model: str | None = Field(None, max_length=256, description="model name; default: the served model")
+    coverage: float | None = Field(
+        None, ge=0.5, le=0.99, description="level of each property's prediction `interval` (default 0.9); only for "
+                                           "a model with calibrated uncertainty (see GET /v1/models)")
 
 
 class PropertyValue(BaseModel):

@@ -30,6 +30,7 @@ from lieprop.inference import (
     EMBEDDING_KINDS,
     Column,
     Parsed,
+    ResultContext,
     build_results,
     fallback_id,
     input_kind,
@@ -38,7 +39,6 @@ from lieprop.inference import (
     model_info,
     parse_item,
     parse_items,
-    size_warnings,
 )
 from lieprop.model.device import pick_device
 from lieprop.service import schemas
@@ -63,7 +63,7 @@ class Service:
         self.batcher: DynamicBatcher | None = None
         self.pool: ProcessPoolExecutor | None = None
         self.info: dict[str, str] = {}
-        self.size_warnings: dict[str, str] = {}  # size bins the model is known to fail on (lieprop.inference)
+        self.context = ResultContext()  # the model's result warnings and intervals (lieprop.inference)
         self.cards: dict[str, Any] = {}
         self._warm_task: asyncio.Task | None = None
         self.jobs: JobManager | None = None  # batch jobs (lieprop/service/job_runner.py), once started
@@ -78,7 +78,7 @@ class Service:
         """Load the model, start the batcher, the embedding pool and the job runner; warm up in the background."""
         s = self.settings
         self.bundle = await asyncio.to_thread(load_model, s.model)  # ModelNotFoundError / BundleError stop start-up
-        self.size_warnings = size_warnings(self.bundle.meta)
+        self.context = ResultContext.of(self.bundle)
         self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
         self.info = model_info(self.bundle)
         card = model_card(self.bundle)
@@ -175,8 +175,9 @@ class Service:
         return sorted(parsed, key=lambda p: p.index)
 
     async def predict(self, items: list[dict], columns: list[Column],
-                      priority: Priority = Priority.INTERACTIVE) -> list[dict]:
-        """Results for REST items, in order (raises QueueFull / BatcherClosed)."""
+                      priority: Priority = Priority.INTERACTIVE, context: ResultContext | None = None) -> list[dict]:
+        """Results for REST items, in order (raises QueueFull / BatcherClosed); ``context``: another coverage than
+        the model's default (:meth:`ResultContext.of`)."""
         self.parsing += 1
         try:
             parsed = await self.parse(items)
@@ -187,7 +188,7 @@ class Service:
         future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
         rows = await asyncio.wrap_future(future)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
-        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, self.size_warnings)
+        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, context or self.context)
 
 
 def _init_model_thread(threads: int) -> None:

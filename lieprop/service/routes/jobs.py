@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from lieprop.data.readers import FORMATS
-from lieprop.inference import Column, UnknownPropertyError, select_properties
+from lieprop.inference import Column, ResultContext, UnknownPropertyError, select_properties
 from lieprop.scoring.options import JobOptions, form_fields_schema, input_suffix
 from lieprop.scoring.output import Table, jsonl_to_csv
 from lieprop.scoring.records import Source, open_source
@@ -99,6 +99,8 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
         options = JobOptions.from_strings(values, {"chunk_size": service.settings.job_chunk_size},
                                           ignore=(FILE_FIELD,))
         columns = select_properties(service.bundle.model.targets, options.properties)
+        ResultContext.of(service.bundle, options.coverage)  # ValueError when the model has no intervals
+        intervals = getattr(service.bundle.model, "calibration", None) is not None
         filename, size = stored
         suffix = input_suffix(options.filename or filename, options.format)
         if suffix is None:
@@ -118,7 +120,8 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
         return error_response(422, "invalid_job", str(exc))
     job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
            "format": source.format, "input_bytes": size, "options": options.record(),
-           "columns": [[c.name, c.unit, service.bundle.n_members > 1] for c in columns], "model": service.info}
+           "columns": [[c.name, c.unit, service.bundle.n_members > 1, intervals] for c in columns],
+           "model": service.info}
     created = await asyncio.to_thread(jobs.store.create, job)
     jobs.ensure_runner()
     log.info("job created", extra={"job": job_id, "bytes": size, "format": source.format})
@@ -175,7 +178,8 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
         return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl")
     table = Table(tuple(Column(c[0], c[1], -1, c[0].endswith("_atomization")) for c in job["columns"]),
                   with_smiles=job["format"] in ("csv", "smi"),
-                  with_std=any(len(c) > 2 and c[2] for c in job["columns"]))  # [name, unit(, has std)]
+                  with_std=any(len(c) > 2 and c[2] for c in job["columns"]),  # [name, unit(, std, interval)]
+                  with_interval=any(len(c) > 3 and c[3] for c in job["columns"]))
     return StreamingResponse(_csv_stream(path, table), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
 

@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse, Response
 
-from lieprop.inference import UnknownPropertyError, select_properties
+from lieprop.inference import ResultContext, UnknownPropertyError, select_properties
 from lieprop.service import schemas
 from lieprop.service.access import API_KEY
 from lieprop.service.batcher import BatcherClosed, QueueFull
@@ -43,9 +43,13 @@ async def predict(service: ServiceDep,
         columns = select_properties(service.bundle.model.targets, body.properties)
     except UnknownPropertyError as exc:
         return error_response(422, "unknown_property", str(exc), [{"unknown": exc.names}])
+    try:
+        context = ResultContext.of(service.bundle, body.coverage) if body.coverage is not None else None
+    except ValueError as exc:
+        return error_response(422, "invalid_request", f"coverage: {exc}")
     items = [m.model_dump(exclude_none=True) for m in body.molecules]
     try:
-        results = await asyncio.wait_for(service.predict(items, columns), s.request_timeout_s)
+        results = await asyncio.wait_for(service.predict(items, columns, context=context), s.request_timeout_s)
     except asyncio.TimeoutError:
         return error_response(504, "timeout", f"the request took longer than {s.request_timeout_s} s")
     except QueueFull as exc:

@@ -1,0 +1,68 @@
+"""Calibrated uncertainty (lieprop.model.calibration): a spread becomes a std and intervals that hold their level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lieprop.model.calibration import LEVELS, Calibration, coverage_report, fit_calibration, spearman
+from lieprop.model.prediction import Predictions
+
+
+def synthetic(n: int, seed: int, scale: float = 0.3, floor: float = 0.0):
+    """Errors drawn with a per-molecule sigma that the spread sees only up to a factor and noise (as an ensemble's
+    spread sees a model's error)."""
+    rng = np.random.default_rng(seed)
+    sigma = rng.gamma(2.0, 0.5, size=(n, 2)) + floor
+    spread = scale * sigma * np.exp(rng.normal(0, 0.2, size=(n, 2)))
+    truth = rng.normal(size=(n, 2))
+    return truth + rng.normal(size=(n, 2)) * sigma, spread, truth
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95])
+def test_conformal_intervals_cover_their_level_on_fresh_data(level):
+    values, spread, truth = synthetic(4000, seed=1)
+    cal = fit_calibration(values, spread, truth, ["a", "b"])
+    values, spread, truth = synthetic(20000, seed=2)
+    covered = coverage_report(values, cal.apply(Predictions(values, spread), level), truth, ["a", "b"])
+    for row in covered.values():
+        assert row["coverage"] == pytest.approx(level, abs=0.02)
+
+
+def test_the_scale_undoes_an_overconfident_spread():
+    values, spread, truth = synthetic(20000, seed=3, scale=0.25)
+    cal = fit_calibration(values, spread, truth, ["a", "b"])
+    assert cal.scale == pytest.approx([4.0, 4.0], rel=0.1)  # the spread saw a quarter of sigma
+
+
+def test_a_floor_keeps_molecules_the_members_agree_on_honest():
+    values, spread, truth = synthetic(20000, seed=4, floor=1.0)  # every molecule has at least sigma 1
+    spread[:100] = 0.0  # members that happen to agree exactly
+    cal = fit_calibration(values, spread, truth, ["a", "b"])
+    assert np.all(cal.floor > 0) and np.all(cal.sigma(np.zeros((1, 2))) > 0.5)
+
+
+def test_intervals_hold_the_value_and_widen_with_the_level():
+    values, spread, truth = synthetic(2000, seed=5)
+    cal = fit_calibration(values, spread, truth, ["a", "b"])
+    narrow, wide = cal.apply(Predictions(values, spread), 0.5), cal.apply(Predictions(values, spread), 0.95)
+    assert np.all(narrow.lower <= values) and np.all(values <= narrow.upper)
+    assert np.all(wide.upper - wide.lower > narrow.upper - narrow.lower)
+    assert np.all(np.diff(cal.quantiles, axis=0) >= 0)  # quantiles grow with the level
+    with pytest.raises(ValueError, match="coverage must be between"):
+        cal.quantile(0.999)
+
+
+def test_a_calibration_survives_json():
+    values, spread, truth = synthetic(500, seed=6)
+    cal = fit_calibration(values, spread, truth, ["a", "b"], source="test")
+    back = Calibration.from_dict(cal.to_dict())
+    np.testing.assert_array_equal(back.quantiles, cal.quantiles)
+    assert back.targets == ("a", "b") and back.source == "test" and tuple(back.levels) == LEVELS
+
+
+def test_spearman_is_rank_correlation():
+    x = np.arange(10.0)
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(np.array([1, 1, 2, 2.0]), np.array([1, 2, 3, 4.0])) == pytest.approx(0.894427, rel=1e-5)

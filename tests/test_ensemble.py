@@ -137,3 +137,62 @@ def test_a_rest_job_on_an_ensemble_returns_values_and_spreads(tmp_path, ensemble
     assert header[4:8] == ["homo [eV]", "homo_std [eV]", "gap [eV]", "gap_std [eV]"]
     row = next(csv.reader(table.splitlines()[1:2]))
     assert float(row[5]) == pytest.approx(first["properties"]["homo"]["std"])
+
+
+@pytest.fixture(scope="module")
+def calibrated_path(ensemble_path, qm9_head, tmp_path_factory):
+    """The tiny ensemble, calibrated as lieprop calibrate does it, on real QM9 molecules and their DFT targets."""
+    import shutil
+
+    from lieprop.data.properties import PROPERTY_NAMES
+    from lieprop.model.bundle import record_metadata
+    from lieprop.model.calibration import fit_calibration
+
+    path = tmp_path_factory.mktemp("calibrated") / "ens-cal.pt"
+    shutil.copy(ensemble_path, path)
+    model = load_bundle(path).model
+    zs, xs = zip(*(qm9_head.molecule(i) for i in range(200)), strict=True)
+    raw = model.raw_predictions(list(zs), list(xs))
+    truth = qm9_head.targets_in_units()[:200, [PROPERTY_NAMES.index(t) for t in model.targets]]
+    record_metadata(path, calibration=fit_calibration(raw.value, raw.std, truth, model.targets).to_dict())
+    return path
+
+
+def test_a_calibrated_ensemble_gives_every_value_a_std_and_an_interval_around_it(calibrated_path, ensemble_path):
+    bundle = load_bundle(calibrated_path)
+    assert bundle.model.calibration is not None  # the constants live in the bundle
+    results = lieprop.predict(MOLECULES[:3], model=calibrated_path)["results"]
+    for r in results:
+        for name, entry in r["properties"].items():
+            assert set(entry) == {"value", "unit", "std", "interval"}, name
+            lower, upper = entry["interval"]
+            assert lower <= entry["value"] <= upper and entry["std"] > 0
+    narrow = lieprop.predict(MOLECULES[:1], model=calibrated_path, coverage=0.5)["results"][0]["properties"]
+    wide = lieprop.predict(MOLECULES[:1], model=calibrated_path, coverage=0.95)["results"][0]["properties"]
+    for name in narrow:
+        assert np.diff(narrow[name]["interval"]) < np.diff(results[0]["properties"][name]["interval"]) < np.diff(
+            wide[name]["interval"])
+        assert narrow[name]["value"] == wide[name]["value"]
+    with pytest.raises(ValueError, match="coverage needs a model with calibrated intervals"):
+        lieprop.predict(MOLECULES[:1], model=ensemble_path, coverage=0.5)  # uncalibrated
+
+
+def test_file_scoring_of_a_calibrated_ensemble_writes_interval_columns(tmp_path, calibrated_path):
+    source = tmp_path / "in.csv"
+    source.write_text("name,smiles\nethanol,CCO\n")
+    score_file(source, tmp_path / "out.csv", ScoreOptions(properties=("gap",), coverage=0.8), model=calibrated_path,
+               workers=1)
+    with open(tmp_path / "out.csv") as f:
+        row = next(csv.DictReader(f))
+    assert list(row)[4:8] == ["gap [eV]", "gap_std [eV]", "gap_lower [eV]", "gap_upper [eV]"]
+    library = lieprop.predict(["CCO"], properties=["gap"], model=calibrated_path, coverage=0.8)["results"][0]
+    assert [float(row["gap_lower [eV]"]), float(row["gap_upper [eV]"])] == pytest.approx(
+        library["properties"]["gap"]["interval"])
+
+
+def test_rest_refuses_a_coverage_the_model_cannot_give(ensemble_server):
+    with httpx.Client(base_url=ensemble_server.base_url, timeout=60) as client:
+        response = client.post("/v1/predict", json={"molecules": [{"smiles": "C"}], "coverage": 0.8})
+        assert response.status_code == 422 and "calibrated" in response.json()["error"]["message"]
+        response = client.post("/v1/predict", json={"molecules": [{"smiles": "C"}], "coverage": 1.5})
+        assert response.status_code == 422

@@ -289,3 +289,16 @@ def test_results_of_molecules_in_a_weak_size_bin_carry_the_warning(tmp_path):
     out = lieprop.predict(["O", "CCCCO"], model=path, properties=["homo"])["results"]
     assert any("unreliable for molecules of 3-8 atoms" in w for w in out[0]["warnings"])  # water: 3 atoms
     assert not any("unreliable" in w for w in out[1]["warnings"])  # butanol: 15 atoms
+
+
+def test_a_molecule_far_more_uncertain_than_usual_gets_a_warning_naming_the_property():
+    from lieprop.inference import UNCERTAIN_FACTOR, uncertainty_warning
+    from lieprop.model.prediction import Prediction
+
+    typical = [0.05, 0.1]
+    usual = Prediction(np.zeros(2), std=np.array([0.06, 0.2]))
+    unsure = Prediction(np.zeros(2), std=np.array([0.06, 0.1 * (UNCERTAIN_FACTOR + 1)]))
+    assert uncertainty_warning(usual, ["homo", "gap"], typical) is None
+    message = uncertainty_warning(unsure, ["homo", "gap"], typical)
+    assert "gap std, 500 meV, is 5x the typical 100 meV" in message
+    assert uncertainty_warning(Prediction(np.zeros(2)), ["homo", "gap"], typical) is None  # a single model: no std

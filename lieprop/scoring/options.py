@@ -9,7 +9,7 @@ and query parameters (:meth:`JobOptions.from_strings`), the OpenAPI schema of th
 :class:`~lieprop.scoring.pipeline.ScoreOptions`.
 
 Pydantic only (no FastAPI), so the CLI can import it. The two format rules of REST uploads (:func:`canonical_format`,
-:func:`input_suffix`) sit at the end, one small function each.
+:func:`input_suffix`) sit at the end and read the format registry.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
-from lieprop.data.readers import FORMATS
+from lieprop.data import formats
 from lieprop.scoring.pipeline import DEFAULT_CHUNK_SIZE, ScoreOptions
 
 #: The largest ``chunk_size``: a chunk's rows are held in memory until it is committed.
@@ -41,7 +40,7 @@ class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: str | None = Field(
-        None, description=f"input format: {', '.join(FORMATS)} (default: by the file name's extension)")
+        None, description=f"input format: {', '.join(formats.names())} (default: by the file name's extension)")
     smiles_column: str = Field("smiles", description="CSV column with the SMILES (any case)")
     id_column: str | None = Field(
         None, description="CSV column with the row ids (default: the first of id, name, mol_id, molecule_id, "
@@ -160,31 +159,24 @@ def _reason(model: type[BaseModel], exc: ValidationError) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# The format rules of REST uploads (to be rewired to the format registry; keep them one function each)
+# The format rules of REST uploads: both read the format registry (lieprop.data.formats)
 
 
 def canonical_format(value: str) -> str:
-    """A REST job's ``format`` option as a reader format (``smiles`` -> ``smi``, ``sd`` -> ``sdf``, a leading dot
-    dropped); ``ValueError`` naming the supported formats."""
-    fmt = value.lower().lstrip(".")
-    fmt = {"smiles": "smi", "sd": "sdf"}.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; supported: {', '.join(FORMATS)}")
+    """A REST job's ``format`` option as a registered format name (aliases such as ``smiles`` and ``sd`` resolved, a
+    leading dot dropped); ``ValueError`` naming the supported formats."""
+    fmt = formats.canonical(value)
+    if formats.lookup(fmt) is None:
+        raise ValueError(f"unknown format {fmt!r}; supported: {', '.join(formats.names())}")
     return fmt
 
 
 def input_suffix(filename: str | None, fmt: str | None) -> str | None:
-    """The stored upload's suffix: the format's, else the uploaded name's (``.csv``, ``.sdf.gz``), if known."""
+    """The stored upload's suffix: the format's first extension, else the uploaded name's (``.csv``, ``.sdf.gz``),
+    if its format is known."""
     if fmt:
-        return f".{fmt}"
-    if not filename:
-        return None
-    suffixes = [s.lower() for s in Path(filename).suffixes]
-    gz = suffixes[-1:] == [".gz"]
-    ext = suffixes[-2] if gz and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-    if not any(ext in exts for exts in FORMATS.values()):
-        return None
-    return ext + (".gz" if gz else "")
+        return formats.get(fmt).extensions[0]
+    return formats.known_suffix(filename) if filename else None
 
 
 __all__ = ["MAX_CHUNK_SIZE", "RECORDED", "REST_ONLY", "JobOptions", "bounds", "canonical_format",

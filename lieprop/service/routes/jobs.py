@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from lieprop.data.readers import FORMATS
+from lieprop.data import formats
 from lieprop.inference import Column, ResultContext, UnknownPropertyError, select_properties
 from lieprop.scoring.options import JobOptions, form_fields_schema, input_suffix
 from lieprop.scoring.output import Table, jsonl_to_csv
@@ -105,7 +105,7 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
         suffix = input_suffix(options.filename or filename, options.format)
         if suffix is None:
             raise ValueError(f"cannot tell the format of {filename or 'the upload'!r}; pass format= one of "
-                             f"{', '.join(FORMATS)}")
+                             f"{', '.join(formats.names())}")
         path = folder / f"input{suffix}"
         await asyncio.to_thread(os.replace, folder / UPLOAD_NAME, path)
         source = await asyncio.to_thread(_open_source, path, options)
@@ -177,7 +177,7 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
     if fmt == "jsonl":
         return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl")
     table = Table(tuple(Column(c[0], c[1], -1, c[0].endswith("_atomization")) for c in job["columns"]),
-                  with_smiles=job["format"] in ("csv", "smi"),
+                  with_smiles=_is_smiles(job["format"]),
                   with_std=any(len(c) > 2 and c[2] for c in job["columns"]),  # [name, unit(, std, interval)]
                   with_interval=any(len(c) > 3 and c[3] for c in job["columns"]))
     return StreamingResponse(_csv_stream(path, table), media_type="text/csv",
@@ -203,3 +203,9 @@ def _open_source(path: Path, options: JobOptions) -> Source:
 def _csv_stream(path: Path, table: Table) -> Iterator[bytes]:
     with open(path, "rb") as f:
         yield from jsonl_to_csv(f, table)
+
+
+def _is_smiles(name: str) -> bool:
+    """Whether a job's input format holds SMILES (its results then carry a ``smiles`` column)."""
+    fmt = formats.lookup(name)
+    return fmt is not None and fmt.kind.name == "smiles"

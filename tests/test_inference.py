@@ -143,7 +143,7 @@ def test_batcher_answers_each_submission_in_order_across_threads():
     for k, rows in answers.items():
         for j, row in enumerate(rows):
             n = 1 + (k + j) % 7
-            assert row[0] == n and row[1] == pytest.approx(3 * n * (k * 100 + j))
+            assert row.value[0] == n and row.value[1] == pytest.approx(3 * n * (k * 100 + j))
     assert sum(calls) == 100 and max(calls) <= 16 and len(calls) < 100  # batched, never above the maximum
 
 
@@ -161,7 +161,7 @@ def test_batcher_groups_by_atom_count_around_the_oldest():
     batcher.start()
     futures = [batcher.submit_nowait([mol(n)]) for n in [10, 29, 3, 11, 28, 9, 4]]
     gate.set()
-    assert [f.result(5)[0][0] for f in futures] == [10, 29, 3, 11, 28, 9, 4]
+    assert [f.result(5)[0].value[0] for f in futures] == [10, 29, 3, 11, 28, 9, 4]
     batcher.close()
     # the oldest molecule with the nearest sizes; then the oldest left (29) with its nearest; then the rest
     assert seen == [[9, 10, 11], [4, 28, 29], [3]]
@@ -192,7 +192,7 @@ def test_a_failing_molecule_fails_only_itself():
     batcher = DynamicBatcher(fake_predict(calls, fail_on=13), max_batch_size=8, max_wait_ms=20).start()
     rows = batcher.submit_nowait([mol(5), mol(13), mol(7)]).result(5)
     batcher.close()
-    assert rows[0][0] == 5 and rows[2][0] == 7
+    assert rows[0].value[0] == 5 and rows[2].value[0] == 7
     assert isinstance(rows[1], RuntimeError)
 
 
@@ -222,7 +222,7 @@ def test_cancelled_work_is_dropped_and_limits_hold():
         batcher.submit_nowait([mol(5), mol(5)])
     assert dropped.cancel()
     gate.set()
-    assert kept.result(5)[0][0] == 4
+    assert kept.result(5)[0].value[0] == 4
     batcher.close()
     assert calls == [1]
     with pytest.raises(BatcherClosed):
@@ -239,7 +239,7 @@ def test_async_submit():
 
     results = asyncio.run(main())
     batcher.close()
-    assert [r[0][0] for r in results] == list(range(1, 11))
+    assert [r[0].value[0] for r in results] == list(range(1, 11))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -83,7 +83,13 @@ def assert_same_csv(a: bytes, b: bytes, rel: float = 1e-6) -> None:
 
 def run_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lieprop.cli", "predict", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal gives it: a test run started in the background (``cmd &``) inherits SIGINT ignored,
+    and Python keeps an ignored SIGINT ignored, so the child would never see the interrupt the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -70,15 +71,32 @@ def embed_many(
                       executor=executor)
 
 
-def embedding_pool(workers: int | None = None, mp_context: str | None = None) -> ProcessPoolExecutor:
-    """A process pool for :func:`parse_many` / :func:`embed_many` (``None`` workers: all cores). With the default
-    ``"forkserver"`` start method, RDKit is imported once in the server, not in every worker."""
+def process_pool(workers: int | None = None, mp_context: str | None = None, *,
+                 preload: tuple[str, ...] = ("lieprop.data.readers",), nice: int = 0,
+                 ignore_interrupts: bool = False) -> ProcessPoolExecutor:
+    """The process pool every parser runs in (``None`` workers: all cores). With the default ``"forkserver"``
+    start method, the ``preload`` modules and RDKit are imported once in the server, not in every worker. ``nice``:
+    CPU priority steps below normal (the service's job pool, so that interactive requests win the CPU);
+    ``ignore_interrupts``: workers ignore Ctrl-C, so that the parent alone stops a run cleanly."""
     if mp_context is None:
         mp_context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(mp_context)
     if mp_context == "forkserver":
-        context.set_forkserver_preload(["lieprop.data.readers", "rdkit.Chem.AllChem"])
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context)
+        context.set_forkserver_preload([*preload, "rdkit.Chem.AllChem"])
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context,
+                               initializer=_init_worker, initargs=(nice, ignore_interrupts))
+
+
+def embedding_pool(workers: int | None = None, mp_context: str | None = None) -> ProcessPoolExecutor:
+    """A process pool for :func:`parse_many` / :func:`embed_many` (``None`` workers: all cores)."""
+    return process_pool(workers, mp_context)
+
+
+def _init_worker(nice: int, ignore_interrupts: bool) -> None:
+    if ignore_interrupts:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
 
 
 def _parse_chunk(parse: RecordParser, pairs: list[tuple[int, Any]], options: ParseOptions) -> list[Item]:

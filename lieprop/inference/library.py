@@ -20,7 +20,7 @@ from lieprop.data.validation import DEFAULT_LIMITS, ValidationLimits
 from lieprop.inference.card import model_info
 from lieprop.inference.columns import select_properties
 from lieprop.inference.results import ResultContext, build_results
-from lieprop.model.loading import load_model
+from lieprop.model.loading import as_bundle
 
 if TYPE_CHECKING:
     from lieprop.model.bundle import Bundle
@@ -48,9 +48,7 @@ def predict(
     input in order. Raises :class:`UnknownPropertyError` for unknown properties, ``TypeError`` / ``ValueError`` for
     inputs that describe no molecule at all, :class:`ModelNotFoundError` / ``BundleError`` for an unusable model.
     """
-    from lieprop.model.bundle import Bundle  # torch loads with the first prediction, not with `import lieprop`
-
-    bundle = model if isinstance(model, Bundle) else load_model(model)
+    bundle = as_bundle(model)
     targets = bundle.model.targets
     columns = select_properties(targets, properties)
     context = ResultContext.of(bundle, coverage)

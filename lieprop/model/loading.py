@@ -51,3 +51,11 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> Bundle:
     from lieprop.model.bundle import load_bundle  # torch loads with the first model, not with this module
 
     return load_bundle(path)
+
+
+def as_bundle(model: Bundle | str | os.PathLike | None) -> Bundle:
+    """A loaded bundle as it is, else :func:`load_model` of the path (None: the bundled model): what every
+    ``model=`` argument of lieprop accepts."""
+    from lieprop.model.bundle import Bundle
+
+    return model if isinstance(model, Bundle) else load_model(model)

@@ -15,8 +15,9 @@ REST result shape, so a new kind of uncertainty needs no change anywhere in betw
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,7 @@ class Prediction:
     members: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if (self.lower is None) != (self.upper is None) or (self.lower is not None and self.level is None):
-            raise ValueError("an interval needs lower, upper and its coverage level")
+        _check_interval(self.lower, self.upper, self.level)
 
     @property
     def has_interval(self) -> bool:
@@ -60,8 +60,7 @@ class Predictions:
                 raise ValueError(f"{name} has shape {part.shape}, value {self.value.shape}")
         if self.members is not None and self.members.shape[1:] != self.value.shape:
             raise ValueError(f"members have shape {self.members.shape}, value {self.value.shape}")
-        if (self.lower is None) != (self.upper is None) or (self.lower is not None and self.level is None):
-            raise ValueError("an interval needs lower, upper and its coverage level")
+        _check_interval(self.lower, self.upper, self.level)
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -82,6 +81,44 @@ class Predictions:
         members = np.asarray(members, dtype=np.float64)
         std = members.std(0, ddof=1) if members.shape[0] > 1 else None
         return cls(members.mean(0), std, members=members if members.shape[0] > 1 else None)
+
+
+def _check_interval(lower: np.ndarray | None, upper: np.ndarray | None, level: float | None) -> None:
+    if (lower is None) != (upper is None) or (lower is not None and level is None):
+        raise ValueError("an interval needs lower, upper and its coverage level")
+
+
+#: (numbers per molecule, positions per molecule) -> one prediction (or row of values) per molecule.
+PredictFn = Callable[[list[np.ndarray], list[np.ndarray]], Sequence[Any]]
+
+
+def predict_each(predict: PredictFn, numbers: list[np.ndarray], positions: list[np.ndarray],
+                 on_retry: Callable[[BaseException], None] | None = None) -> list[Prediction | BaseException]:
+    """One :class:`Prediction` (or the exception it met) per molecule, from one call of ``predict``; when that call
+    fails, each molecule is predicted alone, so a molecule that breaks the model fails only itself. Used by the
+    dynamic batcher and file scoring alike. Only ``Exception`` is caught (an interrupt passes through);
+    ``on_retry(exc)`` is told before the molecules are retried one by one."""
+    try:
+        return _rows(predict, numbers, positions)
+    except Exception as exc:
+        if len(numbers) == 1:
+            return [exc]
+        if on_retry is not None:
+            on_retry(exc)
+    out: list[Prediction | BaseException] = []
+    for z, x in zip(numbers, positions, strict=True):
+        try:
+            out.extend(_rows(predict, [z], [x]))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _rows(predict: PredictFn, numbers: list[np.ndarray], positions: list[np.ndarray]) -> list[Prediction]:
+    rows = [as_prediction(r) for r in predict(numbers, positions)]
+    if len(rows) != len(numbers):
+        raise RuntimeError(f"predict returned {len(rows)} rows for {len(numbers)} molecules")
+    return rows
 
 
 def as_prediction(row: Prediction | np.ndarray | Sequence[float]) -> Prediction:

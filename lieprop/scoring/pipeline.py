@@ -38,11 +38,13 @@ import numpy as np
 from lieprop.data import formats
 from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.data.molecule import Molecule
+from lieprop.data.pool import process_pool
 from lieprop.data.records import DEFAULT_SEED, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.data.views import LiveMapping
 from lieprop.inference import Column, ResultContext, build_results, select_properties
-from lieprop.model.prediction import Prediction, Predictions, as_prediction
+from lieprop.model.loading import as_bundle
+from lieprop.model.prediction import Prediction, Predictions, predict_each
 from lieprop.scoring.output import Counts, ResultFile, Table, output_format, result_row
 from lieprop.scoring.records import RawRecord, Source, open_source, parse_records, record_input
 from lieprop.version import __version__
@@ -154,22 +156,8 @@ def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batc
     out: list[Prediction | BaseException] = []
     for s in range(0, len(molecules), model_batch):
         group = molecules[s:s + model_batch]
-        try:
-            out.extend(_call(predict, group))
-        except Exception:
-            for m in group:
-                try:
-                    out.extend(_call(predict, [m]))
-                except Exception as exc:
-                    out.append(exc)
+        out.extend(predict_each(predict, [m.numbers for m in group], [m.positions for m in group]))
     return out
-
-
-def _call(predict: PredictFn, group: Sequence[Molecule]) -> list[Prediction]:
-    rows = [as_prediction(r) for r in predict([m.numbers for m in group], [m.positions for m in group])]
-    if len(rows) != len(group):
-        raise RuntimeError(f"the model returned {len(rows)} rows for {len(group)} molecules")
-    return rows
 
 
 def chunk_rows(pairs: Sequence[tuple[SmilesRecord | RawRecord, Item]], plan: Plan, predict: PredictFn
@@ -205,21 +193,7 @@ def worker_pool(workers: int, nice: int = 0) -> ProcessPoolExecutor:
     """Processes for :func:`~lieprop.scoring.records.parse_records`. They ignore Ctrl-C (the parent stops the run
     cleanly) and run ``nice`` steps below normal priority (the server's job pool, so that interactive requests
     win the CPU). ``forkserver`` when the platform has it, so that RDKit loads once."""
-    import multiprocessing
-
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(["lieprop.scoring.records", "rdkit.Chem.AllChem"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(nice,))
-
-
-def _init_worker(nice: int) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if nice:
-        os.nice(nice)
+    return process_pool(workers, preload=("lieprop.scoring.records",), nice=nice, ignore_interrupts=True)
 
 
 class LocalEngine:
@@ -398,13 +372,10 @@ def score_file(
     :class:`~lieprop.scoring.output.OutputError` before any work; what the engine raises during the run (the output
     stays resumable); :class:`RunInterrupted` when the predict function was interrupted.
     """
-    from lieprop.inference import load_model
-    from lieprop.model.bundle import Bundle
-
     options = options or ScoreOptions()
     source = open_source(input, options.format, options.smiles_column, options.id_column)
     output_fmt = output_fmt or output_format(output)
-    bundle = model if isinstance(model, Bundle) else load_model(model)
+    bundle = as_bundle(model)
     plan = make_plan(source, bundle.model.targets, options, ResultContext.of(bundle, options.coverage))
     table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.n_members > 1,
                   with_interval=getattr(bundle.model, "calibration", None) is not None)

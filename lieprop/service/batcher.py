@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from lieprop.model.prediction import predict_each
+
 log = logging.getLogger("lieprop.service.batcher")
 
 #: (numbers per molecule, positions per molecule) -> one prediction per molecule, in order (the model's
@@ -291,16 +293,10 @@ class DynamicBatcher:
     def _execute(self, batch: list[_Entry], priority: Priority) -> None:
         start = time.perf_counter()
         waits = [start - e.enqueued for e in batch]
-        outcomes: list[Outcome]
-        try:
-            outcomes = self._run_model(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                outcomes = [exc]
-            else:
-                log.warning("a batch of %d molecules failed (%s: %s); retrying them one by one",
-                            len(batch), type(exc).__name__, exc)
-                outcomes = [self._run_alone(e) for e in batch]
+        outcomes: list[Outcome] = predict_each(
+            self._predict, [e.numbers for e in batch], [e.positions for e in batch],
+            on_retry=lambda exc: log.warning("a batch of %d molecules failed (%s: %s); retrying them one by one",
+                                             len(batch), type(exc).__name__, exc))
         seconds = time.perf_counter() - start
         for entry, outcome in zip(batch, outcomes, strict=True):
             self._deliver(entry, outcome)
@@ -310,18 +306,6 @@ class DynamicBatcher:
                 self._on_batch(BatchStats(len(batch), seconds, waits, priority, failed))
             except Exception:
                 log.exception("on_batch observer failed")
-
-    def _run_model(self, batch: list[_Entry]) -> list[Outcome]:
-        rows = list(self._predict([e.numbers for e in batch], [e.positions for e in batch]))
-        if len(rows) != len(batch):
-            raise RuntimeError(f"predict returned {len(rows)} rows for {len(batch)} molecules")
-        return rows
-
-    def _run_alone(self, entry: _Entry) -> Outcome:
-        try:
-            return self._run_model([entry])[0]
-        except Exception as exc:
-            return exc
 
     @staticmethod
     def _deliver(entry: _Entry, outcome: Outcome) -> None:

@@ -141,26 +141,33 @@ def test_a_rest_job_on_an_ensemble_returns_values_and_spreads(tmp_path, ensemble
 
 @pytest.fixture(scope="module")
 def calibrated_path(ensemble_path, qm9_head, tmp_path_factory):
-    """The tiny ensemble, calibrated as lieprop calibrate does it, on real QM9 molecules and their DFT targets."""
+    """The tiny ensemble, calibrated as lieprop calibrate does it: per geometry path, on real QM9 molecules and their
+    DFT targets, in their DFT geometries (``given``) and in the conformers lieprop makes from their SMILES
+    (``generated``)."""
     import shutil
 
-    from lieprop.data.properties import PROPERTY_NAMES
+    from lieprop.data.readers import from_smiles
     from lieprop.model.bundle import record_metadata
-    from lieprop.model.calibration import fit_calibration
+    from lieprop.model.calibration import calibrations_to_dict, fit_calibration
 
     path = tmp_path_factory.mktemp("calibrated") / "ens-cal.pt"
     shutil.copy(ensemble_path, path)
     model = load_bundle(path).model
-    zs, xs = zip(*(qm9_head.molecule(i) for i in range(200)), strict=True)
-    raw = model.raw_predictions(list(zs), list(xs))
-    truth = qm9_head.targets_in_units()[:200, [PROPERTY_NAMES.index(t) for t in model.targets]]
-    record_metadata(path, calibration=fit_calibration(raw.value, raw.std, truth, model.targets).to_dict())
+    rows = range(100)
+    truth = qm9_head.targets_in_units()[:100, [PROPERTY_NAMES.index(t) for t in model.targets]]
+    given = [qm9_head.molecule(i) for i in rows]
+    generated = [(m.numbers, m.positions) for m in (from_smiles(str(qm9_head.smiles[i])) for i in rows)]
+    calibrations = {}
+    for name, molecules in (("given", given), ("generated", generated)):
+        raw = model.predictions([z for z, _ in molecules], [x for _, x in molecules])
+        calibrations[name] = fit_calibration(raw.value, raw.std, truth, model.targets)
+    record_metadata(path, calibration=calibrations_to_dict(calibrations))
     return path
 
 
 def test_a_calibrated_ensemble_gives_every_value_a_std_and_an_interval_around_it(calibrated_path, ensemble_path):
     bundle = load_bundle(calibrated_path)
-    assert bundle.model.calibration is not None  # the constants live in the bundle
+    assert set(bundle.calibration) == {"given", "generated"}  # the constants live in the bundle
     results = lieprop.predict(MOLECULES[:3], model=calibrated_path)["results"]
     for r in results:
         for name, entry in r["properties"].items():
@@ -175,6 +182,20 @@ def test_a_calibrated_ensemble_gives_every_value_a_std_and_an_interval_around_it
         assert narrow[name]["value"] == wide[name]["value"]
     with pytest.raises(ValueError, match="coverage needs a model with calibrated intervals"):
         lieprop.predict(MOLECULES[:1], model=ensemble_path, coverage=0.5)  # uncalibrated
+
+
+def test_the_calibration_follows_where_the_geometry_came_from(calibrated_path):
+    """The same water, as atoms (a given geometry) and as a SMILES (a conformer lieprop made): each gets the std of
+    its own path's calibration, computed from the members' spread."""
+    bundle = load_bundle(calibrated_path)
+    as_atoms, as_smiles = lieprop.predict([{"id": "w", **WATER}, "O"], properties=["gap"],
+                                          model=calibrated_path)["results"]
+    for result, path in ((as_atoms, "given"), (as_smiles, "generated")):
+        molecule = lieprop.inference.parse_item({"id": "w", **WATER} if path == "given" else "O", 0)
+        raw = bundle.model.predictions([molecule.numbers], [molecule.positions])
+        j = bundle.model.targets.index("gap")
+        expected = bundle.calibration[path].sigma(raw.std)[0, j]
+        assert result["properties"]["gap"]["std"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_file_scoring_of_a_calibrated_ensemble_writes_interval_columns(tmp_path, calibrated_path):

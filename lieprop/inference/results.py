@@ -19,6 +19,7 @@ from lieprop.data.properties import BY_NAME, PROPERTIES, atomref_matrix
 from lieprop.data.qm9 import size_bin
 from lieprop.data.validation import MoleculeError
 from lieprop.inference.columns import Column
+from lieprop.model.calibration import DEFAULT_LEVEL, Calibration, geometry_path
 from lieprop.model.prediction import Prediction, as_prediction
 
 #: Item error code of a molecule that was read but the model could not predict (not a docs/DESIGN.md input code).
@@ -91,45 +92,50 @@ class ResultContext:
 
     * ``warnings_by_size``: (size bin, warning) for the atom-count bins the model is known to fail on
       (:func:`size_warnings`);
-    * ``typical_std``: per target, the calibrated std of a typical molecule: a molecule whose std is more than
-      :data:`UNCERTAIN_FACTOR` times it gets a warning;
-    * ``interval_quantiles``: per target, the half-width of the interval in units of std at the coverage asked for
-      (None: the interval the model gives, at its default level).
+    * ``calibrations``: (geometry path, calibration) of an ensemble's spread (:mod:`lieprop.model.calibration`):
+      results then carry the calibrated std and an interval at ``level``, and a molecule whose std is more than
+      :data:`UNCERTAIN_FACTOR` times its path's typical std gets a warning.
     """
 
     warnings_by_size: tuple[tuple[str, str], ...] = ()
-    typical_std: tuple[float, ...] | None = None
-    interval_quantiles: tuple[float, ...] | None = None
-    coverage: float | None = None
+    calibrations: tuple[tuple[str, Calibration], ...] = ()
+    level: float = DEFAULT_LEVEL
 
     @classmethod
     def of(cls, bundle: Any, coverage: float | None = None) -> ResultContext:
         """The context of a bundle's results; ``coverage`` (e.g. 0.95) asks for intervals at that level, which
         needs a calibrated model (``ValueError`` otherwise, or for a level outside the calibrated range)."""
-        calibration = getattr(bundle.model, "calibration", None)
-        if coverage is not None and calibration is None:
-            raise ValueError(f"coverage needs a model with calibrated intervals; {bundle.name} has none (see "
-                             "lieprop calibrate)")
-        return cls(tuple(sorted(size_warnings(bundle.meta).items())),
-                   tuple(map(float, calibration.typical)) if calibration is not None else None,
-                   tuple(map(float, calibration.quantile(coverage))) if coverage is not None else None,
-                   coverage)
+        calibrations = getattr(bundle, "calibration", None) or {}
+        if coverage is not None:
+            if not calibrations:
+                raise ValueError(f"coverage needs a model with calibrated intervals; {bundle.name} has none (see "
+                                 "lieprop calibrate)")
+            next(iter(calibrations.values())).quantile(coverage)  # ValueError outside the calibrated levels
+        return cls(tuple(sorted(size_warnings(bundle.meta).items())), tuple(calibrations.items()),
+                   DEFAULT_LEVEL if coverage is None else coverage)
+
+    @functools.cached_property
+    def _by_path(self) -> dict[str, tuple[Calibration, np.ndarray]]:
+        return {path: (cal, cal.quantile(self.level)) for path, cal in self.calibrations}
+
+    def calibrate(self, prediction: Prediction, molecule: Molecule) -> tuple[Prediction, Calibration | None]:
+        """The prediction with its spread calibrated for the molecule's geometry path (as it is without a
+        calibration or a spread), and the calibration used."""
+        if not self.calibrations or prediction.std is None:
+            return prediction, None
+        cal, quantile = self._by_path[geometry_path(molecule.provenance)]
+        return cal.apply(prediction, self.level, quantile), cal
 
 
-def property_entry(prediction: Prediction, col: Column, shift: float,
-                   interval_quantile: float | None = None) -> dict[str, Any] | None:
+def property_entry(prediction: Prediction, col: Column, shift: float) -> dict[str, Any] | None:
     """One property of a result: ``{"value", "unit"}``, with ``"std"`` and ``"interval"`` (``[lower, upper]``) when
-    the model gives them; ``shift`` (the atom references of an ``*_atomization`` column) moves the value and the
-    interval, not the spread; ``interval_quantile`` makes the interval value ± that many std. None when a number is
-    not finite."""
+    the prediction has them; ``shift`` (the atom references of an ``*_atomization`` column) moves the value and the
+    interval, not the spread. None when a number is not finite."""
     j = col.target
     entry: dict[str, Any] = {"value": float(prediction.value[j]) - shift, "unit": col.unit}
     if prediction.std is not None:
         entry["std"] = float(prediction.std[j])
-    if interval_quantile is not None and prediction.std is not None:
-        half = interval_quantile * float(prediction.std[j])
-        entry["interval"] = [entry["value"] - half, entry["value"] + half]
-    elif prediction.lower is not None and prediction.upper is not None:
+    if prediction.lower is not None and prediction.upper is not None:
         entry["interval"] = [float(prediction.lower[j]) - shift, float(prediction.upper[j]) - shift]
     numbers = [entry["value"], entry.get("std", 0.0), *entry.get("interval", ())]
     return entry if all(math.isfinite(v) for v in numbers) else None
@@ -155,15 +161,14 @@ def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequenc
               context: ResultContext | Mapping[str, str] | None = None) -> dict:
     """The REST result of a predicted molecule (or a ``prediction_failed`` error when a number is not finite).
     ``row`` is the molecule's :class:`~lieprop.model.prediction.Prediction` (a bare row of values is accepted);
-    ``context`` (:class:`ResultContext`; a mapping is taken as its ``warnings_by_size``) adds warnings and sets the
-    interval's coverage."""
+    ``context`` (:class:`ResultContext`; a mapping is taken as its ``warnings_by_size``) calibrates its spread,
+    sets the interval's coverage and adds warnings."""
     context = _as_context(context)
-    prediction = as_prediction(row)
+    prediction, calibration = context.calibrate(as_prediction(row), molecule)
     props: dict[str, dict[str, Any]] = {}
-    quantiles = context.interval_quantiles
     for col in columns:
         shift = atom_reference(molecule.numbers, targets[col.target]) if col.atomization else 0.0
-        entry = property_entry(prediction, col, shift, quantiles[col.target] if quantiles is not None else None)
+        entry = property_entry(prediction, col, shift)
         if entry is None:
             return error_result(molecule.id, {"code": PREDICTION_FAILED,
                                               "message": f"the model produced a non-finite {col.name}"})
@@ -175,8 +180,8 @@ def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequenc
     if context.warnings_by_size:
         extra = dict(context.warnings_by_size).get(size_bin(len(molecule.numbers)))
         warnings += [extra] if extra else []
-    if context.typical_std is not None:
-        unsure = uncertainty_warning(prediction, targets, context.typical_std)
+    if calibration is not None:
+        unsure = uncertainty_warning(prediction, targets, calibration.typical)
         warnings += [unsure] if unsure else []
     return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
 

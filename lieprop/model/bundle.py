@@ -22,7 +22,7 @@ import torch
 
 from lieprop.data.properties import BY_NAME
 from lieprop.model.architectures import DEFAULT_ARCHITECTURE, get_architecture
-from lieprop.model.calibration import Calibration
+from lieprop.model.calibration import Calibration, calibrations_from_dict
 from lieprop.model.predictor import EnsembleModel, PropertyModel
 from lieprop.version import __version__
 
@@ -45,6 +45,8 @@ class Bundle:
     name: str
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: {geometry path: calibration} of an ensemble's spread (``lieprop calibrate --record``), else None.
+    calibration: dict[str, Calibration] | None = None
 
     @property
     def version(self) -> str:
@@ -182,14 +184,17 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model: Model = members[0] if len(members) == 1 else EnsembleModel(members)
     model.eval().to(device)
     meta = dict(payload.get("meta", {}))
+    calibration = None
     if isinstance(model, EnsembleModel) and isinstance(meta.get("calibration"), dict):
         try:
-            model.calibration = Calibration.from_dict(meta["calibration"])
+            calibration = calibrations_from_dict(meta["calibration"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: unreadable calibration ({exc})") from None
-        if list(model.calibration.targets) != model.targets:
-            raise BundleError(f"{path}: the calibration is for targets {list(model.calibration.targets)}, the "
-                              f"model predicts {model.targets}")
+        for cal in calibration.values():
+            if list(cal.targets) != model.targets:
+                raise BundleError(f"{path}: the calibration is for targets {list(cal.targets)}, the model predicts "
+                                  f"{model.targets}")
     meta["code_version"] = payload.get("code_version")
     meta["units"] = payload.get("units", {})
-    return Bundle(model=model, name=str(payload.get("name", path.stem)), sha256=sha, meta=meta)
+    return Bundle(model=model, name=str(payload.get("name", path.stem)), sha256=sha, meta=meta,
+                  calibration=calibration)

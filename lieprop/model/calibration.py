@@ -13,8 +13,13 @@ normalised errors |error| / sigma: ``value ± q_t(level) * sigma``, where ``q_t(
 ceil((n + 1) level) / n empirical quantile, so that on exchangeable data a level-0.9 interval covers at least 90% of
 molecules. The quantiles of a grid of levels are stored; other levels interpolate.
 
-Everything here is numpy on arrays of shape (n, T); a bundle stores a :class:`Calibration` as plain JSON in its
-metadata (``calibration``) and the ensemble applies it to every prediction.
+A calibration is fitted per *geometry path* (:data:`PATHS`): geometries a user gave (XYZ, 3D SDF, arrays; QM9's
+DFT geometries stand for them) and geometries lieprop generated (its conformer of a SMILES or a 2D MOL block; QM9's
+force-field conformers stand for them). An ensemble whose members were fine-tuned from one parent disagrees about
+as much on either path while its error on generated geometries is larger, so one calibration for both would
+over-cover one path and under-cover the other; the result builder (:mod:`lieprop.inference.results`) picks the
+calibration by the molecule's provenance. Everything here is numpy on arrays of shape (n, T); a bundle stores its
+calibrations as plain JSON in its metadata (``calibration``: {path: ...}).
 """
 
 from __future__ import annotations
@@ -26,17 +31,25 @@ from typing import Any
 
 import numpy as np
 
-from lieprop.model.prediction import Predictions
+from lieprop.model.prediction import Prediction, Predictions
 
 #: Coverage levels whose conformal quantiles a calibration stores (others interpolate between them).
 LEVELS = (0.5, 0.6, 0.68, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
 #: The level of the ``interval`` a result carries unless asked for another (REST and file scoring ``coverage``).
 DEFAULT_LEVEL = 0.9
+#: Geometry paths, each with its own calibration: ``given`` (the user's 3D geometry) and ``generated`` (lieprop's
+#: conformer of a SMILES or a 2D MOL block).
+PATHS = ("given", "generated")
 #: Floors tried, as multiples of the target's median spread.
 _FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])
 
 
-@dataclass(frozen=True)
+def geometry_path(provenance: Mapping[str, Any]) -> str:
+    """``generated`` when lieprop made the geometry (the provenance has a ``conformer``), else ``given``."""
+    return "generated" if provenance.get("conformer") else "given"
+
+
+@dataclass(frozen=True, eq=False)
 class Calibration:
     """Per-target calibration of an ensemble's spread (see the module doc)."""
 
@@ -60,14 +73,17 @@ class Calibration:
             raise ValueError(f"coverage must be between {self.levels[0]} and {self.levels[-1]}, got {level}")
         return np.array([np.interp(level, self.levels, self.quantiles[:, t]) for t in range(len(self.targets))])
 
-    def apply(self, predictions: Predictions, level: float = DEFAULT_LEVEL) -> Predictions:
-        """``predictions`` with ``std`` calibrated and an interval at ``level`` (value ± quantile * std)."""
+    def apply(self, predictions: Predictions | Prediction, level: float = DEFAULT_LEVEL,
+              quantile: np.ndarray | None = None) -> Any:
+        """``predictions`` (a batch or one molecule) with ``std`` calibrated and an interval at ``level`` (value ±
+        quantile * std; pass ``quantile``, :meth:`quantile` of ``level``, to skip the interpolation)."""
         if predictions.std is None:
             raise ValueError("calibration needs a spread: only ensembles give one")
         sigma = self.sigma(predictions.std)
-        half = self.quantile(level) * sigma
-        return Predictions(predictions.value, sigma, predictions.value - half, predictions.value + half, level,
-                           predictions.members)
+        half = (self.quantile(level) if quantile is None else quantile) * sigma
+        kind = Predictions if isinstance(predictions, Predictions) else Prediction
+        return kind(predictions.value, sigma, predictions.value - half, predictions.value + half, level,
+                    predictions.members)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for a bundle's metadata."""
@@ -80,6 +96,19 @@ class Calibration:
         return cls(tuple(d["targets"]), np.asarray(d["scale"], float), np.asarray(d["floor"], float),
                    np.asarray(d["levels"], float), np.asarray(d["quantiles"], float),
                    np.asarray(d["typical"], float), int(d["n"]), str(d.get("source", "")))
+
+
+def calibrations_to_dict(calibrations: Mapping[str, Calibration]) -> dict[str, Any]:
+    """{path: calibration} as the JSON a bundle's metadata keeps."""
+    return {path: cal.to_dict() for path, cal in calibrations.items()}
+
+
+def calibrations_from_dict(d: Mapping[str, Any]) -> dict[str, Calibration]:
+    """The inverse of :func:`calibrations_to_dict`; ``ValueError`` unless every path of :data:`PATHS` is there."""
+    missing = [p for p in PATHS if p not in d]
+    if missing:
+        raise ValueError(f"the calibration has no {missing} path")
+    return {path: Calibration.from_dict(d[path]) for path in PATHS}
 
 
 def _nll(err: np.ndarray, var: np.ndarray) -> float:

@@ -26,7 +26,6 @@ from lieprop.data.batch import collate, featurize
 from lieprop.data.elements import ELEMENT_INDEX, QM9_ELEMENTS
 from lieprop.data.properties import NON_NEGATIVE
 from lieprop.model.architectures import DEFAULT_ARCHITECTURE, Architecture, get_architecture
-from lieprop.model.calibration import Calibration
 from lieprop.model.frames import molecule_frames
 from lieprop.model.prediction import Predictions
 
@@ -184,9 +183,6 @@ class EnsembleModel(nn.Module):
                 raise ValueError(f"ensemble member {i} differs from member 0 in architecture, network config or "
                                  "fix_signs; members must share them")
         self.members = nn.ModuleList(members)
-        #: Turns the members' spread into a calibrated std and intervals (lieprop.model.calibration); set from the
-        #: bundle's metadata by load_bundle. Without it, ``predictions`` carry the raw spread and no interval.
-        self.calibration: Calibration | None = None
 
     @property
     def first(self) -> PropertyModel:
@@ -227,14 +223,9 @@ class EnsembleModel(nn.Module):
         """The members' mean (n_molecules, T)."""
         return self.member_values(numbers, positions, batch_size, autocast_bf16).mean(0)
 
-    def raw_predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                        autocast_bf16: bool = False) -> Predictions:
-        """The members' mean, spread (their sample standard deviation, uncalibrated) and values."""
-        return Predictions.from_members(self.member_values(numbers, positions, batch_size, autocast_bf16))
-
     def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                     autocast_bf16: bool = False) -> Predictions:
-        """The members' mean with a calibrated std and a prediction interval at
-        :data:`~lieprop.model.calibration.DEFAULT_LEVEL` (the raw spread and no interval when uncalibrated)."""
-        raw = self.raw_predictions(numbers, positions, batch_size, autocast_bf16)
-        return raw if self.calibration is None else self.calibration.apply(raw)
+        """The members' mean, spread (their sample standard deviation) and values. The spread is raw: a bundle's
+        calibration (per geometry path, lieprop.model.calibration) turns it into a std and intervals when results
+        are built, where the molecule's provenance is known."""
+        return Predictions.from_members(self.member_values(numbers, positions, batch_size, autocast_bf16))

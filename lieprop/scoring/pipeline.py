@@ -378,7 +378,7 @@ def score_file(
     bundle = as_bundle(model)
     plan = make_plan(source, bundle.model.targets, options, ResultContext.of(bundle, options.coverage))
     table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.n_members > 1,
-                  with_interval=getattr(bundle.model, "calibration", None) is not None)
+                  with_interval=bundle.calibration is not None)
     started = time.perf_counter()
     with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt) as rf:
         state = rf.open(resume=resume, overwrite=overwrite)

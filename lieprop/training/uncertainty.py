@@ -1,12 +1,13 @@
 """``lieprop calibrate``: fit an ensemble's uncertainty on the validation split and measure it on the test split.
 
-The calibration set is the validation split in both geometries a user can send: QM9's DFT geometries and the
-force-field conformers lieprop makes from each molecule's SMILES (:mod:`lieprop.data.qm9_conformers`), pooled, so one
-calibration serves both input paths. The report then measures, on the test split and per path, what a chemist
-relies on: the coverage of the 90% interval (and of every stored level: the reliability curve), its mean width,
-and whether the std ranks molecules by their error (Spearman correlation of std and |error|). It also checks that
-the spread knows its domain: larger for force-field geometries than for the DFT geometries of the same molecules,
-and larger for molecules outside QM9 (more than 9 heavy atoms; :data:`OUTSIDE_QM9`) than for QM9's own.
+A calibration is fitted per geometry path (:data:`lieprop.model.calibration.PATHS`): on the validation split in QM9's
+DFT geometries for geometries a user gives, and in the force-field conformers lieprop makes from each molecule's
+SMILES (:mod:`lieprop.data.qm9_conformers`) for geometries lieprop generates. The report then measures, on the test
+split and per path, what a chemist relies on: the coverage of the 90% interval (and of every stored level: the
+reliability curve), its mean width, and whether the std ranks molecules by their error (Spearman correlation of
+std and |error|). It also checks that the uncertainty knows its domain: the std of the force-field geometries over
+that of the DFT geometries of the same molecules, and the raw spread of molecules outside QM9 (more than 9 heavy
+atoms; :data:`OUTSIDE_QM9`) over that of QM9's own test molecules, both on the SMILES path.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from lieprop.data.qm9_conformers import load_conformers
 from lieprop.data.readers import from_smiles
 from lieprop.data.validation import ValidationLimits
 from lieprop.model.bundle import load_bundle, record_metadata
-from lieprop.model.calibration import DEFAULT_LEVEL, LEVELS, Calibration, coverage_report, fit_calibration
+from lieprop.model.calibration import (
+    DEFAULT_LEVEL,
+    LEVELS,
+    Calibration,
+    calibrations_to_dict,
+    coverage_report,
+    fit_calibration,
+)
 from lieprop.model.prediction import Predictions
 from lieprop.model.predictor import EnsembleModel
 
@@ -40,16 +48,21 @@ OUTSIDE_QM9 = (
 )
 
 
-def raw_predictions(model: EnsembleModel, source: Any, rows: np.ndarray, batch_size: int = 256) -> Predictions:
-    """The ensemble's uncalibrated predictions of QM9 ``rows`` in ``source``'s geometries."""
+def ensemble_predictions(model: EnsembleModel, source: Any, rows: np.ndarray, batch_size: int = 256
+                         ) -> Predictions:
+    """The ensemble's predictions (raw spread) of QM9 ``rows`` in ``source``'s geometries."""
     zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
-    return model.raw_predictions(list(zs), list(xs), batch_size=batch_size)
+    return model.predictions(list(zs), list(xs), batch_size=batch_size)
+
+
+#: The QM9 geometries that stand for each geometry path.
+PATH_GEOMETRY = {"given": "dft", "generated": "forcefield"}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
               record: bool = False, data: Any = None, log=print) -> dict[str, Any]:
-    """Fit the calibration of an ensemble bundle and report it (see the module doc); with ``record`` (whole
-    splits only) store the calibration and the test report in the bundle."""
+    """Fit the calibrations of an ensemble bundle and report them (see the module doc); with ``record`` (whole
+    splits only) store the calibrations and the test report in the bundle."""
     bundle = load_bundle(bundle_path)
     model = bundle.model
     if not isinstance(model, EnsembleModel):
@@ -65,41 +78,42 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     sets: dict[tuple[str, str], tuple[np.ndarray, Predictions]] = {}
     for split in ("valid", "test"):
         rows = parts[split][:limit] if limit else parts[split]
-        rows = rows[conformers.available(rows)]  # the same molecules in both geometries
-        for geometry, source in (("dft", data), ("forcefield", conformers)):
-            log(f"{split} / {geometry}: {len(rows)} molecules")
-            sets[split, geometry] = rows, raw_predictions(model, source, rows)
-    valid = [sets["valid", g] for g in ("dft", "forcefield")]
-    cal = fit_calibration(np.concatenate([p.value for _, p in valid]), np.concatenate([p.std for _, p in valid]),
-                          np.concatenate([truth_all[r] for r, _ in valid]), model.targets,
-                          source=f"validation split, DFT and force-field geometries ({len(valid[0][0])} molecules "
-                                 "each)")
+        rows = rows[conformers.available(rows)]  # the same molecules on both paths
+        for path, geometry in PATH_GEOMETRY.items():
+            log(f"{split} / {geometry} geometries: {len(rows)} molecules")
+            sets[split, path] = rows, ensemble_predictions(model, data if geometry == "dft" else conformers, rows)
+    calibrations = {}
+    for path, geometry in PATH_GEOMETRY.items():
+        rows, raw = sets["valid", path]
+        calibrations[path] = fit_calibration(raw.value, raw.std, truth_all[rows], model.targets,
+                                             source=f"validation split, {geometry} geometries ({len(rows)} molecules)")
     report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
-                              "calibration": cal.to_dict(), "test": {}, "reliability": {}}
-    for geometry in ("dft", "forcefield"):
-        rows, raw = sets["test", geometry]
-        calibrated = cal.apply(raw, DEFAULT_LEVEL)
+                              "calibration": calibrations_to_dict(calibrations), "test": {}, "reliability": {}}
+    for path in PATH_GEOMETRY:
+        rows, raw = sets["test", path]
+        cal = calibrations[path]
         truth = truth_all[rows]
-        report["test"][geometry] = {"n": len(rows), "targets": coverage_report(raw.value, calibrated, truth,
-                                                                               model.targets)}
-        report["reliability"][geometry] = {
+        report["test"][path] = {"n": len(rows), "geometry": PATH_GEOMETRY[path],
+                                "targets": coverage_report(raw.value, cal.apply(raw, DEFAULT_LEVEL), truth,
+                                                           model.targets)}
+        report["reliability"][path] = {
             str(level): [float(v) for v in _covered(cal.apply(raw, level), truth).mean(0)] for level in LEVELS}
-    dft, ff = (sets["test", g][1] for g in ("dft", "forcefield"))
+    given, generated = (calibrations[p].sigma(sets["test", p][1].std) for p in PATH_GEOMETRY)
     report["domain"] = {
-        "forcefield_over_dft_std": {t: float(np.median(cal.sigma(ff.std)[:, j] / cal.sigma(dft.std)[:, j]))
-                                    for j, t in enumerate(model.targets)},
-        "forcefield_over_dft_mae": {t: report["test"]["forcefield"]["targets"][t]["mae"]
-                                    / report["test"]["dft"]["targets"][t]["mae"] for t in model.targets},
-        **outside_domain(model, cal, cal.sigma(ff.std)),
+        "generated_over_given_std": {t: float(np.median(generated[:, j] / given[:, j]))
+                                     for j, t in enumerate(model.targets)},
+        "generated_over_given_mae": {t: report["test"]["generated"]["targets"][t]["mae"]
+                                     / report["test"]["given"]["targets"][t]["mae"] for t in model.targets},
+        **outside_domain(model, sets["test", "generated"][1].std),
     }
     log(format_report(report))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "uncertainty.json").write_text(json.dumps(report, indent=2))
-        _plots(report, sets, cal, truth_all, model.targets, out)
+        _plots(report, sets, calibrations, truth_all, model.targets, out)
     if record:
-        record_metadata(bundle_path, calibration=cal.to_dict(), uncertainty_evaluation={
+        record_metadata(bundle_path, calibration=calibrations_to_dict(calibrations), uncertainty_evaluation={
             "test": report["test"], "reliability": report["reliability"], "domain": report["domain"],
             "command": f"lieprop calibrate {bundle_path} --record"})
     return report
@@ -109,23 +123,22 @@ def _covered(p: Predictions, truth: np.ndarray) -> np.ndarray:
     return (p.lower <= truth) & (truth <= p.upper)
 
 
-def outside_domain(model: EnsembleModel, cal: Calibration, inside_sigma: np.ndarray) -> dict[str, Any]:
-    """The calibrated std of :data:`OUTSIDE_QM9` (embedded as the service embeds SMILES) over that of QM9 test
-    molecules on the same path (``inside_sigma``), per target, as a ratio of medians."""
+def outside_domain(model: EnsembleModel, inside_spread: np.ndarray) -> dict[str, Any]:
+    """The raw spread of :data:`OUTSIDE_QM9` (embedded as the service embeds SMILES) over that of QM9 test molecules
+    on the same path (``inside_spread``), per target, as a ratio of medians."""
     limits = ValidationLimits(max_atoms=200)
     molecules = [from_smiles(s, limits=limits) for s in OUTSIDE_QM9]
-    raw = model.raw_predictions([m.numbers for m in molecules], [m.positions for m in molecules])
-    sigma = cal.sigma(raw.std)
+    raw = model.predictions([m.numbers for m in molecules], [m.positions for m in molecules])
     return {"outside_qm9_molecules": len(molecules),
-            "outside_over_inside_std": {t: float(np.median(sigma[:, j]) / np.median(inside_sigma[:, j]))
-                                        for j, t in enumerate(model.targets)}}
+            "outside_over_inside_spread": {t: float(np.median(raw.std[:, j]) / np.median(inside_spread[:, j]))
+                                           for j, t in enumerate(model.targets)}}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The test-split table per path as Markdown."""
     lines = []
-    for geometry, part in report["test"].items():
-        lines += [f"test split, {geometry} geometries ({part['n']} molecules), 90% intervals", "",
+    for path, part in report["test"].items():
+        lines += [f"test split, {path} geometries ({part['geometry']}, {part['n']} molecules), 90% intervals", "",
                   "| target | unit | MAE | mean std | coverage | mean width | Spearman(std, abs error) |",
                   "|---|---|---|---|---|---|---|"]
         for t, row in part["targets"].items():
@@ -137,18 +150,18 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plots(report: dict[str, Any], sets: dict, cal: Any, truth_all: np.ndarray, targets: list[str],
-           out: Path) -> None:
+def _plots(report: dict[str, Any], sets: dict, calibrations: dict[str, Calibration], truth_all: np.ndarray,
+           targets: list[str], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    for geometry, curve in report["reliability"].items():
+    for path, curve in report["reliability"].items():
         levels = [float(k) for k in curve]
         observed = [float(np.mean(v)) for v in curve.values()]
-        ax.plot(levels, observed, "o-", label=f"{geometry} geometries (mean over targets)")
+        ax.plot(levels, observed, "o-", label=f"{path} geometries (mean over targets)")
     ax.plot([0.5, 1.0], [0.5, 1.0], "k--", lw=0.8, label="ideal")
     ax.set_xlabel("expected coverage")
     ax.set_ylabel("observed coverage (test split)")
@@ -161,14 +174,14 @@ def _plots(report: dict[str, Any], sets: dict, cal: Any, truth_all: np.ndarray, 
     for ax, t in zip(axes[0], shown, strict=True):
         j = targets.index(t)
         k = BY_NAME[t].to_paper
-        for geometry in ("dft", "forcefield"):
-            rows, raw = sets["test", geometry]
-            sigma = cal.sigma(raw.std)[:, j] * k
+        for path in PATH_GEOMETRY:
+            rows, raw = sets["test", path]
+            sigma = calibrations[path].sigma(raw.std)[:, j] * k
             err = np.abs(truth_all[rows, j] - raw.value[:, j]) * k
             bins = np.quantile(sigma, np.linspace(0, 1, 11))
             which = np.clip(np.searchsorted(bins, sigma, side="right") - 1, 0, 9)
             ax.plot([sigma[which == b].mean() for b in range(10)], [err[which == b].mean() for b in range(10)],
-                    "o-", label=geometry)
+                    "o-", label=path)
         lim = ax.get_xlim()
         ax.plot(lim, [v * np.sqrt(2 / np.pi) for v in lim], "k--", lw=0.8, label="calibrated Gaussian")
         ax.set_xlabel(f"std ({BY_NAME[t].paper_unit or BY_NAME[t].unit})")

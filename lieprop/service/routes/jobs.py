@@ -100,7 +100,7 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
                                           ignore=(FILE_FIELD,))
         columns = select_properties(service.bundle.model.targets, options.properties)
         ResultContext.of(service.bundle, options.coverage)  # ValueError when the model has no intervals
-        intervals = getattr(service.bundle.model, "calibration", None) is not None
+        intervals = service.bundle.calibration is not None
         filename, size = stored
         suffix = input_suffix(options.filename or filename, options.format)
         if suffix is None:

@@ -132,7 +132,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"network   {card['architecture']}: {card['network']}, "
           f"{sum(p.numel() for p in bundle.model.parameters()):,} parameters{members}")
     if card["uncertainty"]:
-        print(f"spread    every value carries a std: the {card['uncertainty']}")
+        print(f"std       every value carries one: {card['uncertainty']}")
     print("targets   " + ", ".join(f"{t} ({BY_NAME[t].unit})" for t in card["targets"]))
     training = card.get("training")
     if isinstance(training, dict) and training:

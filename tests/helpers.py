@@ -37,3 +37,15 @@ def untrained_model(group: str = "T3", seed: int = 0, **kw) -> PropertyModel:
         if ".bn" in name:
             p.data.uniform_(0.5, 1.5) if name.endswith("weight") else p.data.uniform_(-0.5, 0.5)
     return m.eval()
+
+
+def assert_invariant(predict, molecules, scale, rtol: float = 1e-4, seed: int = 0) -> None:
+    """The invariance every served prediction promises: ``predict(numbers_list, positions_list) -> (n, T)`` gives
+    the same values (to ``rtol`` of each target's ``scale``) after a random rotation or reflection, translation and
+    atom reordering of every molecule."""
+    rng = np.random.default_rng(seed)
+    moved = [random_pose(z, x, rng) for z, x in molecules]
+    a = np.asarray(predict([z for z, _ in molecules], [x for _, x in molecules]))
+    b = np.asarray(predict([z for z, _ in moved], [x for _, x in moved]))
+    rel = np.abs(a - b) / np.asarray(scale)
+    assert rel.max() < rtol, f"worst relative invariance error {rel.max():.2e}"

@@ -3,7 +3,6 @@ predicts, evaluates and reports itself like LieConv (the toy family of tests/toy
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from lieprop.data.properties import PROPERTY_NAMES
@@ -38,7 +37,7 @@ def test_bundles_saved_before_the_registry_load_as_lieconv_with_their_digest():
 
 
 def test_a_registered_family_trains_saves_loads_and_predicts_invariantly(tmp_path, qm9_head, toy_registered):
-    from helpers import random_pose
+    from helpers import assert_invariant
 
     cfg = load_config("tiny", overrides={"architecture": "toy", "network": {"width": 8}, "orientation": "none",
                                          "targets": ["homo", "u0"], "out_dir": str(tmp_path / "run"),
@@ -48,11 +47,9 @@ def test_a_registered_family_trains_saves_loads_and_predicts_invariantly(tmp_pat
     assert bundle.architecture == "toy" and bundle.model.cfg.width == 8
     card = model_card(bundle)
     assert card["network"] == "ToyNet width 8, cutoff 5.0 Å" and card["targets"] == ["homo", "u0"]
-    z, x = qm9_head.molecule(20)
-    moved = random_pose(z, x, np.random.default_rng(0))
-    a, b = bundle.model.predict([z, moved[0]], [x, moved[1]])
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # invariant by construction, evaluated without frames
-    assert len(bundle.model.expand([z], [x]).owners) == 1
+    molecules = [qm9_head.molecule(i) for i in range(20, 40)]
+    assert_invariant(bundle.model.predict, molecules, bundle.model.scale.numpy())  # by construction, no frames
+    assert len(bundle.model.expand([molecules[0][0]], [molecules[0][1]]).owners) == 1
 
 
 def test_a_bundle_records_its_architecture_in_the_digest(tmp_path, toy_registered):

@@ -57,7 +57,7 @@ def test_the_ensemble_bundle_verifies_and_records_its_members(ensemble_path):
     shas = [load_bundle(ensemble_path.parent / f"m{s}.pt").sha256 for s in (1, 2)]
     assert [m["sha256"] for m in bundle.meta["members"]] == shas
     card = lieprop.inference.model_card(bundle)
-    assert card["members"] == 2 and card["uncertainty"] == "std of the ensemble members"
+    assert card["members"] == 2 and card["uncertainty"].startswith("the spread of 2 ensemble members, uncalibrated")
 
 
 def test_members_of_different_networks_are_refused(tmp_path):

@@ -38,7 +38,7 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
     small = bundle.meta.get("small_evaluation")
     return {**model_info(bundle), "architecture": bundle.architecture,
             "network": bundle.model.arch.summary(bundle.model.cfg), "members": bundle.n_members,
-            "uncertainty": "std of the ensemble members" if bundle.n_members > 1 else None,
+            "uncertainty": uncertainty_description(bundle),
             "targets": list(bundle.model.targets), "properties": props,
             "training": _json_safe(bundle.meta.get("training")),
             "test_mae_by_size": _json_safe(bundle.meta.get("test_mae_by_size")),
@@ -55,3 +55,14 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+def uncertainty_description(bundle: Bundle) -> str | None:
+    """What the ``std`` (and ``interval``) of a bundle's results are, in words; None for a single model."""
+    if bundle.n_members == 1:
+        return None
+    if bundle.calibration is None:
+        return f"the spread of {bundle.n_members} ensemble members, uncalibrated (no interval)"
+    return (f"the spread of {bundle.n_members} ensemble members, calibrated on the validation split per geometry "
+            "path (given 3D geometries; conformers lieprop generates), with split-conformal intervals (90% unless "
+            "coverage says otherwise)")

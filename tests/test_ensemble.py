@@ -217,3 +217,18 @@ def test_rest_refuses_a_coverage_the_model_cannot_give(ensemble_server):
         assert response.status_code == 422 and "calibrated" in response.json()["error"]["message"]
         response = client.post("/v1/predict", json={"molecules": [{"smiles": "C"}], "coverage": 1.5})
         assert response.status_code == 422
+
+
+def test_a_spread_over_fixed_poses_is_invariant_and_lets_a_single_model_carry_a_std(qm9_head):
+    from helpers import random_pose
+
+    model = member(3)
+    model.spread_poses = 4
+    molecules = [qm9_head.molecule(i) for i in range(5, 25)]
+    rng = np.random.default_rng(0)
+    moved = [random_pose(z, x, rng) for z, x in molecules]
+    a = model.predictions([z for z, _ in molecules], [x for _, x in molecules])
+    b = model.predictions([z for z, _ in moved], [x for _, x in moved])
+    assert (a.std > 0).mean() > 0.5  # (an untrained model clips some non-negative targets to 0 in every pose)
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-3, atol=1e-4 * model.scale.numpy().max())  # poses act on frames
+    np.testing.assert_allclose(a.value, model.predict([z for z, _ in molecules], [x for _, x in molecules]))

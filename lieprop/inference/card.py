@@ -58,11 +58,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def uncertainty_description(bundle: Bundle) -> str | None:
-    """What the ``std`` (and ``interval``) of a bundle's results are, in words; None for a single model."""
-    if bundle.n_members == 1:
+    """What the ``std`` (and ``interval``) of a bundle's results are, in words; None without a spread."""
+    if not bundle.has_spread:
         return None
+    poses = bundle.model.spread_poses
+    who = f"{bundle.n_members} ensemble members" if bundle.n_members > 1 else "the model"
+    spread = f"the spread of {who}" + (f" in {poses} fixed poses" if poses > 1 else "")
     if bundle.calibration is None:
-        return f"the spread of {bundle.n_members} ensemble members, uncalibrated (no interval)"
-    return (f"the spread of {bundle.n_members} ensemble members, calibrated on the validation split per geometry "
-            "path (given 3D geometries; conformers lieprop generates), with split-conformal intervals (90% unless "
-            "coverage says otherwise)")
+        return f"{spread}, uncalibrated (no interval)"
+    return (f"{spread}, calibrated on the validation split per geometry path (given 3D geometries; conformers "
+            "lieprop generates), with split-conformal intervals (90% unless coverage says otherwise)")

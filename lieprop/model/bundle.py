@@ -61,6 +61,11 @@ class Bundle:
         """1 for a single model, else the ensemble's size."""
         return len(self.model.members) if isinstance(self.model, EnsembleModel) else 1
 
+    @property
+    def has_spread(self) -> bool:
+        """Whether its predictions carry a spread: an ensemble, or a model with ``spread`` poses in its metadata."""
+        return self.n_members > 1 or self.model.spread_poses > 1
+
 
 def _digest(config: dict, fix_signs: bool, states: list[dict[str, torch.Tensor]],
             architecture: str = DEFAULT_ARCHITECTURE) -> str:
@@ -184,8 +189,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model: Model = members[0] if len(members) == 1 else EnsembleModel(members)
     model.eval().to(device)
     meta = dict(payload.get("meta", {}))
+    spread = meta.get("spread")
+    if isinstance(spread, dict):  # a spread over fixed poses (lieprop calibrate --poses), what the calibration fits
+        model.spread_poses = int(spread.get("poses", 0))
     calibration = None
-    if isinstance(model, EnsembleModel) and isinstance(meta.get("calibration"), dict):
+    if (isinstance(model, EnsembleModel) or model.spread_poses > 1) and isinstance(meta.get("calibration"), dict):
         try:
             calibration = calibrations_from_dict(meta["calibration"])
         except (KeyError, TypeError, ValueError) as exc:

@@ -14,6 +14,7 @@ calls with the members' mean, its ``predictions`` also with their spread.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,22 @@ class FrameBatch:
 
     def __len__(self) -> int:
         return len(self.numbers)
+
+
+#: Seed of the fixed rotations of :func:`fixed_rotations`: the same poses in every process, for every molecule.
+POSE_SEED = 0x905E
+
+
+def fixed_rotations(k: int) -> np.ndarray:
+    """(k, 3, 3) proper rotations, the same for every call: the poses a spread over poses evaluates."""
+    from lieprop.model.groups import random_rotations
+
+    return random_rotations(k, torch.Generator().manual_seed(POSE_SEED), dtype=torch.float64).numpy()
+
+
+def rotated(frames: FrameBatch, rotation: np.ndarray) -> FrameBatch:
+    """The same frames with every canonical coordinate set rotated by ``rotation`` (3, 3)."""
+    return dataclasses.replace(frames, frame_coords=[c @ rotation.T for c in frames.frame_coords])
 
 
 def expand(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], invariance: str,
@@ -85,6 +102,8 @@ class PropertyModel(nn.Module):
         self.register_buffer("scale", torch.ones(t, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(t, dtype=torch.float64))
         self.register_buffer("offsets", torch.zeros(len(QM9_ELEMENTS), t, dtype=torch.float64))
+        #: Poses whose spread is the ``std`` of :meth:`predictions` (0: none); set from the bundle's metadata.
+        self.spread_poses = 0
 
     @property
     def architecture(self) -> str:
@@ -160,10 +179,22 @@ class PropertyModel(nn.Module):
         """
         return self.evaluate(self.expand(numbers, positions), batch_size, autocast_bf16)
 
+    def pose_values(self, frames: FrameBatch, poses: int, batch_size: int = 128,
+                    autocast_bf16: bool = False) -> np.ndarray:
+        """(poses, n_molecules, T): the model with every frame turned by each of :func:`fixed_rotations`. The
+        rotations act on canonical coordinates, so the values are as invariant as the frames; a network that is not
+        rotation-invariant by itself (T(3) LieConv) answers differently per pose, the more so the less it knows."""
+        return np.stack([self.evaluate(rotated(frames, r), batch_size, autocast_bf16) for r in fixed_rotations(poses)])
+
     def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                     autocast_bf16: bool = False) -> Predictions:
-        """:meth:`predict` as the prediction contract (values only: a single model has no spread)."""
-        return Predictions(self.predict(numbers, positions, batch_size, autocast_bf16))
+        """:meth:`predict` as the prediction contract. With ``spread_poses`` > 1 (set from the bundle), ``std`` is
+        the spread over that many poses (:meth:`pose_values`); otherwise a single model gives values only."""
+        frames = self.expand(numbers, positions)
+        value = self.evaluate(frames, batch_size, autocast_bf16)
+        if self.spread_poses < 2 or not len(frames):
+            return Predictions(value)
+        return Predictions(value, self.pose_values(frames, self.spread_poses, batch_size, autocast_bf16).std(0, ddof=1))
 
 
 class EnsembleModel(nn.Module):
@@ -212,6 +243,15 @@ class EnsembleModel(nn.Module):
     def device(self) -> torch.device:
         return self.first.device
 
+    @property
+    def spread_poses(self) -> int:
+        return self.first.spread_poses
+
+    @spread_poses.setter
+    def spread_poses(self, poses: int) -> None:
+        for m in self.members:
+            m.spread_poses = poses
+
     def member_values(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                       autocast_bf16: bool = False) -> np.ndarray:
         """(M, n_molecules, T): every member's predictions."""
@@ -225,7 +265,15 @@ class EnsembleModel(nn.Module):
 
     def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                     autocast_bf16: bool = False) -> Predictions:
-        """The members' mean, spread (their sample standard deviation) and values. The spread is raw: a bundle's
-        calibration (per geometry path, lieprop.model.calibration) turns it into a std and intervals when results
-        are built, where the molecule's provenance is known."""
-        return Predictions.from_members(self.member_values(numbers, positions, batch_size, autocast_bf16))
+        """The members' mean, their spread (sample standard deviation) and values; with ``spread_poses`` > 1 the
+        spread is taken over every member in every pose (:meth:`PropertyModel.pose_values`) instead. The spread is
+        raw: a bundle's calibration (per geometry path, lieprop.model.calibration) turns it into a std and intervals
+        when results are built, where the molecule's provenance is known."""
+        frames = self.first.expand(numbers, positions)
+        members = np.stack([m.evaluate(frames, batch_size, autocast_bf16) for m in self.members])
+        result = Predictions.from_members(members)
+        if self.spread_poses < 2 or not len(frames):
+            return result
+        posed = np.concatenate([m.pose_values(frames, self.spread_poses, batch_size, autocast_bf16)
+                                for m in self.members])
+        return Predictions(result.value, posed.std(0, ddof=1), members=result.members)

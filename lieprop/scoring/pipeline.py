@@ -377,7 +377,7 @@ def score_file(
     output_fmt = output_fmt or output_format(output)
     bundle = as_bundle(model)
     plan = make_plan(source, bundle.model.targets, options, ResultContext.of(bundle, options.coverage))
-    table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.n_members > 1,
+    table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.has_spread,
                   with_interval=bundle.calibration is not None)
     started = time.perf_counter()
     with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt) as rf:

@@ -135,6 +135,8 @@ def add_calibrate(sub: Any) -> None:
     p.add_argument("bundle", help="an ensemble bundle (lieprop ensemble)")
     p.add_argument("--out", help="directory for uncertainty.json, reliability.png and error_vs_std.png")
     p.add_argument("--limit", type=int, help="only the first N molecules of each split")
+    p.add_argument("--poses", type=int, default=None, help="take the spread over every member in this many fixed "
+                   "poses relative to its frames (test-time poses; a single model can be calibrated this way too)")
     p.add_argument("--record", action="store_true", help="store the calibration and the test report in the bundle")
     p.set_defaults(func=run_calibrate)
 
@@ -144,7 +146,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from lieprop.training.uncertainty import calibrate
 
     try:
-        calibrate(args.bundle, args.out, args.limit, record=args.record)
+        calibrate(args.bundle, args.out, args.limit, record=args.record, poses=args.poses)
     except (BundleError, ValueError, FileNotFoundError) as exc:
         print(f"lieprop calibrate: {exc}", file=sys.stderr)
         return 2

@@ -48,9 +48,8 @@ OUTSIDE_QM9 = (
 )
 
 
-def ensemble_predictions(model: EnsembleModel, source: Any, rows: np.ndarray, batch_size: int = 256
-                         ) -> Predictions:
-    """The ensemble's predictions (raw spread) of QM9 ``rows`` in ``source``'s geometries."""
+def ensemble_predictions(model: Any, source: Any, rows: np.ndarray, batch_size: int = 256) -> Predictions:
+    """The model's predictions (raw spread) of QM9 ``rows`` in ``source``'s geometries."""
     zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
     return model.predictions(list(zs), list(xs), batch_size=batch_size)
 
@@ -60,14 +59,19 @@ PATH_GEOMETRY = {"given": "dft", "generated": "forcefield"}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
-              record: bool = False, data: Any = None, log=print) -> dict[str, Any]:
-    """Fit the calibrations of an ensemble bundle and report them (see the module doc); with ``record`` (whole
-    splits only) store the calibrations and the test report in the bundle."""
+              record: bool = False, data: Any = None, log=print, poses: int | None = None) -> dict[str, Any]:
+    """Fit the calibrations of a bundle's spread and report them (see the module doc); with ``record`` (whole
+    splits only) store the calibrations, the spread's definition and the test report in the bundle.
+
+    The spread is the ensemble members' or, with ``poses`` > 1, that of every member (or the single model) in that
+    many fixed poses relative to its frames (:meth:`lieprop.model.predictor.PropertyModel.pose_values`)."""
     bundle = load_bundle(bundle_path)
     model = bundle.model
-    if not isinstance(model, EnsembleModel):
-        raise ValueError(f"{bundle_path} is a single model: calibration needs an ensemble's spread (make one with "
-                         "lieprop ensemble)")
+    if poses is not None:
+        model.spread_poses = poses
+    if not isinstance(model, EnsembleModel) and model.spread_poses < 2:
+        raise ValueError(f"{bundle_path} is a single model: calibration needs a spread (an ensemble, lieprop "
+                         "ensemble; or poses, --poses 4)")
     if record and limit:
         raise ValueError("only a calibration on the whole validation and test splits can be recorded")
     data = data if data is not None else load_qm9()
@@ -88,6 +92,7 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         calibrations[path] = fit_calibration(raw.value, raw.std, truth_all[rows], model.targets,
                                              source=f"validation split, {geometry} geometries ({len(rows)} molecules)")
     report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
+                              "spread": {"poses": model.spread_poses},
                               "calibration": calibrations_to_dict(calibrations), "test": {}, "reliability": {}}
     for path in PATH_GEOMETRY:
         rows, raw = sets["test", path]
@@ -113,7 +118,8 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         (out / "uncertainty.json").write_text(json.dumps(report, indent=2))
         _plots(report, sets, calibrations, truth_all, model.targets, out)
     if record:
-        record_metadata(bundle_path, calibration=calibrations_to_dict(calibrations), uncertainty_evaluation={
+        record_metadata(bundle_path, calibration=calibrations_to_dict(calibrations),
+                        spread={"poses": model.spread_poses}, uncertainty_evaluation={
             "test": report["test"], "reliability": report["reliability"], "domain": report["domain"],
             "command": f"lieprop calibrate {bundle_path} --record"})
     return report
@@ -123,7 +129,7 @@ def _covered(p: Predictions, truth: np.ndarray) -> np.ndarray:
     return (p.lower <= truth) & (truth <= p.upper)
 
 
-def outside_domain(model: EnsembleModel, inside_spread: np.ndarray) -> dict[str, Any]:
+def outside_domain(model: Any, inside_spread: np.ndarray) -> dict[str, Any]:
     """The raw spread of :data:`OUTSIDE_QM9` (embedded as the service embeds SMILES) over that of QM9 test molecules
     on the same path (``inside_spread``), per target, as a ratio of medians."""
     limits = ValidationLimits(max_atoms=200)

@@ -120,7 +120,7 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
         return error_response(422, "invalid_job", str(exc))
     job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
            "format": source.format, "input_bytes": size, "options": options.record(),
-           "columns": [[c.name, c.unit, service.bundle.n_members > 1, intervals] for c in columns],
+           "columns": [[c.name, c.unit, service.bundle.has_spread, intervals] for c in columns],
            "model": service.info}
     created = await asyncio.to_thread(jobs.store.create, job)
     jobs.ensure_runner()

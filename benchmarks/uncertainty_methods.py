@@ -1,13 +1,14 @@
 """Which uncertainty can this machine afford, and which ranks errors best? Ensembles against test-time poses.
 
-Two ways to get a spread for every prediction, both calibrated the same way (per geometry path, on validation
+Three ways to get a spread for every prediction, all calibrated the same way (per geometry path, on validation
 molecules; lieprop.model.calibration) and measured on the same test molecules in both paths:
 
 * ``ensemble``: the spread of an ensemble bundle's members (each member a training run: the cost is training time,
   and inference costs one network pass per member);
-* ``poses``: the spread of ONE model evaluated in K random orientations without frames (test-time augmentation: a
-  T(3) LieConv network is not rotation-invariant by itself, and how much its answer moves with the pose says how
-  sure it is; no training, K network passes per molecule).
+* ``poses``: the spread of ONE model in K fixed poses relative to its frames (test-time poses: a T(3) LieConv
+  network is not rotation-invariant by itself, and how much its answer moves with the pose says how sure it is; no
+  training, K more network passes per molecule; lieprop.model.predictor.PropertyModel.pose_values);
+* ``ensemble+poses``: every member in every pose (M x K more passes).
 
 (MC dropout and mean-variance heads need a network trained with dropout or a variance head: not affordable here
 on top of the ensemble's training runs.) Prints, per method and path: mean Spearman(std, |error|) over the 12
@@ -22,27 +23,20 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 from lieprop.data.properties import PROPERTY_NAMES
 from lieprop.data.qm9 import load_qm9, split_indices
 from lieprop.data.qm9_conformers import load_conformers
 from lieprop.model.bundle import load_bundle
 from lieprop.model.calibration import coverage_report, fit_calibration
-from lieprop.model.groups import random_rotations
-from lieprop.model.prediction import Predictions
-from lieprop.model.predictor import expand
 
 
-def pose_spread(model, zs, xs, poses: int, seed: int = 0) -> Predictions:
-    """One model in ``poses`` random orientations (no frames): mean and spread over poses."""
-    gen = torch.Generator().manual_seed(seed)
-    rotations = random_rotations(poses * len(zs), gen, dtype=torch.float64).numpy().reshape(poses, len(zs), 3, 3)
-    values = []
-    for k in range(poses):
-        moved = [x @ rotations[k, i].T for i, x in enumerate(xs)]
-        values.append(model.evaluate(expand(zs, moved, "intrinsic"), batch_size=256))
-    return Predictions.from_members(np.stack(values))
+def with_poses(model, poses: int):
+    """``model.predictions`` with its spread taken over ``poses`` fixed poses (0: the model's own spread)."""
+    def predict(zs, xs):
+        model.spread_poses = poses
+        return model.predictions(zs, xs, batch_size=256)
+    return predict
 
 
 def main() -> None:
@@ -57,8 +51,8 @@ def main() -> None:
     targets = ensemble.targets
     truth_all = data.targets_in_units()[:, [PROPERTY_NAMES.index(t) for t in targets]]
     parts = split_indices(len(data), "cormorant")
-    methods = {"ensemble": lambda zs, xs: ensemble.predictions(zs, xs, batch_size=256),
-               "poses": lambda zs, xs: pose_spread(single, zs, xs, args.poses)}
+    methods = {"ensemble": with_poses(ensemble, 0), "poses": with_poses(single, args.poses),
+               "ensemble+poses": with_poses(ensemble, args.poses)}
     print("| method | path | molecules | mean Spearman(std, abs error) | mean coverage (90%) | "
           "mean width / MAE |\n|---|---|---|---|---|---|")
     for name, method in methods.items():

@@ -41,18 +41,23 @@ def with_poses(model, poses: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ensemble", required=True, help="an ensemble bundle")
+    parser.add_argument("--ensemble", action="append", required=True, help="an ensemble bundle (may repeat)")
+    parser.add_argument("--ensemble-poses", action="store_true", help="also every member in every pose")
     parser.add_argument("--single", required=True, help="a single-model bundle for the pose method")
     parser.add_argument("--limit", type=int, default=2000, help="validation and test molecules each")
     parser.add_argument("--poses", type=int, default=4)
     args = parser.parse_args()
     data, conformers = load_qm9(), load_conformers()
-    ensemble, single = load_bundle(args.ensemble).model, load_bundle(args.single).model
-    targets = ensemble.targets
+    single = load_bundle(args.single).model
+    targets = single.targets
     truth_all = data.targets_in_units()[:, [PROPERTY_NAMES.index(t) for t in targets]]
     parts = split_indices(len(data), "cormorant")
-    methods = {"ensemble": with_poses(ensemble, 0), "poses": with_poses(single, args.poses),
-               "ensemble+poses": with_poses(ensemble, args.poses)}
+    methods = {f"poses ({args.poses}, {args.single})": with_poses(single, args.poses)}
+    for path in args.ensemble:
+        bundle = load_bundle(path)
+        methods[f"ensemble ({bundle.n_members}, {path})"] = with_poses(bundle.model, 0)
+        if args.ensemble_poses:
+            methods[f"ensemble+poses ({path})"] = with_poses(bundle.model, args.poses)
     print("| method | path | molecules | mean Spearman(std, abs error) | mean coverage (90%) | "
           "mean width / MAE |\n|---|---|---|---|---|---|")
     for name, method in methods.items():

@@ -24,7 +24,7 @@ function say(message, isError = false) {
 function explain(error) {
   if (error instanceof ApiError && error.status === 401) {
     $("api-key").focus();
-    return "This server needs an API key: enter it under “API key”.";
+    return "This server needs an API key: enter it in the “API key” field at the top.";
   }
   if (error instanceof ApiError) return `${error.code}: ${error.message}`;
   return `The request failed: ${error.message}`;
@@ -161,6 +161,7 @@ function show(results, properties, total = results.length) {
   $("results").replaceChildren(resultTable(results.slice(0, SHOWN_ROWS), properties, total));
   $("download").disabled = !results.length;
   say(`${total} results: ${total - failed} predicted, ${failed} with errors.`);
+  $("status").scrollIntoView({ block: "start" });
   const first = results.find((r) => r.ok && r.geometry);
   if (first) showMolecule(first);
 }

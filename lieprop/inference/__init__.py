@@ -33,6 +33,7 @@ from lieprop.inference.results import (
     build_results,
     error_result,
     failure_result,
+    geometry_entry,
     ok_result,
     property_entry,
     size_warnings,
@@ -44,7 +45,8 @@ __all__ = [
     "DEFAULT_MODEL", "EMBEDDING_KINDS", "INPUT_KINDS", "MIN_BIN_MOLECULES", "PREDICTION_FAILED", "UNCERTAIN_FACTOR",
     "WEAK_SIZE_FACTOR", "ResultContext",
     "Column", "ModelNotFoundError", "Parsed", "UnknownPropertyError", "atom_reference", "build_results",
-    "default_model_path", "error_result", "failure_result", "fallback_id", "input_kind", "item_kind", "load_model",
-    "model_card", "model_info", "ok_result", "parse_item", "parse_items", "predict", "property_entry",
+    "default_model_path", "error_result", "failure_result", "fallback_id", "geometry_entry", "input_kind",
+    "item_kind", "load_model", "model_card", "model_info", "ok_result", "parse_item", "parse_items", "predict",
+    "property_entry",
     "select_properties", "size_warnings", "uncertainty_warning",
 ]

@@ -35,6 +35,7 @@ def predict(
     workers: int = 1,
     executor: Executor | None = None,
     coverage: float | None = None,
+    return_geometry: bool = False,
 ) -> dict[str, Any]:
     """Predict ``properties`` (default: all the model has, plus atomization energies) for ``molecules``.
 
@@ -42,7 +43,8 @@ def predict(
     a REST item dict. ``model``: a loaded bundle, a bundle path, or None for the bundled model. ``limits``: the
     validation limits (default: QM9's domain, as the service). ``workers`` > 1 embeds SMILES in that many processes
     (or pass a long-lived ``executor``, e.g. :func:`lieprop.data.readers.embedding_pool`). ``coverage``: the level
-    of the prediction intervals (default 0.9; a model with calibrated uncertainty only).
+    of the prediction intervals (default 0.9; a model with calibrated uncertainty only). ``return_geometry``: each
+    ok result also carries ``"geometry": {"numbers", "positions"}``, the geometry the model saw (as the REST field).
 
     Returns the REST response: ``{"model": {"name", "version", "sha256"}, "results": [...]}``, one result per
     input in order. Raises :class:`UnknownPropertyError` for unknown properties, ``TypeError`` / ``ValueError`` for
@@ -69,7 +71,7 @@ def predict(
     predictions = bundle.model.predictions([m.numbers for m in valid], [m.positions for m in valid])
     ids = [fallback_id(item, i) for i, item in indexed]
     return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(predictions), columns,
-                                                                  targets, context)}
+                                                                  targets, context, geometry=return_geometry)}
 
 
 def _as_items(molecules: Any) -> list[Any]:

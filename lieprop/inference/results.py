@@ -1,7 +1,7 @@
 """The one result builder: a molecule (or its error) and its :class:`~lieprop.model.prediction.Prediction` ->
 the REST result ``{"id", "ok", "properties": {name: {"value", "unit"[, "std", "interval"]}}, "provenance",
-"warnings"}`` or ``{"id", "ok": false, "error": {"code", "message"}}``. The library, REST, file scoring and REST
-jobs all build their results here."""
+"warnings"[, "geometry"]}`` or ``{"id", "ok": false, "error": {"code", "message"}}``. The library, REST, file scoring
+and REST jobs all build their results here."""
 
 from __future__ import annotations
 
@@ -157,12 +157,20 @@ def uncertainty_warning(prediction: Prediction, targets: Sequence[str], typical:
             f"typical {usual} {unit}; molecules unlike QM9's (size, elements, bonding, geometry) get such spreads")
 
 
+def geometry_entry(molecule: Molecule) -> dict[str, list]:
+    """The geometry the model saw: ``{"numbers": [Z, ...], "positions": [[x, y, z], ...]}`` (Å), the given one or
+    lieprop's conformer (``provenance.conformer`` says how it was made)."""
+    return {"numbers": [int(z) for z in molecule.numbers],
+            "positions": [[float(c) for c in row] for row in np.asarray(molecule.positions, dtype=float)]}
+
+
 def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequence[Column], targets: Sequence[str],
-              context: ResultContext | Mapping[str, str] | None = None) -> dict:
+              context: ResultContext | Mapping[str, str] | None = None, *, geometry: bool = False) -> dict:
     """The REST result of a predicted molecule (or a ``prediction_failed`` error when a number is not finite).
     ``row`` is the molecule's :class:`~lieprop.model.prediction.Prediction` (a bare row of values is accepted);
     ``context`` (:class:`ResultContext`; a mapping is taken as its ``warnings_by_size``) calibrates its spread,
-    sets the interval's coverage and adds warnings."""
+    sets the interval's coverage and adds warnings; ``geometry`` adds the molecule's ``"geometry"``
+    (:func:`geometry_entry`), off by default."""
     context = _as_context(context)
     prediction, calibration = context.calibrate(as_prediction(row), molecule)
     props: dict[str, dict[str, Any]] = {}
@@ -183,7 +191,10 @@ def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequenc
     if calibration is not None:
         unsure = uncertainty_warning(prediction, targets, calibration.typical)
         warnings += [unsure] if unsure else []
-    return {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
+    result = {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
+    if geometry:
+        result["geometry"] = geometry_entry(molecule)
+    return result
 
 
 def _as_context(context: ResultContext | Mapping[str, str] | None) -> ResultContext:
@@ -208,10 +219,11 @@ def failure_result(ident: str | None, exc: BaseException) -> dict:
 
 def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[str],
                   predictions: Sequence[Prediction | np.ndarray | BaseException], columns: Sequence[Column],
-                  targets: Sequence[str], context: ResultContext | Mapping[str, str] | None = None) -> list[dict]:
+                  targets: Sequence[str], context: ResultContext | Mapping[str, str] | None = None, *,
+                  geometry: bool = False) -> list[dict]:
     """One result per input, in order: ``predictions`` holds one :class:`~lieprop.model.prediction.Prediction` (or
-    the exception the model met) per molecule in ``outcomes``; ``context`` as in :func:`ok_result`. The one builder
-    of results: the library, REST, file scoring and REST jobs all call it."""
+    the exception the model met) per molecule in ``outcomes``; ``context`` and ``geometry`` as in :func:`ok_result`.
+    The one builder of results: the library, REST, file scoring and REST jobs all call it."""
     context = _as_context(context)
     rows = iter(predictions)
     results = []
@@ -221,5 +233,5 @@ def build_results(outcomes: Sequence[Molecule | MoleculeError], ids: Sequence[st
             continue
         row = next(rows)
         results.append(failure_result(outcome.id, row) if isinstance(row, BaseException)
-                       else ok_result(outcome, row, columns, targets, context))
+                       else ok_result(outcome, row, columns, targets, context, geometry=geometry))
     return results

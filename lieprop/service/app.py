@@ -3,7 +3,8 @@
 The app is assembled from modules with one idea each (docs/DESIGN.md, "Layers and what each may import"):
 
 - :mod:`lieprop.service.state`: the :class:`Service` the routes share (model, batcher, embedding pool, readiness);
-- :mod:`lieprop.service.routes`: one router per area (predict, models, operations, jobs);
+- :mod:`lieprop.service.routes`: one router per area (predict, models, operations, jobs, web: the page and the
+  offline API docs);
 - :mod:`lieprop.service.access`: which routes need the API key or take streamed uploads, declared with them;
 - :mod:`lieprop.service.edge`: the outermost middleware (request id, API key, body limits, metrics, access log);
 - :mod:`lieprop.service.errors`: the JSON error body and the exception handlers;
@@ -25,7 +26,7 @@ from lieprop.service.access import RouteTable
 from lieprop.service.edge import EdgeMiddleware
 from lieprop.service.errors import add_exception_handlers, error_response
 from lieprop.service.metrics import ServiceMetrics
-from lieprop.service.routes import ROUTERS
+from lieprop.service.routes import MOUNTS, ROUTERS
 from lieprop.service.settings import Settings
 from lieprop.service.state import Service
 from lieprop.version import __version__
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     service = Service(settings, ServiceMetrics())
     app = FastAPI(
         title="lieprop", version=__version__, lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served from vendored assets by lieprop.service.routes.web
         description="Quantum-chemical properties (QM9) of small organic molecules, predicted by a LieConv network. "
                     "Every value carries its unit; one bad molecule never fails the others.",
     )
@@ -55,12 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    for mount in MOUNTS:
+        app.router.routes.append(mount)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Content-Type", "X-API-Key", "X-Request-ID"],
                            expose_headers=["X-Request-ID"])
-    # The app's own routes (/openapi.json, /docs) first, then the routers' (an older FastAPI lists those in
+    # The app's own routes (/openapi.json, the static mount) first, then the routers' (an older FastAPI lists those in
     # app.routes too; the first match wins, and both carry the same declarations).
     routes = RouteTable([*app.routes, *(route for router in ROUTERS for route in router.routes)])
     app.add_middleware(EdgeMiddleware, settings=settings, metrics=service.metrics, routes=routes)  # outermost

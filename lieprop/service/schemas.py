@@ -49,6 +49,9 @@ class PredictRequest(BaseModel):
     coverage: float | None = Field(
         None, ge=0.5, le=0.99, description="level of each property's prediction `interval` (default 0.9); only for "
                                            "a model with calibrated uncertainty (see GET /v1/models)")
+    return_geometry: bool = Field(
+        False, description="add each ok result's `geometry` (the atoms and positions the model saw: the given "
+                           "geometry or lieprop's conformer); off by default")
 
 
 class PropertyValue(BaseModel):
@@ -67,12 +70,19 @@ class ItemError(BaseModel):
     message: str
 
 
+class Geometry(BaseModel):
+    numbers: list[int] = Field(description="atomic numbers")
+    positions: list[Position] = Field(description="positions in Å, one per atom")
+
+
 class ResultOk(BaseModel):
     id: str | None
     ok: Literal[True]
     properties: dict[str, PropertyValue]
     provenance: dict[str, Any] = Field(description='{"source": "smiles|xyz|sdf|atoms", "conformer": {...} | null, ...}')
     warnings: list[str]
+    geometry: Geometry | None = Field(None, description="only with `return_geometry`: the geometry the model saw "
+                                                        "(`provenance.conformer` says how a generated one was made)")
 
 
 class ResultError(BaseModel):

@@ -175,9 +175,10 @@ class Service:
         return sorted(parsed, key=lambda p: p.index)
 
     async def predict(self, items: list[dict], columns: list[Column],
-                      priority: Priority = Priority.INTERACTIVE, context: ResultContext | None = None) -> list[dict]:
+                      priority: Priority = Priority.INTERACTIVE, context: ResultContext | None = None,
+                      geometry: bool = False) -> list[dict]:
         """Results for REST items, in order (raises QueueFull / BatcherClosed); ``context``: another coverage than
-        the model's default (:meth:`ResultContext.of`)."""
+        the model's default (:meth:`ResultContext.of`); ``geometry``: ok results carry the predicted geometry."""
         self.parsing += 1
         try:
             parsed = await self.parse(items)
@@ -188,7 +189,8 @@ class Service:
         future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
         rows = await asyncio.wrap_future(future)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
-        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, context or self.context)
+        return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, context or self.context,
+                             geometry=geometry)
 
 
 def _init_model_thread(threads: int) -> None:

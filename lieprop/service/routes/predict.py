@@ -49,7 +49,8 @@ async def predict(service: ServiceDep,
         return error_response(422, "invalid_request", f"coverage: {exc}")
     items = [m.model_dump(exclude_none=True) for m in body.molecules]
     try:
-        results = await asyncio.wait_for(service.predict(items, columns, context=context), s.request_timeout_s)
+        results = await asyncio.wait_for(service.predict(items, columns, context=context,
+                                                                geometry=body.return_geometry), s.request_timeout_s)
     except asyncio.TimeoutError:
         return error_response(504, "timeout", f"the request took longer than {s.request_timeout_s} s")
     except QueueFull as exc:

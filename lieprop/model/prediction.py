@@ -23,9 +23,8 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """One molecule's prediction: arrays of shape (T,) (``members``: (M, T)); None where the model has no such
-    estimate."""
+class _Estimates:
+    """The fields of a prediction, for one molecule or a batch (see the module doc)."""
 
     value: np.ndarray
     std: np.ndarray | None = None
@@ -33,6 +32,12 @@ class Prediction:
     upper: np.ndarray | None = None
     level: float | None = None
     members: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Prediction(_Estimates):
+    """One molecule's prediction: arrays of shape (T,) (``members``: (M, T)); None where the model has no such
+    estimate."""
 
     def __post_init__(self) -> None:
         _check_interval(self.lower, self.upper, self.level)
@@ -43,15 +48,8 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Predictions:
+class Predictions(_Estimates):
     """A batch of molecules' predictions (see the module doc); ``len`` is the number of molecules."""
-
-    value: np.ndarray
-    std: np.ndarray | None = None
-    lower: np.ndarray | None = None
-    upper: np.ndarray | None = None
-    level: float | None = None
-    members: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("std", "lower", "upper"):

@@ -29,11 +29,19 @@ def test_lieconv_is_the_registered_default():
         get_architecture("nope")
 
 
-def test_bundles_saved_before_the_registry_load_as_lieconv_with_their_digest():
-    bundle = load_bundle("lieprop/models/lieprop-qm9.pt")
-    assert bundle.architecture == "lieconv" and bundle.n_members == 1
+def test_a_single_lieconv_bundle_is_still_written_as_before_the_registry(tmp_path):
+    """Format 1, no architecture key, the same digest scheme: older lieprop versions read it, and bundles saved before
+    the registry load as LieConv with their digest."""
+    import torch
+
+    model = PropertyModel(NetworkConfig(width=8, depth=1, targets=list(PROPERTY_NAMES)))
+    sha = save_bundle(model, tmp_path / "one.pt", "one")
+    payload = torch.load(tmp_path / "one.pt", weights_only=True)
+    assert payload["format_version"] == 1 and "architecture" not in payload and "members" not in payload
+    bundle = load_bundle(tmp_path / "one.pt")
+    assert (bundle.architecture, bundle.n_members, bundle.sha256) == ("lieconv", 1, sha)
     card = model_card(bundle)
-    assert card["architecture"] == "lieconv" and card["network"].startswith("LieResNet T3")
+    assert card["architecture"] == "lieconv" and card["network"] == "LieResNet T3, width 8, depth 1"
 
 
 def test_a_registered_family_trains_saves_loads_and_predicts_invariantly(tmp_path, qm9_head, toy_registered):

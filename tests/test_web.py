@@ -152,10 +152,13 @@ def headless_chromium(width: int = 1366, height: int = 900):
 
 
 def wait_for(driver, predicate, timeout: float = 20, what: str = "the page"):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: predicate(d))
+    try:  # the page redraws as results arrive: an element found a moment ago may be gone, so look again
+        return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                             ).until(lambda d: predicate(d))
     except Exception as exc:
         logs = [e["message"] for e in driver.get_log("browser")]
         raise AssertionError(f"timed out waiting for {what}; browser console: {logs}") from exc
@@ -188,6 +191,11 @@ def open_page_with_key(driver, server):
     from selenium.webdriver.common.by import By
 
     driver.get(server.base_url + "/")
+    # a key kept from an earlier test would load the properties twice (at page load and on submit), redrawing the
+    # checkboxes under our feet: start from a page that has no key, so that they are drawn once, after the submit
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(server.base_url + "/")
+    wait_for(driver, lambda d: "API key" in d.find_element(By.ID, "status").text, what="the 401 hint")
     key = driver.find_element(By.ID, "api-key")
     key.clear()
     key.send_keys(KEY)
@@ -233,12 +241,14 @@ def test_an_uploaded_csv_runs_as_a_job_and_shows_the_bad_rows_error(browser, ser
     open_page_with_key(browser, server)
     browser.find_element(By.ID, "file").send_keys(str(csv))
     browser.find_element(By.ID, "predict").click()
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results tr[data-id=broken]"), timeout=45,
+    # the table is redrawn while the job runs: wait for the finished job, then read the settled table
+    wait_for(browser, lambda d: "succeeded" in d.find_element(By.ID, "job-state").text
+             and d.find_elements(By.CSS_SELECTOR, "#results tr[data-id=broken]"), timeout=45,
              what="the job's results")
-    bad = browser.find_element(By.CSS_SELECTOR, "#results tr[data-id=broken]")
-    assert bad.find_element(By.CSS_SELECTOR, ".error-code").text == "invalid_smiles"
+    code = wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#results tr[data-id=broken] .error-code").text,
+                    what="the bad row's error code")
+    assert code == "invalid_smiles"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results tr.ok")) == 2
-    assert "succeeded" in browser.find_element(By.ID, "job-state").text
     assert browser.find_element(By.ID, "job-progress").get_attribute("value") == "1"
     link = browser.find_element(By.ID, "job-results")
     assert link.is_displayed() and link.get_attribute("href").endswith("/results?format=csv")

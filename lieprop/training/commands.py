@@ -19,7 +19,7 @@ def add_train(sub: Any) -> None:
   lieprop train --config my.toml --set width=128 --set lr=1e-3
   lieprop train --preset paper --device cuda --out runs/paper     # the paper's sizes, for a GPU
   lieprop train --out runs/homo --resume                          # continue exactly where it stopped
-  lieprop train --out runs/more --set init_from=lieprop/models/lieprop-qm9.pt --max-minutes 60  # warm start""")
+  lieprop train --out runs/more --set init_from=runs/homo/best.pt --max-minutes 60  # warm start from one network""")
     p.add_argument("--preset", default="default", help="default | budget | paper | se3 | tiny")
     p.add_argument("--config", help="TOML (or YAML) file with TrainConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -287,3 +287,16 @@ def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_pa
     both.fit()
     row = both.state.history[-1]
     assert row["selection_score"] == pytest.approx((row["valid_score"] + row["valid_ff_score"]) / 2)
+
+
+def test_a_warm_start_from_an_ensemble_is_refused_with_the_reason(tmp_path, qm9_head):
+    from lieprop.model.bundle import make_ensemble, save_bundle
+    from lieprop.model.network import NetworkConfig
+    from lieprop.model.predictor import PropertyModel
+
+    for k in (1, 2):
+        save_bundle(PropertyModel(NetworkConfig(width=32, depth=2, targets=["homo", "u0", "mu"])),
+                    tmp_path / f"m{k}.pt", f"m{k}")
+    make_ensemble([tmp_path / "m1.pt", tmp_path / "m2.pt"], tmp_path / "ens.pt", "ens")
+    with pytest.raises(ValueError, match="ensemble of 2 models; warm-start from one member"):
+        Trainer(tiny(tmp_path, init_from=str(tmp_path / "ens.pt")), data=qm9_head, log=lambda *_: None)

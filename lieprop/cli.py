@@ -144,11 +144,13 @@ def run_info(args: argparse.Namespace) -> int:
     rows = [p for p in card["properties"] if p["test_mae"] is not None and not p["atomization"]]
     if rows:
         print("test MAE")
-        print(f"  {'property':<10} {'MAE':>12}  {'unit':<12} {'MAE (paper unit)':>18}")
+        print(f"  {'property':<10} {'MAE':>12}  {'unit':<12} {'MAE (paper unit)':>18} {'from SMILES':>14}")
         for p in rows:
             prop = BY_NAME[p["name"]]
             paper = f"{p['test_mae'] * prop.to_paper:.4g} {prop.paper_unit}"
-            print(f"  {p['name']:<10} {p['test_mae']:>12.5g}  {p['unit']:<12} {paper:>18}")
+            ff = p.get("test_mae_forcefield")
+            smiles = f"{ff * prop.to_paper:.4g} {prop.paper_unit}" if ff is not None else "-"
+            print(f"  {p['name']:<10} {p['test_mae']:>12.5g}  {p['unit']:<12} {paper:>18} {smiles:>14}")
     else:
         print("test MAE  (not recorded in this bundle)")
     for title, table in (("test MAE by atom count", card.get("test_mae_by_size")),

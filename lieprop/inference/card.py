@@ -21,19 +21,19 @@ def model_info(bundle: Bundle) -> dict[str, str]:
 
 def model_card(bundle: Bundle) -> dict[str, Any]:
     """What a bundle is and how good it is: name, version, sha256, architecture (and ensemble size), targets, every
-    output property (unit, description, test MAE when the bundle records one) and the training facts
+    output property (unit, description, test MAE when the bundle records one, on DFT geometries and on the SMILES
+    path, ``test_mae_forcefield``) and the training facts
     (``GET /v1/models``, ``lieprop info``).
     """
-    test_mae = bundle.meta.get("test_mae")
-    test_mae = test_mae if isinstance(test_mae, Mapping) else {}
+    tables = {key: bundle.meta.get(key) for key in ("test_mae", "test_mae_forcefield")}
+    tables = {key: t if isinstance(t, Mapping) else {} for key, t in tables.items()}
     props = []
     for col in select_properties(bundle.model.targets):
-        base = col.name.removesuffix("_atomization")
-        mae = test_mae.get(base)  # an atomization energy differs from the total by a constant per formula
+        base = col.name.removesuffix("_atomization")  # an atomization energy differs from the total by a constant
         props.append({
             "name": col.name, "unit": col.unit, "atomization": col.atomization,
             "description": BY_NAME[base].description + (" minus the atom references" if col.atomization else ""),
-            "test_mae": float(mae) if isinstance(mae, int | float) and math.isfinite(mae) else None,
+            **{key: _finite(table.get(base)) for key, table in tables.items()},
         })
     small = bundle.meta.get("small_evaluation")
     return {**model_info(bundle), "architecture": bundle.architecture,
@@ -44,6 +44,10 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
             "test_mae_by_size": _json_safe(bundle.meta.get("test_mae_by_size")),
             "small_mae_by_size": _json_safe(small.get("by_size")) if isinstance(small, Mapping) else None,
             "size_warnings": size_warnings(bundle.meta)}
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _json_safe(value: Any) -> Any:

@@ -108,6 +108,9 @@ class PropertyInfo(BaseModel):
     unit: str
     atomization: bool = Field(description="total energy minus the QM9 atom references")
     test_mae: float | None = Field(description="mean absolute error on the test split, in `unit`, if known")
+    test_mae_forcefield: float | None = Field(
+        None, description="the same in the conformers lieprop makes from each test molecule's SMILES (what a SMILES "
+                          "user gets), if known")
 
 
 class SizeBin(BaseModel):

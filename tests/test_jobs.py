@@ -580,3 +580,186 @@ def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             JobOptions.from_strings(values)
     assert cli(["predict", "x.csv", "--out", "y.csv", "--chunk-size", "0"]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile load (issue 17): a runner that cannot die, a broken database, tenants
+
+
+def test_a_locked_database_delays_jobs_but_does_not_kill_the_runner(tmp_path, bundle_path):
+    """Real server, real SQLite: another connection holds the write lock longer than the busy timeout (5 s) while a
+    job runs and another is queued; both finish once the lock clears."""
+    import sqlite3
+
+    server = start_server(tmp_path, bundle_path, "--job-workers", "1", "--job-nice", "0")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            first = upload(client, distinct_csv(tmp_path / "a.csv", 60), chunk_size=5, properties="homo")
+            second = upload(client, mixed_csv(tmp_path / "b.csv"), properties="homo")
+            locker = sqlite3.connect(tmp_path / "data" / "jobs.sqlite3", isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")  # the write lock: the runner's updates and claims wait and retry
+            try:
+                time.sleep(7)
+                health = client.get("/readyz").json()
+                assert health["status"] == "ready"  # predictions are still served
+                assert client.post("/v1/predict", json={"molecules": [{"smiles": "CCO"}]}).status_code == 200
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            for job in (first, second):
+                wait_for(client, job["id"], lambda j: j["state"] == "succeeded", timeout=120)
+            assert client.get("/readyz").json()["jobs"] == {"status": "up", "detail": None}
+            assert "lieprop_job_runner_up 1.0" in client.get("/metrics").text
+    finally:
+        server.stop()
+    assert any(e.get("msg") == "job database call failed; retrying" for e in server.logs())
+
+
+def test_a_garbled_job_database_leaves_predict_serving_and_jobs_503(tmp_path, bundle_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "jobs.sqlite3").write_bytes(b"this is not a SQLite database" * 200)
+    server = start_server(tmp_path, bundle_path, "--job-workers", "1")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            assert client.post("/v1/predict", json={"molecules": [{"smiles": "CCO"}]}).status_code == 200
+            for answer in (client.get("/v1/jobs"), client.get("/v1/jobs/abc"),
+                           client.post("/v1/jobs", files={"file": ("a.csv", b"smiles\nCCO\n")})):
+                assert answer.status_code == 503, answer.text
+                error = answer.json()["error"]
+                assert error["code"] == "jobs_unavailable" and "jobs.sqlite3" in error["message"]
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["jobs"]["status"] == "down"
+            assert "jobs.sqlite3" in ready.json()["jobs"]["detail"]
+            strict = client.get("/readyz", params={"jobs": "true"})
+            assert strict.status_code == 503 and "job runner is down" in strict.json()["detail"]
+            assert "lieprop_job_runner_up 0.0" in client.get("/metrics").text
+    finally:
+        server.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_zero_byte_database_next_to_job_folders_is_refused_not_forgotten(tmp_path, bundle_path):
+    from fastapi.testclient import TestClient
+
+    from lieprop.service import Settings, create_app
+
+    data = tmp_path / "data"
+    (data / "jobs" / "0123abcd").mkdir(parents=True)
+    (data / "jobs.sqlite3").write_bytes(b"")
+    settings = Settings(model=bundle_path, warmup=False, workers_embed=1, data_dir=data)
+    with TestClient(create_app(settings)) as c:
+        answer = c.get("/v1/jobs/0123abcd")
+        assert answer.status_code == 503 and "0 bytes" in answer.json()["error"]["message"]
+        assert c.get("/readyz").json()["jobs"]["status"] == "down"
+    assert (data / "jobs" / "0123abcd").is_dir() and (data / "jobs.sqlite3").stat().st_size == 0
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_failing_store_is_retried_and_reported_then_the_runner_recovers(tmp_path, bundle_path, monkeypatch):
+    """The store raises on every claim for a while (as a bug or a broken disk would): /readyz?jobs=true and the
+    gauge say the runner is down; once the store works again the queued job runs."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from lieprop.service import Settings, create_app
+    from lieprop.service.job_store import JobStore
+
+    broken = threading.Event()
+    broken.set()
+    claim = JobStore.next_queued
+
+    def next_queued(self):
+        if broken.is_set():
+            raise sqlite3.OperationalError("disk I/O error")
+        return claim(self)
+
+    monkeypatch.setattr(JobStore, "next_queued", next_queued)
+    settings = Settings(model=bundle_path, warmup=False, workers_embed=1, data_dir=tmp_path / "data",
+                        job_workers=1, job_nice=0)
+    with TestClient(create_app(settings)) as c:
+        while c.get("/readyz").status_code != 200:
+            time.sleep(0.01)
+        job = c.post("/v1/jobs", files={"file": ("a.csv", b"smiles\nCCO\nCCN\n")}, data={"properties": "homo"})
+        assert job.status_code == 202
+        deadline = time.monotonic() + 30
+        while c.get("/readyz", params={"jobs": "true"}).status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "disk I/O error" in c.get("/readyz").json()["jobs"]["detail"]
+        assert "lieprop_job_runner_up 0.0" in c.get("/metrics").text
+        broken.clear()
+        wait_for(c, job.json()["id"], lambda j: j["state"] == "succeeded", timeout=60)
+        assert c.get("/readyz", params={"jobs": "true"}).status_code == 200
+        assert "lieprop_job_runner_up 1.0" in c.get("/metrics").text
+
+
+def test_an_old_database_gets_the_tenant_column_and_its_jobs_the_default_tenant(tmp_path):
+    import sqlite3
+
+    from lieprop.service.job_store import JobStore
+
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, created_at REAL NOT NULL, "
+                "started_at REAL, finished_at REAL, filename TEXT, format TEXT NOT NULL, input_bytes INTEGER NOT NULL, "
+                "options TEXT NOT NULL, columns TEXT NOT NULL, model TEXT NOT NULL, total INTEGER, "
+                "done INTEGER NOT NULL DEFAULT 0, counts TEXT, rate REAL, error TEXT, "
+                "attempts INTEGER NOT NULL DEFAULT 0, results_deleted INTEGER NOT NULL DEFAULT 0)")
+    old.execute("INSERT INTO jobs (id, state, created_at, format, input_bytes, options, columns, model) "
+                "VALUES ('old', 'succeeded', 1, 'csv', 10, '{}', '[]', '{}')")
+    old.commit()
+    old.close()
+    store = JobStore(path)
+    assert store.get("old")["tenant"] == "default"
+    assert [j["id"] for j in store.list(tenant="default")] == ["old"] and store.list(tenant="alice") == []
+    store.close()
+
+
+def test_tenants_see_only_their_own_jobs_and_admin_sees_all(tmp_path, bundle_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# tenant:key\nbob:key-b\nadmin:key-admin\n")
+    server = start_server(tmp_path, bundle_path, "--job-workers", "1", "--job-nice", "0", "--api-keys-file",
+                          str(keys), env={"LIEPROP_API_KEYS": '{"key-a": "alice"}', "LIEPROP_API_KEY": "key-d"})
+    try:
+        def client(key: str | None) -> httpx.Client:
+            return httpx.Client(base_url=server.base_url, timeout=60, headers={"X-API-Key": key} if key else {})
+
+        with client("key-a") as a, client("key-b") as b, client("key-admin") as admin, client("key-d") as d, \
+                client(None) as nobody, client("key-x") as wrong:
+            job = upload(a, mixed_csv(tmp_path / "a.csv"), properties="homo")
+            jid = job["id"]
+            assert job["tenant"] == "alice"
+            wait_for(a, jid, lambda j: j["state"] == "succeeded")
+            assert [j["id"] for j in a.get("/v1/jobs").json()["jobs"]] == [jid]
+            assert b.get("/v1/jobs").json() == {"jobs": []} and d.get("/v1/jobs").json() == {"jobs": []}
+            for path in (f"/v1/jobs/{jid}", f"/v1/jobs/{jid}/results"):
+                assert b.get(path).status_code == 404 and b.get(path).json()["error"]["code"] == "not_found"
+            assert b.delete(f"/v1/jobs/{jid}").status_code == 404
+            assert a.get(f"/v1/jobs/{jid}/results").status_code == 200
+            assert [j["id"] for j in admin.get("/v1/jobs").json()["jobs"]] == [jid]
+            assert admin.get(f"/v1/jobs/{jid}").json()["tenant"] == "alice"
+            for other in (nobody, wrong):
+                assert other.get("/v1/jobs").status_code == 401
+                assert other.get(f"/v1/jobs/{jid}").status_code == 401
+                assert other.delete(f"/v1/jobs/{jid}").status_code == 401
+            assert d.post("/v1/predict", json={"molecules": [{"smiles": "CCO"}]}).status_code == 200
+            assert admin.delete(f"/v1/jobs/{jid}").json()["state"] == "succeeded"
+            assert a.get(f"/v1/jobs/{jid}/results").status_code == 410
+    finally:
+        server.stop()
+
+
+def test_malformed_api_keys_are_refused_at_start(tmp_path):
+    from lieprop.service import Settings
+
+    with pytest.raises(ValueError, match="JSON map"):
+        Settings(api_keys="[1, 2]")
+    with pytest.raises(ValueError, match="two tenants"):
+        Settings(api_key="k", api_keys='{"k": "alice"}')
+    bad = tmp_path / "keys"
+    bad.write_text("no-colon-here\n")
+    with pytest.raises(ValueError, match="tenant:key"):
+        Settings(api_keys_file=bad)
+    assert Settings(api_key="k", api_keys='{"j": "alice"}').tenant_keys() == [(b"k", "default"), (b"j", "alice")]

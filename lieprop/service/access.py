@@ -10,6 +10,10 @@ it does not wait for the dependencies to run: :class:`RouteTable` collects the r
 built, and the edge looks the request's route up in it (path and method, as the router matches them). The
 :data:`API_KEY` dependency checks the key once more when the route runs, so a route mounted without the edge is not
 left open.
+
+With several API keys (``api_keys``, ``api_keys_file``) each key names a tenant: :func:`match_key` compares the given
+key with every configured key in constant time, and the edge (or :data:`API_KEY`) puts the matched tenant in the
+request state (``request.state.tenant``), where the job routes read it.
 """
 
 from __future__ import annotations
@@ -23,28 +27,33 @@ from fastapi import Depends, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 
+from lieprop.service.settings import DEFAULT_TENANT
 from lieprop.service.state import get_service
 
 
-def key_problem(expected: bytes | None, given: bytes) -> str | None:
-    """None when ``given`` is the API key (compared in constant time) or no key is configured, else the reason."""
-    if expected is None or hmac.compare_digest(given, expected):
-        return None
+def match_key(keys: list[tuple[bytes, str]], given: bytes) -> tuple[str | None, str | None]:
+    """``(tenant, None)`` when ``given`` is one of the configured ``(key, tenant)`` pairs, or no key is configured
+    (tenant ``default``); else ``(None, reason)``. Every key is compared, each in constant time, whichever matches."""
+    if not keys:
+        return DEFAULT_TENANT, None
+    tenant = None
+    for key, name in keys:
+        if hmac.compare_digest(given, key) and tenant is None:
+            tenant = name
+    if tenant is not None:
+        return tenant, None
     what = "wrong" if given else "missing"
-    return f"{what} API key: send it in the X-API-Key header"
-
-
-def configured_key(request: Request) -> bytes | None:
-    """The service's API key as bytes, None when it has none."""
-    key = get_service(request).settings.api_key
-    return key.get_secret_value().encode() if key is not None else None
+    return None, f"{what} API key: send it in the X-API-Key header"
 
 
 async def requires_api_key(request: Request) -> None:
-    """Marker of routes that need ``X-API-Key`` (when the service has a key); raises 401 when it is wrong."""
-    problem = key_problem(configured_key(request), request.headers.get("x-api-key", "").encode("latin-1"))
+    """Marker of routes that need ``X-API-Key`` (when the service has keys); raises 401 when it is wrong, else puts
+    the key's tenant in ``request.state.tenant``."""
+    keys = get_service(request).tenant_keys
+    tenant, problem = match_key(keys, request.headers.get("x-api-key", "").encode("latin-1"))
     if problem is not None:
         raise StarletteHTTPException(401, problem)
+    request.state.tenant = tenant
 
 
 async def streamed_upload() -> None:

@@ -25,8 +25,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from lieprop.service.access import RouteTable
 from lieprop.service.edge import EdgeMiddleware
 from lieprop.service.errors import add_exception_handlers, error_response
+from lieprop.service.job_store import JobsUnavailable
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.routes import MOUNTS, ROUTERS
+from lieprop.service.routes.jobs import jobs_unavailable
 from lieprop.service.settings import Settings
 from lieprop.service.state import Service
 from lieprop.version import __version__
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     add_exception_handlers(app)
+    app.add_exception_handler(JobsUnavailable, jobs_unavailable)  # type: ignore[arg-type]
     for router in ROUTERS:
         app.include_router(router)
     for mount in MOUNTS:

@@ -5,7 +5,7 @@ the request's route up in a :class:`~lieprop.service.access.RouteTable` (the acc
 :mod:`lieprop.service.access`) before anything else, so that:
 
 - a route that needs the API key answers 401 before any of the body is read (CORS preflights carry no key and are
-  let through);
+  let through); a good key's tenant goes into the request state (``request.state.tenant``);
 - a route marked as a streamed upload gets ``max_upload_bytes`` (checked against Content-Length, then while the route
   receives the body), every other POST/PUT/PATCH is read here, at most ``max_body_bytes``, and replayed to the app.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
 
-from lieprop.service.access import RouteTable, key_problem
+from lieprop.service.access import RouteTable, match_key
 from lieprop.service.errors import error_response
 from lieprop.service.logs import request_id
 from lieprop.service.metrics import ServiceMetrics
@@ -40,8 +40,7 @@ class EdgeMiddleware:
         self.settings = settings
         self.metrics = metrics
         self.routes = routes
-        key = settings.api_key
-        self.api_key = key.get_secret_value().encode() if key is not None else None
+        self.keys = settings.tenant_keys()  # (key, tenant) pairs; empty: no key needed
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -87,10 +86,11 @@ class EdgeMiddleware:
                       needs_key: bool, upload: bool) -> None:
         method = scope.get("method")
         if needs_key and method != "OPTIONS":  # CORS preflights carry no key
-            problem = key_problem(self.api_key, headers.get("x-api-key", b""))
+            tenant, problem = match_key(self.keys, headers.get("x-api-key", b""))
             if problem is not None:
                 await error_response(401, "unauthorized", problem)(scope, receive, send)
                 return
+            scope.setdefault("state", {})["tenant"] = tenant  # request.state.tenant for the routes
         if upload:  # the route streams the body to disk
             limit = self.settings.max_upload_bytes
             declared = headers.get("content-length", b"")

@@ -12,6 +12,13 @@ Job state lives in SQLite (:class:`~lieprop.service.job_store.JobStore`, ``<data
 jobs it was running are queued again at the next start and resume from their last committed chunk; a graceful
 shutdown stops a job between model calls in the same resumable way. The routes are in
 :mod:`lieprop.service.routes.jobs`.
+
+The runner cannot die of the database: every store call it makes is retried with backoff (a locked or briefly failing
+database delays jobs, it does not stop them), and the thread's loop catches everything else, logs it and goes on.
+:meth:`JobManager.health` tells ``/readyz`` and the ``lieprop_job_runner_up`` gauge whether the runner is dead, stuck
+or failing. The routes' database calls run on the manager's own small thread pool (:attr:`JobManager.db_executor`),
+not on the default one that parses requests. A database that cannot be used (not a SQLite file; empty while job
+folders exist) makes the job routes answer 503 ``jobs_unavailable`` and never takes the server down.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import datetime
 import functools
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +44,7 @@ from lieprop.scoring.options import JobOptions
 from lieprop.scoring.output import NothingToResume, OutputError
 from lieprop.scoring.pipeline import LocalEngine, RunInterrupted, Summary, score_file
 from lieprop.service.batcher import BatcherClosed, BatchStats, DynamicBatcher, Priority
-from lieprop.service.job_store import FINAL_STATES, JobStore
+from lieprop.service.job_store import FINAL_STATES, JobStore, JobsUnavailable
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.settings import Settings
 
@@ -47,6 +55,10 @@ log = logging.getLogger("lieprop.service.jobs")
 
 #: A job's results, in its folder.
 RESULTS = "results.jsonl"
+#: Backoff of the runner's retried store calls: first and longest wait (seconds).
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 5.0
+#: An idle runner checks the queue every second; one silent for this long is reported stuck.
+STUCK_AFTER_S = 60.0
 
 
 def _iso(t: float | None) -> str | None:
@@ -74,6 +86,11 @@ class JobManager:
         self._lock = threading.Lock()  # between claiming a job and cancelling it
         self._thread: threading.Thread | None = None
         self.current: str | None = None
+        #: The routes' database calls run here, not on the default pool that parses requests.
+        self.db_executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lieprop-jobs-db")
+        self.beat = time.monotonic()  # the runner's last sign of life (each loop and each committed chunk)
+        self.failing: str | None = None  # the runner's last failed store call, until one succeeds again
+        self.unavailable: str | None = None  # why the database cannot be opened, while it cannot
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -84,27 +101,90 @@ class JobManager:
     @property
     def store(self) -> JobStore:
         """The store, created with the data directory on first use (a server that never gets a job writes
-        nothing)."""
+        nothing). Raises :class:`JobsUnavailable` while the database cannot be used (tried again on each use)."""
         with self._store_lock:
             if self._store is None:
-                self._store = JobStore(self.db_path)
+                try:
+                    self._check_not_emptied()
+                    self._store = JobStore(self.db_path)
+                except JobsUnavailable as exc:
+                    self.unavailable = str(exc)
+                    raise
+                self.unavailable = None
             return self._store
+
+    def _check_not_emptied(self) -> None:
+        """A zero-byte database next to job folders lost its jobs (a real one is never empty): refuse to start a new
+        one over it, so that the jobs are not silently forgotten and their files orphaned."""
+        try:
+            empty = self.db_path.stat().st_size == 0
+        except FileNotFoundError:
+            return
+        folders = self.root / "jobs"
+        if empty and folders.is_dir() and any(folders.iterdir()):
+            message = (f"the job database {self.db_path} is empty (0 bytes) but job folders exist in {folders}: "
+                       "restore the database from a backup, or move it and the folders aside to start afresh")
+            log.error("job database damaged", extra={"path": str(self.db_path), "error": message})
+            raise JobsUnavailable(message)
+
+    def health(self) -> tuple[bool, str | None]:
+        """(In memory, cheap.) Whether the runner can run jobs, and why not: the database cannot be used, the
+        runner's store calls fail, its thread died, or it stopped looping."""
+        if self.unavailable is not None:
+            return False, f"the job runner is down: {self.unavailable}"
+        if self.failing is not None:
+            return False, f"the job runner is down: its database calls fail ({self.failing}); retrying"
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stopping.is_set():
+            return False, "the job runner is down: its thread died"
+        if thread is not None and self.current is None and time.monotonic() - self.beat > STUCK_AFTER_S:
+            return False, f"the job runner is stuck: no sign of life for {time.monotonic() - self.beat:.0f} s"
+        return True, None
+
+    def retried(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` on the store, retried with backoff while the database is locked or failing;
+        gives up (raises) only when the service stops."""
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except (sqlite3.Error, JobsUnavailable) as exc:
+                self.failing = f"{type(exc).__name__}: {exc}"
+                log.warning("job database call failed; retrying", extra={"error": self.failing, "wait_s": wait})
+                if self._stopping.wait(wait):
+                    raise
+                wait = min(2 * wait, RETRY_MAX_S)
+                continue
+            self.failing = None
+            self.beat = time.monotonic()
+            return result
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 
     def start(self) -> None:
-        """Queue again the jobs a dead server left running, and start the runner if there is work."""
+        """Queue again the jobs a dead server left running, and start the runner if there is work. A database that
+        cannot be used is logged (the job routes answer 503), never fatal: predictions go on."""
         if self.db_path.exists():
-            requeued = self.store.requeue_running()
+            try:
+                requeued = self.store.requeue_running()
+                queued = self.store.list(limit=1, state="queued")
+            except (sqlite3.Error, JobsUnavailable) as exc:
+                log.error("job database unusable; jobs are unavailable, predictions go on",
+                          extra={"path": str(self.db_path), "error": f"{type(exc).__name__}: {exc}"})
+                return
             if requeued:
                 log.info("resuming jobs", extra={"jobs": requeued})
-            if self.store.list(limit=1, state="queued"):
+            if queued:
                 self.ensure_runner()
 
     def ensure_runner(self) -> None:
-        if self._thread is None and not self._stopping.is_set():
-            self._thread = threading.Thread(target=self._run, name="lieprop-jobs", daemon=True)
+        """Start the runner thread, or a new one if it died, and wake it."""
+        alive = self._thread is not None and self._thread.is_alive()
+        if not alive and not self._stopping.is_set():
+            if self._thread is not None:
+                log.error("the job runner thread had died; starting a new one")
+            self._thread = threading.Thread(target=self._run_forever, name="lieprop-jobs", daemon=True)
             self._thread.start()
         self._wake.set()
 
@@ -114,16 +194,28 @@ class JobManager:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.db_executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()
 
     # ---------------------------------------------------------------------------------------------- runner
 
+    def _run_forever(self) -> None:
+        """The runner thread: :meth:`_run`, started again after anything it did not handle."""
+        wait = RETRY_FIRST_S
+        while not self._stopping.is_set():
+            try:
+                self._run()
+            except BaseException as exc:  # a bug: log it, wait a little, go on
+                self.failing = f"{type(exc).__name__}: {exc}"
+                log.exception("job runner failed; restarting it", extra={"error": self.failing})
+                self._stopping.wait(wait)
+                wait = min(2 * wait, RETRY_MAX_S)
+
     def _run(self) -> None:
         while not self._stopping.is_set():
-            with self._lock:
-                job = self.store.next_queued()
-                self.current = job["id"] if job is not None else None
+            self.beat = time.monotonic()
+            job = self.retried(self._claim)
             if job is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -137,9 +229,21 @@ class JobManager:
             finally:
                 with self._lock:
                     self.current = None
-                    if job["id"] in self._cancelled:
-                        self._cancelled.discard(job["id"])
-                        self._remove_files(job["id"])
+                    cancelled = job["id"] in self._cancelled
+                    self._cancelled.discard(job["id"])
+                if cancelled:
+                    shutil.rmtree(self.job_dir(job["id"]), ignore_errors=True)
+                    self.retried(self.store_call, "update", job["id"], results_deleted=1)
+
+    def store_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.store.<method>(*args, **kwargs)``, the store opened anew if need be (for :meth:`retried`)."""
+        return getattr(self.store, method)(*args, **kwargs)
+
+    def _claim(self) -> dict[str, Any] | None:
+        with self._lock:
+            job = self.store.next_queued()
+            self.current = job["id"] if job is not None else None
+        return job
 
     def _should_stop(self, job_id: str) -> bool:
         return self._stopping.is_set() or job_id in self._cancelled
@@ -158,7 +262,8 @@ class JobManager:
 
         def on_chunk(summary: Summary, total: int | None) -> None:
             counts = summary.counts
-            self.store.update(job_id, done=counts.rows, counts=counts.to_dict(), total=total,
+            self.beat = time.monotonic()
+            self.retried(self.store_call, "update", job_id, done=counts.rows, counts=counts.to_dict(), total=total,
                               rate=summary.rows_per_s)
             before = written if written["ok"] is not None else {"ok": summary.initial.ok,
                                                                  "errors": summary.initial.errors}
@@ -173,14 +278,15 @@ class JobManager:
                                  engine=engine, resume=True, should_stop=should_stop, on_chunk=on_chunk)
             complete = summary.complete
             if complete:
-                self.store.update(job_id, only_if_state=("running",), state="succeeded", finished_at=time.time(),
-                                  done=summary.counts.rows, total=summary.counts.rows,
-                                  counts=summary.counts.to_dict())
+                self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="succeeded",
+                             finished_at=time.time(), done=summary.counts.rows, total=summary.counts.rows,
+                             counts=summary.counts.to_dict())
         except (RunInterrupted, BatcherClosed):
             complete = False
         except NothingToResume:  # the results were complete when the server died, before the state was saved
             complete = True
-            self.store.update(job_id, only_if_state=("running",), state="succeeded", finished_at=time.time())
+            self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="succeeded",
+                         finished_at=time.time())
         except (OutputError, ValueError, OSError, UnknownPropertyError) as exc:
             self._fail(job_id, f"{exc}")
             return
@@ -194,12 +300,13 @@ class JobManager:
             self.metrics.jobs.labels("succeeded").inc()
             log.info("job succeeded", extra={"job": job_id})
         else:  # shutting down: resume at the next start
-            self.store.update(job_id, only_if_state=("running",), state="queued")
+            with contextlib.suppress(sqlite3.Error, JobsUnavailable):  # else requeue_running does it at the start
+                self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="queued")
             log.info("job paused for shutdown", extra={"job": job_id})
 
     def _fail(self, job_id: str, message: str) -> None:
-        self.store.update(job_id, only_if_state=("running",), state="failed", finished_at=time.time(),
-                          error=message)
+        self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="failed",
+                     finished_at=time.time(), error=message)
         self.metrics.jobs.labels("failed").inc()
         log.warning("job failed", extra={"job": job_id, "error": message})
 
@@ -267,7 +374,7 @@ class JobManager:
             "progress": {"rows_done": done, "rows_total": total, "fraction": fraction,
                          "rows_per_s": rate, "eta_s": eta},
             "counts": job["counts"] or {"rows": 0, "ok": 0, "failed": 0, "errors": {}},
-            "error": job["error"], "attempts": job["attempts"],
+            "error": job["error"], "attempts": job["attempts"], "tenant": job["tenant"],
             "links": {"self": base, "results": f"{base}/results" if available else None},
         }
 

@@ -8,6 +8,10 @@ progress; inputs and results live next to the database, in ``jobs/<id>/``. The s
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``. A job that was ``running`` when
 the server died is ``queued`` again at the next start (:meth:`JobStore.requeue_running`) and resumes from its
 last committed chunk.
+
+Every job belongs to a tenant (the API key that created it, see ``api_keys`` in docs/JOBS.md); databases written
+before tenants existed get the column on open, their rows belonging to :data:`DEFAULT_TENANT`. A file that is not a
+SQLite database (a garbled header) raises :class:`JobsUnavailable` on open instead of taking the server down.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lieprop.service.settings import DEFAULT_TENANT
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _JSON_FIELDS = ("options", "counts", "columns", "model")
 _FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "filename", "format", "input_bytes", "options",
-           "columns", "model", "total", "done", "counts", "rate", "error", "attempts", "results_deleted")
+           "columns", "model", "total", "done", "counts", "rate", "error", "attempts", "results_deleted", "tenant")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -43,24 +49,42 @@ CREATE TABLE IF NOT EXISTS jobs (
     rate REAL,
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    results_deleted INTEGER NOT NULL DEFAULT 0
+    results_deleted INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 """
 
 
+#: How long one statement waits for another connection's lock before it raises ``database is locked`` (seconds);
+#: the job runner retries such errors with backoff, a request answers 503 ``jobs_unavailable``.
+BUSY_TIMEOUT_S = 5.0
+
+
+class JobsUnavailable(Exception):
+    """The job database cannot be used (not a SQLite file, empty next to existing jobs, locked, I/O errors)."""
+
+
 class JobStore:
     """The jobs table. Every method is one short transaction; rows come back as plain dicts."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "tenant" not in columns:  # a database from before tenants: its jobs belong to the default tenant
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'")
+            self._db.execute("CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at)")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JobsUnavailable(f"the job database {self.path} cannot be opened: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -79,10 +103,14 @@ class JobStore:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _decode(row) if row is not None else None
 
-    def list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM jobs", []
+    def list(self, limit: int = 100, state: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The latest ``limit`` jobs, optionally only those in ``state`` and only those of ``tenant``."""
+        where, args = [], []
         if state is not None:
-            query, args = query + " WHERE state = ?", [state]
+            where, args = [*where, "state = ?"], [*args, state]
+        if tenant is not None:
+            where, args = [*where, "tenant = ?"], [*args, tenant]
+        query = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
         with self._lock:
             rows = self._db.execute(query + " ORDER BY created_at DESC LIMIT ?", [*args, limit]).fetchall()
         return [_decode(r) for r in rows]

@@ -43,6 +43,9 @@ class ServiceMetrics:
         self.jobs = Counter("lieprop_jobs", "Batch jobs finished, by final state", ["state"], registry=r)
         self.job_rows = Counter("lieprop_job_rows", "Batch job rows written, by outcome (ok/error) and error code",
                                 ["outcome", "code"], registry=r)
+        self.job_runner_up = Gauge("lieprop_job_runner_up",
+                                   "1 when the batch-job runner can run jobs (0: dead, stuck, or its database fails)",
+                                   registry=r)
         self.ready = Gauge("lieprop_ready", "1 when the model is loaded and warm", registry=r)
         self.model = Gauge("lieprop_model_info", "The served model (value 1)", ["name", "version", "sha256"],
                            registry=r)

@@ -160,10 +160,16 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+class JobRunnerHealth(BaseModel):
+    status: str = Field(description="up or down")
+    detail: str | None = Field(None, description="why the job runner is down")
+
+
 class Health(BaseModel):
     status: str
     model: ModelRef | None = None
     detail: str | None = None
+    jobs: JobRunnerHealth | None = None
 
 
 ETHANOL_XYZ = """9

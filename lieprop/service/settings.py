@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.model.loading import default_model_path
+
+#: The tenant of the single ``api_key``, of a server without keys, and of jobs created before tenants existed.
+DEFAULT_TENANT = "default"
 
 
 class Settings(BaseSettings):
@@ -60,7 +64,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="a /v1/predict request taking longer gets 504")
 
     # security and operations
-    api_key: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need header X-API-Key")
+    api_key: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need header X-API-Key "
+                                                        "(the key of tenant 'default')")
+    api_keys: SecretStr | None = Field(None, description='more API keys, each a tenant: a JSON map {"key": "tenant"}; '
+                                                         "a tenant sees only its own batch jobs")
+    api_keys_file: Path | None = Field(None, description="a file of more API keys, one 'tenant:key' line each "
+                                                         "(# comments)")
+    admin_tenant: str = Field("admin", min_length=1,
+                              description="the tenant whose keys see and may delete every tenant's batch jobs")
     cors_origins: list[str] = Field(default_factory=list,
                                     description="origins allowed by CORS (JSON list in the environment); none: off")
     log_level: str = Field("info", description="debug, info, warning or error")
@@ -68,6 +79,47 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, ge=0,
                                       description="on SIGTERM, how long in-flight requests may take to finish")
     warmup: bool = Field(True, description="run the model and the embedding pool once before /readyz says ready")
+
+    @model_validator(mode="after")
+    def _keys_are_valid(self) -> Settings:
+        self.tenant_keys()  # a malformed api_keys / api_keys_file stops start-up with the reason
+        return self
+
+    def tenant_keys(self) -> list[tuple[bytes, str]]:
+        """Every API key with its tenant: ``api_key`` (tenant ``default``), ``api_keys`` and ``api_keys_file``.
+        Empty: no key is needed. Raises ValueError on a malformed map or file, an empty key or tenant, or a key given
+        to two tenants."""
+        pairs: list[tuple[str, str]] = []
+        if self.api_key is not None:
+            pairs.append((self.api_key.get_secret_value(), DEFAULT_TENANT))
+        if self.api_keys is not None:
+            try:
+                mapping = json.loads(self.api_keys.get_secret_value())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"api_keys is not a JSON map of key to tenant: {exc.msg}") from None
+            if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+                raise ValueError('api_keys must be a JSON map of key to tenant name, e.g. {"k3y": "alice"}')
+            pairs.extend(mapping.items())
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(f"cannot read api_keys_file {self.api_keys_file}: {exc.strerror}") from None
+            for n, line in enumerate(lines, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                tenant, sep, key = line.partition(":")
+                if not sep:
+                    raise ValueError(f"{self.api_keys_file}:{n}: expected a 'tenant:key' line")
+                pairs.append((key.strip(), tenant.strip()))
+        tenants: dict[str, str] = {}
+        for key, tenant in pairs:
+            if not key or not tenant:
+                raise ValueError("an API key and its tenant name must not be empty")
+            if tenants.setdefault(key, tenant) != tenant:
+                raise ValueError(f"one API key is given to two tenants ({tenants[key]!r} and {tenant!r})")
+        return [(key.encode(), tenant) for key, tenant in tenants.items()]
 
 
 def _default_data_dir() -> Path:

@@ -57,6 +57,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.limits = ValidationLimits(max_atoms=settings.max_atoms)
+        self.tenant_keys = settings.tenant_keys()  # (API key, tenant) pairs; empty: no key needed
         self.state = "starting"  # starting -> warming -> ready (or failed) -> stopping
         self.detail: str | None = None
         self.bundle: Any = None
@@ -96,6 +97,8 @@ class Service:
         self.state = "warming"
         self._warm_task = asyncio.create_task(self._warm())
         self.jobs = JobManager(s, self.metrics, self.bundle, self.batcher)
+        jobs = self.jobs
+        self.metrics.job_runner_up.set_function(lambda: float(jobs.health()[0]))
         await asyncio.to_thread(self.jobs.start)  # jobs a dead server left running resume
         log.info("model loaded", extra={"model": self.info, "threads": threads, "path": str(s.model)})
 

@@ -4,14 +4,21 @@ An upload is streamed to ``<data_dir>/jobs/<id>/`` (never held in memory; at mos
 :mod:`lieprop.service.uploads`), checked (format, SMILES column, properties) and answered at once with 202 and the
 job. Its options (form fields or query parameters) are those of ``lieprop predict``, declared once in
 :class:`lieprop.scoring.options.JobOptions`. The runner thread (:mod:`lieprop.service.job_runner`) scores it.
+
+A job belongs to the tenant whose API key created it (the edge puts the tenant in ``request.state.tenant``); every
+route sees only the caller's jobs (another tenant's job is 404, like a missing one), the admin tenant sees all.
+Database calls run on the job manager's own thread pool; a database that cannot be used answers 503
+``jobs_unavailable`` (:func:`jobs_unavailable`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +36,7 @@ from lieprop.service import schemas
 from lieprop.service.access import API_KEY, STREAMED_UPLOAD
 from lieprop.service.errors import ERROR_RESPONSES, error_response
 from lieprop.service.job_runner import RESULTS, JobManager
+from lieprop.service.job_store import DEFAULT_TENANT, JobsUnavailable
 from lieprop.service.state import Service, ServiceDep
 from lieprop.service.uploads import UPLOAD_NAME, UploadTooLarge, receive_upload
 
@@ -65,10 +73,40 @@ def _not_found(job_id: str) -> JSONResponse:
     return error_response(404, "not_found", f"no job {job_id[:80]!r}")
 
 
-async def _get_job(service: Service, job_id: str) -> dict[str, Any] | None:
+def jobs_unavailable(request: Request, exc: Exception) -> Response:
+    """The exception handler of :class:`JobsUnavailable`: 503 ``jobs_unavailable``, with the reason."""
+    return error_response(503, "jobs_unavailable", f"batch jobs are unavailable: {exc}", headers={"Retry-After": "5"})
+
+
+def tenant_of(request: Request) -> str:
+    """The caller's tenant, put in the request state by the edge (or the API_KEY dependency)."""
+    return getattr(request.state, "tenant", None) or DEFAULT_TENANT
+
+
+def _sees_all(service: Service, request: Request) -> bool:
+    return tenant_of(request) == service.settings.admin_tenant
+
+
+async def _db(service: Service, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``store.<method>(...)`` on the job manager's database threads; a database error raises
+    :class:`JobsUnavailable` (503)."""
+    manager = _manager(service)
+    call = functools.partial(manager.store_call, method, *args, **kwargs)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(manager.db_executor, call)
+    except sqlite3.Error as exc:
+        log.error("job database call failed", extra={"path": str(manager.db_path), "error": str(exc)})
+        raise JobsUnavailable(f"the job database {manager.db_path} failed: {exc}") from exc
+
+
+async def _get_job(service: Service, job_id: str, request: Request) -> dict[str, Any] | None:
+    """The job, if it exists and the caller may see it (else None: 404 either way, so ids do not leak)."""
     if service.jobs is None or not service.jobs.db_path.exists():
         return None
-    return await asyncio.to_thread(service.jobs.store.get, job_id)
+    job = await _db(service, "get", job_id)
+    if job is not None and job["tenant"] != tenant_of(request) and not _sees_all(service, request):
+        return None
+    return job
 
 
 def _manager(service: Service) -> JobManager:
@@ -85,6 +123,8 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
     if not service.ready or service.jobs is None:
         return error_response(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": "2"})
     jobs = service.jobs
+    if jobs.unavailable is not None:  # known before the upload is read
+        raise JobsUnavailable(jobs.unavailable)
     job_id = uuid.uuid4().hex
     folder = jobs.job_dir(job_id)
     values: dict[str, list[str]] = {}
@@ -121,8 +161,12 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
     job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
            "format": source.format, "input_bytes": size, "options": options.record(),
            "columns": [[c.name, c.unit, service.bundle.has_spread, intervals] for c in columns],
-           "model": service.info}
-    created = await asyncio.to_thread(jobs.store.create, job)
+           "model": service.info, "tenant": tenant_of(request)}
+    try:
+        created = await _db(service, "create", job)
+    except JobsUnavailable:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        raise
     jobs.ensure_runner()
     log.info("job created", extra={"job": job_id, "bytes": size, "format": source.format})
     body = jobs.view(created)
@@ -131,22 +175,24 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
 
 @router.get("", summary="List jobs, newest first",
             responses={401: ERROR_RESPONSES[401], 422: ERROR_RESPONSES[422]})
-async def list_jobs(service: ServiceDep, limit: int = 100, state: str | None = None) -> Response:
-    """The latest `limit` (1-1000) jobs, optionally only those in `state`."""
+async def list_jobs(service: ServiceDep, request: Request, limit: int = 100, state: str | None = None) -> Response:
+    """The latest `limit` (1-1000) jobs of the caller's tenant (all tenants' for the admin), optionally only those
+    in `state`."""
     if not 1 <= limit <= 1000:
         return error_response(422, "invalid_request", "limit must be between 1 and 1000")
     if service.jobs is None or not service.jobs.db_path.exists():
         return JSONResponse({"jobs": []})
-    rows = await asyncio.to_thread(service.jobs.store.list, limit, state)
+    tenant = None if _sees_all(service, request) else tenant_of(request)
+    rows = await _db(service, "list", limit, state, tenant)
     return JSONResponse({"jobs": [service.jobs.view(j) for j in rows]})
 
 
 @router.get("/{job_id}", summary="A job's state, counts and progress",
             responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND})
-async def job_status(service: ServiceDep, job_id: str) -> Response:
+async def job_status(service: ServiceDep, job_id: str, request: Request) -> Response:
     """State (queued, running, succeeded, failed, cancelled), rows done of total, rate and ETA, counts by
     outcome and error code."""
-    job = await _get_job(service, job_id)
+    job = await _get_job(service, job_id, request)
     return _not_found(job_id) if job is None else JSONResponse(_manager(service).view(job))
 
 
@@ -159,7 +205,7 @@ async def job_status(service: ServiceDep, job_id: str) -> Response:
 async def job_results(service: ServiceDep, job_id: str, request: Request, format: str | None = None) -> Response:
     """JSON Lines (default; the REST result of every record, with its index) or CSV (`?format=csv` or
     `Accept: text/csv`; the same table as `lieprop predict --out x.csv`)."""
-    job = await _get_job(service, job_id)
+    job = await _get_job(service, job_id, request)
     if job is None:
         return _not_found(job_id)
     fmt = format or ("csv" if "text/csv" in request.headers.get("accept", "") else "jsonl")
@@ -186,14 +232,18 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
 
 @router.delete("/{job_id}", summary="Cancel a job and delete its files",
                responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND})
-async def delete_job(service: ServiceDep, job_id: str) -> Response:
+async def delete_job(service: ServiceDep, job_id: str, request: Request) -> Response:
     """An unfinished job is cancelled; the input and results of any job are deleted. The job's record stays
     (`GET` shows it, `results` answers 410)."""
-    job = await _get_job(service, job_id)
+    job = await _get_job(service, job_id, request)
     if job is None:
         return _not_found(job_id)
     manager = _manager(service)
-    return JSONResponse(manager.view(await asyncio.to_thread(manager.cancel, job)))
+    try:
+        cancelled = await asyncio.get_running_loop().run_in_executor(manager.db_executor, manager.cancel, job)
+    except sqlite3.Error as exc:
+        raise JobsUnavailable(f"the job database {manager.db_path} failed: {exc}") from exc
+    return JSONResponse(manager.view(cancelled))
 
 
 def _open_source(path: Path, options: JobOptions) -> Source:

@@ -1,5 +1,5 @@
-"""Operations: ``/healthz`` (alive), ``/readyz`` (model loaded and warm) and ``/metrics`` (Prometheus, needs the API
-key)."""
+"""Operations: ``/healthz`` (alive), ``/readyz`` (model loaded and warm; the job runner's state) and ``/metrics``
+(Prometheus, needs the API key)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,19 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}})
-async def readyz(service: ServiceDep) -> Response:
-    """200 once the model is loaded and warm; 503 before, after a failed warm-up and while shutting down."""
+async def readyz(service: ServiceDep, jobs: bool = False) -> Response:
+    """200 once the model is loaded and warm; 503 before, after a failed warm-up and while shutting down.
+
+    The body's `jobs` says whether the batch-job runner is `up` or `down` (with the reason). A dead runner or an
+    unusable job database does not make `/readyz` 503, so that predictions keep being routed to the instance; with
+    `?jobs=true` it does (for a probe of an instance that serves jobs)."""
+    up, detail = service.jobs.health() if service.jobs is not None else (False, "the job runner has not started")
+    runner = {"status": "up" if up else "down", "detail": detail}
+    if service.ready and (up or not jobs):
+        return JSONResponse({"status": "ready", "model": service.info, "jobs": runner})
     if service.ready:
-        return JSONResponse({"status": "ready", "model": service.info})
-    return JSONResponse({"status": service.state, "detail": service.detail}, status_code=503)
+        return JSONResponse({"status": "jobs_down", "detail": detail, "jobs": runner}, status_code=503)
+    return JSONResponse({"status": service.state, "detail": service.detail, "jobs": runner}, status_code=503)
 
 
 @router.get("/metrics", response_class=Response, dependencies=[API_KEY],

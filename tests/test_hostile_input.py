@@ -158,6 +158,14 @@ def test_a_non_gzip_file_named_gz_is_a_clean_value_error(tmp_path):
         handle.read()
 
 
+def test_a_csv_cell_over_the_csv_modules_limit_is_a_clean_value_error(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_text("id,smiles\na," + "C" * 200_000 + "\n")
+    source = open_source(path)
+    with pytest.raises(ValueError, match="unreadable CSV near line 2: field larger than field limit"):
+        list(source.records())
+
+
 def test_quotas_are_off_by_default_for_the_cli():
     assert ScoreOptions().max_rows is None and ScoreOptions().max_decompressed_bytes is None
     with pytest.raises(ValueError, match="max_rows must be >= 1"):

@@ -138,7 +138,7 @@ def check_smiles_csv(source: Path | str, options: ReadOptions) -> None:
     """Read a CSV header and raise ``ValueError`` at once (before any work) for an empty input or a missing
     SMILES or id column."""
     with open_text(source, newline="", max_decompressed_bytes=options.max_decompressed_bytes) as handle:
-        _columns(next(csv.reader(handle), None), options)
+        _columns(next(_rows(csv.reader(handle)), None), options)
 
 
 def split_smiles_csv(lines: Iterator[str], options: ReadOptions) -> Iterator[SmilesRecord]:
@@ -148,7 +148,7 @@ def split_smiles_csv(lines: Iterator[str], options: ReadOptions) -> Iterator[Smi
     ``molecule_id``, ``identifier``, ``title`` present is used, if any. Blank lines are no rows; a row whose
     SMILES cell is missing gets ``""`` (-> ``empty_input`` when embedded).
     """
-    reader = csv.reader(lines)
+    reader = _rows(csv.reader(lines))
     smiles_at, id_at = _columns(next(reader, None), options)
     index = 0
     for row in reader:
@@ -158,6 +158,15 @@ def split_smiles_csv(lines: Iterator[str], options: ReadOptions) -> Iterator[Smi
         ident = row[id_at].strip() if id_at is not None and id_at < len(row) else ""
         yield SmilesRecord(index, ident or None, smiles)
         index += 1
+
+
+def _rows(reader: Iterator[list[str]]) -> Iterator[list[str]]:
+    """A CSV reader's rows; its ``csv.Error`` (a cell over the csv module's field limit, 128 KiB) as a ``ValueError``
+    naming the line, so that a hostile file stops the run with a message rather than a traceback."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ValueError(f"unreadable CSV near line {getattr(reader, 'line_num', '?')}: {exc}") from None
 
 
 def _columns(header: list[str] | None, options: ReadOptions) -> tuple[int, int | None]:

@@ -57,7 +57,7 @@ def code_of(mol: Molecule, limits: ValidationLimits = DEFAULT_LIMITS) -> str:
 def test_error_codes_are_the_rest_contract():
     assert set(ERROR_CODES) == {
         "invalid_smiles", "invalid_xyz", "invalid_sdf", "unsupported_element", "too_many_atoms",
-        "embedding_failed", "charged_molecule", "invalid_geometry", "empty_input",
+        "embedding_failed", "embedding_timeout", "charged_molecule", "invalid_geometry", "empty_input",
     }
 
 

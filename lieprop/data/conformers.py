@@ -8,12 +8,15 @@ parallel runs equal to serial ones. RDKit is imported inside the functions, so i
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from typing import Any
 
 import numpy as np
 
 from lieprop.data.molecule import Molecule
+from lieprop.data.textio import quote_input
 from lieprop.data.validation import MoleculeError, ValidationLimits, validate
 
 
@@ -29,27 +32,55 @@ def rdkit_message(log: Any) -> str:
         line = re.sub(r"^\[\d\d:\d\d:\d\d\]\s*", "", line).removeprefix("ERROR: ").strip()
         if line and "moving to the beginning of the next molecule" not in line:
             lines.append(line)
-    return "; ".join(lines) or "no details from RDKit"
+    # RDKit's lines quote the input: each is cut (a 20 MB SMILES must not make a 20 MB message), at most four kept
+    return "; ".join(quote_input(line, 100, quoted=False) for line in lines[:4]) or "no details from RDKit"
 
 
-def embed(mol: Any, seed: int, n_conformers: int, *, what: str) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
+          ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """Embed ``mol`` (hydrogens explicit) in place: ETKDGv3, force-field optimisation, keep the
     lowest-energy conformer. Returns its positions, the provenance ``conformer`` entry and warnings.
 
-    Raises :class:`MoleculeError` ``embedding_failed`` (``what`` names the input) when ETKDG finds no geometry.
+    ``timeout``: seconds of ETKDG per requested conformer (0: no limit), for both attempts together (the
+    distance-geometry start, then random coordinates); RDKit's ``EmbedParameters.timeout`` stops it. A molecule
+    that embeds within the limit gets exactly the geometry it gets without one.
+
+    Raises :class:`MoleculeError` ``embedding_failed`` (``what`` names the input) when ETKDG finds no geometry,
+    ``embedding_timeout`` when it ran out of time first.
     """
     from rdkit import rdBase
     from rdkit.Chem import AllChem
 
-    params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed)
-    params.numThreads = 1
+    budget = timeout * n_conformers
+    started = time.monotonic()
+    timed_out = False
+
+    def attempt(random_coords: bool) -> list[int]:
+        nonlocal timed_out
+        params = AllChem.ETKDGv3()
+        params.randomSeed = int(seed)
+        params.numThreads = 1
+        params.useRandomCoords = random_coords
+        if budget:
+            params.timeout = max(1, math.ceil(budget - (time.monotonic() - started)))
+        got = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+        ids = [i for i in got if i >= 0]  # RDKit reports a timeout as conformer id -1
+        if budget and len(ids) < n_conformers and (len(ids) < len(got) or time.monotonic() - started >= budget):
+            timed_out = True
+        return ids
+
     with rdBase.CaptureErrorLog():
-        ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+        ids = attempt(False)
         random_coords = not ids
-        if random_coords:  # ETKDG's distance-geometry start fails for some strained systems
-            params.useRandomCoords = True
-            ids = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
+        if random_coords and not timed_out:  # ETKDG's distance-geometry start fails for some strained systems
+            ids = attempt(True)
+    if timed_out:
+        mol.RemoveAllConformers()
+        raise MoleculeError(
+            "embedding_timeout",
+            f"{what}: ETKDGv3 found no 3D geometry within the time limit of {timeout} s per conformer "
+            f"(seed {seed})",
+        )
     if not ids:
         raise MoleculeError("embedding_failed", f"{what}: ETKDGv3 found no 3D geometry (seed {seed})")
 

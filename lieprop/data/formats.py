@@ -134,7 +134,7 @@ class Format:
 
 
 def _split(source: Path | str, split: Splitter, options: ReadOptions, newline: str | None) -> Iterator[Any]:
-    with open_text(source, newline=newline) as handle:
+    with open_text(source, newline=newline, max_decompressed_bytes=options.max_decompressed_bytes) as handle:
         yield from split(iter(handle), options)
 
 

@@ -74,7 +74,7 @@ def embed_chunk(smiles: list[str], compositions: list[np.ndarray]) -> dict[str, 
     from lieprop.data.readers import from_smiles
     from lieprop.data.validation import ValidationLimits
 
-    limits = ValidationLimits(max_atoms=1000)  # QM9's own molecules: never refused for size
+    limits = ValidationLimits(max_atoms=1000, embed_timeout=0)  # QM9's own molecules: never refused for size or time
     numbers: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     counts, ok, errors = [], [], []

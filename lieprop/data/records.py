@@ -69,10 +69,12 @@ class ParseOptions:
 @dataclass(frozen=True)
 class ReadOptions:
     """How a file is cut into records, for the formats that need to be told: which CSV column holds the SMILES
-    (any case) and which the ids (None: the first of :data:`ID_KEYS` present, if any)."""
+    (any case) and which the ids (None: the first of :data:`ID_KEYS` present, if any); ``max_decompressed_bytes``:
+    how much a ``.gz`` file may expand to (None: no limit; more -> ``ValueError``)."""
 
     smiles_column: str = "smiles"
     id_column: str | None = None
+    max_decompressed_bytes: int | None = None
 
 
 #: A per-record parser: ``(index, record, options) -> Item``. Never raises for a bad record (the failure becomes

@@ -88,7 +88,7 @@ def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationL
     charge = Chem.GetFormalCharge(mol)
     if flat:
         check_composition(rdkit_numbers(mol), charge, limits)  # refuse before spending time embedding
-        positions, conformer, embed_warnings = embed(mol, seed, 1, what=where)
+        positions, conformer, embed_warnings = embed(mol, seed, 1, what=where, timeout=limits.embed_timeout)
         provenance.update(conformer=conformer, embedded_from_2d=True)
         warnings += [
             "the MOL block has 2D coordinates only; a 3D geometry was generated with "

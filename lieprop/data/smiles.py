@@ -8,13 +8,16 @@ Splitting is cheap and streams (the ``csv`` module, no pandas): memory stays con
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from lieprop.data.conformers import embed, rdkit_message, rdkit_numbers, validate_embedded
 from lieprop.data.molecule import Molecule
 from lieprop.data.records import DEFAULT_SEED, ID_KEYS, Item, ParseOptions, ReadOptions, SmilesRecord
-from lieprop.data.textio import open_text
+from lieprop.data.textio import open_text, quote_input
 from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, check_composition
 
 
@@ -34,7 +37,8 @@ def from_smiles(
 
     Raises :class:`MoleculeError`: ``empty_input``, ``invalid_smiles`` (unparsable, or several
     disconnected molecules), ``unsupported_element``, ``too_many_atoms``, ``charged_molecule``,
-    ``embedding_failed``.
+    ``embedding_failed``, ``embedding_timeout``. A text far too long or naming too many atoms for
+    ``limits.max_atoms`` is refused before RDKit parses it (:func:`check_smiles_size`).
     """
     from rdkit import Chem, rdBase
 
@@ -45,25 +49,65 @@ def from_smiles(
     text = smiles.strip() if isinstance(smiles, str) else ""
     if not text:
         raise MoleculeError("empty_input", "the SMILES is empty")
+    check_smiles_size(text, limits)  # before RDKit spends time and memory on a huge text
+    shown = quote_input(text)
     with rdBase.CaptureErrorLog() as log:
         mol = Chem.MolFromSmiles(text)
     if mol is None:
-        raise MoleculeError("invalid_smiles", f"cannot parse SMILES {text!r}: {rdkit_message(log)}")
+        raise MoleculeError("invalid_smiles", f"cannot parse SMILES {shown}: {rdkit_message(log)}")
+    # The hydrogens AddHs would add are counted first, so that a large molecule is refused before they exist.
+    n_hydrogens = sum(atom.GetTotalNumHs() for atom in mol.GetAtoms())
+    heavy = rdkit_numbers(mol)
+    check_composition(np.concatenate([heavy, np.ones(n_hydrogens, dtype=heavy.dtype)]), Chem.GetFormalCharge(mol),
+                      limits)
     mol = Chem.AddHs(mol)
     check_composition(rdkit_numbers(mol), Chem.GetFormalCharge(mol), limits)
     n_pieces = len(Chem.GetMolFrags(mol))
     if n_pieces > 1:
         raise MoleculeError(
             "invalid_smiles",
-            f"SMILES {text!r} describes {n_pieces} disconnected molecules; lieprop predicts one molecule "
+            f"SMILES {shown} describes {n_pieces} disconnected molecules; lieprop predicts one molecule "
             "at a time",
         )
-    positions, conformer, warnings = embed(mol, seed, n_conformers, what=f"SMILES {text!r}")
+    positions, conformer, warnings = embed(mol, seed, n_conformers, what=f"SMILES {shown}",
+                                           timeout=limits.embed_timeout)
+    if any(atom.GetNumRadicalElectrons() for atom in mol.GetAtoms()):
+        warnings.append(RADICAL_WARNING)
     molecule = Molecule(
         rdkit_numbers(mol), positions, id, Chem.GetFormalCharge(mol),
         {"source": "smiles", "smiles": text, "conformer": conformer}, warnings,
     )
     return validate_embedded(molecule, limits)
+
+
+#: The warning of a molecule with unpaired electrons (the same for SMILES and SDF input).
+RADICAL_WARNING = "out of domain: the molecule has unpaired electrons; QM9 molecules are closed-shell"
+#: Characters a SMILES may have per allowed atom: ``[C@@H]`` and a ring closure are ~10; more is no molecule in range.
+MAX_CHARS_PER_ATOM = 20
+#: One atom of a SMILES: a bracket atom (to its ``]``, or the end of a cut text), or an organic-subset symbol.
+_ATOM = re.compile(r"\[[^\]]*(?:\]|$)|Cl|Br|[BCNOPSFIbcnops]")
+
+
+def check_smiles_size(text: str, limits: ValidationLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a SMILES that is obviously over ``limits.max_atoms`` without parsing it: ``too_many_atoms`` when its
+    text names more atoms than allowed (counted in at most ``MAX_CHARS_PER_ATOM * max_atoms`` characters: every
+    atom written counts one, hydrogens left implicit none, so the count never exceeds the real one), else
+    ``invalid_smiles`` when it is longer than ``MAX_CHARS_PER_ATOM * max_atoms`` characters. Linear and cheap."""
+    max_chars = MAX_CHARS_PER_ATOM * limits.max_atoms
+    n_atoms = sum(1 for _ in _ATOM.finditer(text, 0, max_chars + 1))
+    if n_atoms > limits.max_atoms:
+        more = "at least " if len(text) > max_chars + 1 else ""
+        raise MoleculeError(
+            "too_many_atoms",
+            f"the SMILES names {more}{n_atoms} atoms before hydrogens are added; the limit is {limits.max_atoms} "
+            "atoms (hydrogens included)",
+        )
+    if len(text) > max_chars:
+        raise MoleculeError(
+            "invalid_smiles",
+            f"the SMILES is {len(text):,} characters long; at most {max_chars} ({MAX_CHARS_PER_ATOM} per atom of the "
+            f"limit of {limits.max_atoms} atoms) are accepted",
+        )
 
 
 def smiles_molecule(text: str, id: str, limits: ValidationLimits) -> Molecule:
@@ -93,8 +137,8 @@ def split_smi(lines: Iterator[str], options: ReadOptions | None = None) -> Itera
 def check_smiles_csv(source: Path | str, options: ReadOptions) -> None:
     """Read a CSV header and raise ``ValueError`` at once (before any work) for an empty input or a missing
     SMILES or id column."""
-    with open_text(source, newline="") as handle:
-        _columns(next(csv.reader(handle), None), options)
+    with open_text(source, newline="", max_decompressed_bytes=options.max_decompressed_bytes) as handle:
+        _columns(next(_rows(csv.reader(handle)), None), options)
 
 
 def split_smiles_csv(lines: Iterator[str], options: ReadOptions) -> Iterator[SmilesRecord]:
@@ -104,7 +148,7 @@ def split_smiles_csv(lines: Iterator[str], options: ReadOptions) -> Iterator[Smi
     ``molecule_id``, ``identifier``, ``title`` present is used, if any. Blank lines are no rows; a row whose
     SMILES cell is missing gets ``""`` (-> ``empty_input`` when embedded).
     """
-    reader = csv.reader(lines)
+    reader = _rows(csv.reader(lines))
     smiles_at, id_at = _columns(next(reader, None), options)
     index = 0
     for row in reader:
@@ -114,6 +158,15 @@ def split_smiles_csv(lines: Iterator[str], options: ReadOptions) -> Iterator[Smi
         ident = row[id_at].strip() if id_at is not None and id_at < len(row) else ""
         yield SmilesRecord(index, ident or None, smiles)
         index += 1
+
+
+def _rows(reader: Iterator[list[str]]) -> Iterator[list[str]]:
+    """A CSV reader's rows; its ``csv.Error`` (a cell over the csv module's field limit, 128 KiB) as a ``ValueError``
+    naming the line, so that a hostile file stops the run with a message rather than a traceback."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ValueError(f"unreadable CSV near line {getattr(reader, 'line_num', '?')}: {exc}") from None
 
 
 def _columns(header: list[str] | None, options: ReadOptions) -> tuple[int, int | None]:
@@ -150,7 +203,7 @@ def embed_record(record: SmilesRecord, seed: int, n_conformers: int, limits: Val
         return Item(record.index, ident, error=exc)
     except Exception as exc:  # an RDKit failure we did not foresee must not end the batch
         return Item(record.index, ident, error=MoleculeError(
-            "embedding_failed", f"SMILES {record.smiles!r}: {type(exc).__name__}: {exc}"
+            "embedding_failed", f"SMILES {quote_input(record.smiles)}: {type(exc).__name__}: {quote_input(str(exc))}"
         ))
 
 

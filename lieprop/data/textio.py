@@ -36,14 +36,61 @@ def resolve_source(source: Source, text: bool | None) -> Path | str:
 
 
 @contextlib.contextmanager
-def open_text(source: Path | str, newline: str | None = None) -> Iterator[TextIO]:
-    """A text handle on a file (``.gz`` decompressed, BOM dropped) or on a string's contents."""
+def open_text(source: Path | str, newline: str | None = None, max_decompressed_bytes: int | None = None
+              ) -> Iterator[TextIO]:
+    """A text handle on a file (``.gz`` decompressed, BOM dropped) or on a string's contents.
+
+    A ``.gz`` file that is not gzip raises ``ValueError`` ("not a gzip file"); reading more than
+    ``max_decompressed_bytes`` out of it (None: no limit) raises ``ValueError`` naming the limit, so that a small
+    upload cannot expand into an unbounded stream.
+    """
     if isinstance(source, str):
         yield io.StringIO(source, newline=newline)
         return
-    opener = gzip.open if source.suffix == ".gz" else open
-    with opener(source, "rt", encoding="utf-8-sig", errors="replace", newline=newline) as handle:
-        yield handle
+    if source.suffix != ".gz":
+        with open(source, encoding="utf-8-sig", errors="replace", newline=newline) as handle:
+            yield handle
+        return
+    check_gzip(source)
+    with open(source, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+        capped = _Capped(unzipped, max_decompressed_bytes, source.name)
+        with io.TextIOWrapper(io.BufferedReader(capped), encoding="utf-8-sig", errors="replace",
+                              newline=newline) as handle:
+            try:
+                yield handle
+            except (gzip.BadGzipFile, EOFError) as exc:
+                raise ValueError(f"{source.name} is not a valid gzip file: {exc}") from None
+
+
+def check_gzip(path: Path) -> None:
+    """``ValueError`` unless ``path`` starts with the gzip magic bytes (a ``*.gz`` name is no proof)."""
+    with open(path, "rb") as handle:
+        if handle.read(2) != GZIP_MAGIC:
+            raise ValueError(f"{path.name} is not a gzip file, although its name ends in .gz")
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class _Capped(io.RawIOBase):
+    """A readable stream that raises ``ValueError`` once more than ``limit`` bytes have been read from it."""
+
+    def __init__(self, inner: io.IOBase, limit: int | None, name: str) -> None:
+        self._inner, self._limit, self._name, self._read = inner, limit, name, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+        try:
+            n = self._inner.readinto(buffer)
+        except (gzip.BadGzipFile, EOFError) as exc:
+            raise ValueError(f"{self._name} is not a valid gzip file: {exc}") from None
+        self._read += n
+        if self._limit is not None and self._read > self._limit:
+            raise ValueError(f"{self._name} decompresses to more than {self._limit:,} bytes, the limit "
+                             "(max_decompressed_bytes)")
+        return n
 
 
 class Lines:
@@ -72,3 +119,16 @@ def clip(line: str, width: int = 40) -> str:
     """A line, stripped and shortened to ``width`` characters, quoted: safe to show in an error message."""
     text = line.strip()
     return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+#: How much of a user's input an error message quotes (:func:`quote_input`).
+QUOTE_WIDTH = 80
+
+
+def quote_input(text: str, width: int = QUOTE_WIDTH, *, quoted: bool = True) -> str:
+    """User input to show in a message: quoted (``repr``), and past ``width`` characters cut with ``...`` and the
+    full length, so that a 20 MB line cannot make a 20 MB error message."""
+    if len(text) <= width:
+        return repr(text) if quoted else text
+    head = text[:width]
+    return f"{head!r}... ({len(text):,} characters)" if quoted else f"{head}... ({len(text):,} characters)"

@@ -32,6 +32,7 @@ COMMON_CODES: tuple[str, ...] = (
     "unsupported_element",
     "too_many_atoms",
     "embedding_failed",
+    "embedding_timeout",
     "charged_molecule",
     "invalid_geometry",
     "empty_input",
@@ -120,6 +121,9 @@ class ValidationLimits:
     ``min_distance`` (Å): two atoms closer -> ``invalid_geometry``.
     ``max_fragment_gap`` (Å): parts of the molecule farther apart -> ``invalid_geometry`` (module doc).
     ``allow_charged``: a non-zero total formal charge is refused unless True (then it warns).
+    ``embed_timeout`` (s): the time ETKDG may spend per requested conformer of a SMILES or 2D MOL block
+    (whole seconds, RDKit's granularity; 0: no limit); past it -> ``embedding_timeout``. A QM9-sized molecule
+    embeds in ~10 ms, so only pathological inputs (a large polyyne ring) reach it.
     """
 
     max_atoms: int = QM9_MAX_ATOMS
@@ -127,6 +131,7 @@ class ValidationLimits:
     min_distance: float = 0.5
     max_fragment_gap: float = 4.0
     allow_charged: bool = False
+    embed_timeout: int = 1
 
     def __post_init__(self) -> None:
         if self.max_atoms < 1:
@@ -136,6 +141,8 @@ class ValidationLimits:
                 "need 0 <= min_distance < max_fragment_gap, "
                 f"got {self.min_distance} and {self.max_fragment_gap}"
             )
+        if self.embed_timeout < 0:
+            raise ValueError(f"embed_timeout must be >= 0 (0: no limit), got {self.embed_timeout}")
 
 
 #: QM9's domain.

@@ -16,7 +16,7 @@ from typing import Any
 from lieprop.data.atoms import id_from_info, molecule_from_atoms
 from lieprop.data.elements import SYMBOLS, atomic_number
 from lieprop.data.records import ID_KEYS, Item, ParseOptions, RawRecord, ReadOptions
-from lieprop.data.textio import Lines, clip
+from lieprop.data.textio import Lines, clip, quote_input
 from lieprop.data.validation import MoleculeError, ValidationLimits
 
 
@@ -118,7 +118,7 @@ def _parse_xyz_frame(record: RawRecord) -> Any:
         except KeyError:
             raise MoleculeError(
                 "unsupported_element",
-                f"unknown element symbol {token!r} on line {record.line + k}; lieprop models cover "
+                f"unknown element symbol {quote_input(token)} on line {record.line + k}; lieprop models cover "
                 "H, C, N, O, F",
             ) from None
     text = "".join(lines)

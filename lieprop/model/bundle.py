@@ -153,6 +153,25 @@ def record_metadata(path: str | Path, **entries: Any) -> None:
     tmp.replace(path)
 
 
+#: The largest integer a network config may hold (a width, a neighbourhood size, ...) and the largest depth (keys
+#: with ``depth`` or ``layers`` in their name): beyond them a bundle is refused before its network is allocated.
+MAX_CONFIG_SIZE = 65536
+MAX_CONFIG_DEPTH = 64
+
+
+def check_config_sizes(config: Any) -> None:
+    """``ValueError`` naming the key when a network config asks for an absurd size (:data:`MAX_CONFIG_SIZE`,
+    :data:`MAX_CONFIG_DEPTH`), which would exhaust memory while the network is built."""
+    if not isinstance(config, dict):
+        raise TypeError(f"the network config is a {type(config).__name__}, not a table")
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        limit = MAX_CONFIG_DEPTH if "depth" in str(key) or "layers" in str(key) else MAX_CONFIG_SIZE
+        if not 0 <= value <= limit:
+            raise ValueError(f"network config {key}={value} is out of range (0 to {limit})")
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load and verify a bundle; raises :class:`BundleError` with the reason when it cannot be used."""
     path = Path(path)
@@ -169,6 +188,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
                           f"{__version__} reads formats {', '.join(map(str, READABLE_VERSIONS))}")
     try:
         arch = get_architecture(str(payload.get("architecture", DEFAULT_ARCHITECTURE)))
+        check_config_sizes(payload["config"])  # before a network of that size is allocated
         cfg = arch.make_config(payload["config"])
         states = payload["members"] if "members" in payload else [payload["state_dict"]]
         if not isinstance(states, list) or not states or not all(isinstance(s, dict) for s in states):
@@ -178,6 +198,12 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path}: incompatible bundle contents ({exc})") from None
     if sha != payload.get("sha256"):
         raise BundleError(f"{path}: sha256 mismatch (weights or config were modified after saving)")
+    for i, state in enumerate(states):
+        for key, tensor in state.items():
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                where = f"member {i}, " if len(states) > 1 else ""
+                raise BundleError(f"{path}: the weights hold NaN or infinite values ({where}tensor {key!r}); "
+                                  "the model cannot predict")
     members = []
     for state in states:
         member = PropertyModel(cfg, fix_signs=bool(payload["fix_signs"]), architecture=arch.name)

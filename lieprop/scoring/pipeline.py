@@ -67,7 +67,11 @@ class RunInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """What to read and how to score it; every field except ``workers`` goes into the resume fingerprint."""
+    """What to read and how to score it; every field except the quotas goes into the resume fingerprint.
+
+    Quotas (None: no limit, the CLI's default): ``max_rows`` records and ``max_decompressed_bytes`` of a ``.gz``
+    input. A run that reaches one stops with a ``ValueError`` naming it; the chunks committed before stay.
+    """
 
     format: str | None = None  #: input format (default: by extension)
     smiles_column: str = "smiles"
@@ -79,10 +83,12 @@ class ScoreOptions:
     seed: int = DEFAULT_SEED  #: conformer embedding seed
     max_atoms: int = QM9_MAX_ATOMS
     coverage: float | None = None  #: level of the prediction intervals (default: the model's, 0.9)
+    max_rows: int | None = None  #: records a run may read (None: no limit)
+    max_decompressed_bytes: int | None = None  #: bytes a ``.gz`` input may expand to (None: no limit)
 
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "model_batch", "frame_batch", "max_atoms"):
-            if getattr(self, name) < 1:
+        for name in ("chunk_size", "model_batch", "frame_batch", "max_atoms", "max_rows", "max_decompressed_bytes"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.properties is not None:
             object.__setattr__(self, "properties", tuple(self.properties))
@@ -373,7 +379,8 @@ def score_file(
     stays resumable); :class:`RunInterrupted` when the predict function was interrupted.
     """
     options = options or ScoreOptions()
-    source = open_source(input, options.format, options.smiles_column, options.id_column)
+    source = open_source(input, options.format, options.smiles_column, options.id_column, max_rows=options.max_rows,
+                         max_decompressed_bytes=options.max_decompressed_bytes)
     output_fmt = output_fmt or output_format(output)
     bundle = as_bundle(model)
     plan = make_plan(source, bundle.model.targets, options, ResultContext.of(bundle, options.coverage))
@@ -412,6 +419,7 @@ def score_file(
             finally:
                 if bar is not None:
                     bar.close()
+            source.check_max_rows()  # every row up to the limit is committed; past it the run fails, never truncates
         rf.finish()
     summary.complete = True
     summary.elapsed_s = time.perf_counter() - started

@@ -36,6 +36,7 @@ from lieprop.data.records import (
     SmilesRecord,
     parse_record,
 )
+from lieprop.data.textio import check_gzip
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.data.views import LiveMapping
 
@@ -60,12 +61,16 @@ class RawRecord(NamedTuple):
 @dataclass(frozen=True)
 class Source:
     """An input file and how to read it: ``format`` (a registered format's name), ``kind`` (its record kind:
-    ``smiles``, ``xyz``, ``sdf``, ...)."""
+    ``smiles``, ``xyz``, ``sdf``, ...). Quotas (None: none): ``max_rows`` records (:meth:`records` stops there and
+    :meth:`check_max_rows` raises once they are scored), ``max_decompressed_bytes`` of a ``.gz`` file (reading past it
+    raises ``ValueError``); both errors name the limit: never a silent truncation."""
 
     path: Path
     format: str
     smiles_column: str = "smiles"
     id_column: str | None = None
+    max_rows: int | None = None
+    max_decompressed_bytes: int | None = None
 
     @property
     def entry(self) -> Format:
@@ -83,10 +88,24 @@ class Source:
         wrapped in a :class:`RawRecord` with their index.
         """
         entry = self.entry
-        stream = entry.records(self.path, ReadOptions(self.smiles_column, self.id_column))
+        stream = entry.records(self.path, ReadOptions(self.smiles_column, self.id_column,
+                                                      self.max_decompressed_bytes))
         for index, record in formats.numbered(entry.kind, stream):
+            if self.max_rows is not None and index >= self.max_rows:
+                return  # the run checks :meth:`check_max_rows` once these are committed
             if index >= start:
                 yield record if isinstance(record, SmilesRecord) else RawRecord(index, record)
+
+    def check_max_rows(self) -> None:
+        """``ValueError`` naming the limit when the input holds more than ``max_rows`` records."""
+        if self.max_rows is None:
+            return
+        stream = self.entry.records(self.path, ReadOptions(self.smiles_column, self.id_column,
+                                                           self.max_decompressed_bytes))
+        for index, _ in formats.numbered(self.entry.kind, stream):
+            if index >= self.max_rows:
+                raise ValueError(f"the input has more than {self.max_rows:,} rows, the limit (max_rows); the first "
+                                 f"{self.max_rows:,} were scored and the result file is left unfinished")
 
     def count(self) -> int:
         """How many records :meth:`records` yields (one cheap pass over the file)."""
@@ -94,21 +113,24 @@ class Source:
 
 
 def open_source(path: str | os.PathLike, format: str | None = None, smiles_column: str = "smiles",
-                id_column: str | None = None) -> Source:
+                id_column: str | None = None, *, max_rows: int | None = None,
+                max_decompressed_bytes: int | None = None) -> Source:
     """Check an input file and its format (by extension unless ``format``, a name or alias, is given) before any
     work starts.
 
     Raises ``FileNotFoundError``, or ``ValueError`` for an unknown format or a file its format's check refuses
-    (a CSV without the SMILES or id column), with a message for the user.
+    (a CSV without the SMILES or id column, a ``.gz`` file that is not gzip), with a message for the user.
     """
     path = Path(path)
     fmt = formats.detect(path) if format is None else formats.resolve(format, what="input format")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {str(path)!r}")
-    options = ReadOptions(smiles_column, id_column)
+    if path.suffix == ".gz":
+        check_gzip(path)
+    options = ReadOptions(smiles_column, id_column, max_decompressed_bytes)
     if fmt.check is not None:
         fmt.check(path, options)  # raises at once, e.g. for a missing CSV column
-    return Source(path, fmt.name, smiles_column, id_column)
+    return Source(path, fmt.name, smiles_column, id_column, max_rows, max_decompressed_bytes)
 
 
 def record_input(record: SmilesRecord | RawRecord) -> str | None:

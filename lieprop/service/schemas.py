@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from lieprop.data.validation import ErrorCode
 from lieprop.inference import PREDICTION_FAILED, input_kind
@@ -13,7 +13,7 @@ from lieprop.inference import PREDICTION_FAILED, input_kind
 #: item anyway; this only bounds the work of reading the request).
 MAX_ARRAY_ATOMS = 10_000
 
-AtomicNumber = Annotated[int, Field(ge=0, le=255)]
+AtomicNumber = Annotated[StrictInt, Field(ge=0, le=255)]  # strict: ``true`` is no atomic number
 Position = Annotated[list[float], Field(min_length=3, max_length=3, description="x, y, z in Å")]
 
 

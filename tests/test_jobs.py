@@ -763,3 +763,24 @@ def test_malformed_api_keys_are_refused_at_start(tmp_path):
     with pytest.raises(ValueError, match="tenant:key"):
         Settings(api_keys_file=bad)
     assert Settings(api_key="k", api_keys='{"j": "alice"}').tenant_keys() == [(b"k", "default"), (b"j", "alice")]
+
+
+def test_a_rest_job_over_the_row_quota_fails_naming_the_limit(tmp_path, bundle_path):
+    """A server with --job-max-rows 5: a 12-row file fails (it is not cut short and called done), its committed rows
+    are kept, and a fake .gz upload is a 422 that names the problem."""
+    tmp = tmp_path / "quota"
+    tmp.mkdir()
+    server = start_server(tmp, bundle_path, "--data-dir", str(tmp / "data"), "--job-max-rows", "5",
+                          "--job-workers", "1")
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            job = upload(client, distinct_csv(tmp_path / "big.csv", 12), chunk_size=2)
+            done = wait_for(client, job["id"], lambda j: j["state"] in ("failed", "succeeded"))
+            assert done["state"] == "failed" and "5" in done["error"], done
+            fake = tmp_path / "fake.csv.gz"
+            fake.write_bytes(b"smiles\nCCO\n")
+            with open(fake, "rb") as f:
+                response = client.post("/v1/jobs", files={"file": (fake.name, f)})
+            assert response.status_code == 422 and "gzip" in response.json()["error"]["message"]
+    finally:
+        server.stop()

@@ -253,7 +253,8 @@ class JobManager:
         folder = self.job_dir(job_id)
         s = self.settings
         options = JobOptions.parse({**job["options"], "format": job["format"]}).score_options(
-            model_batch=s.max_batch_size, frame_batch=s.model_chunk, max_atoms=s.max_atoms)
+            model_batch=s.max_batch_size, frame_batch=s.model_chunk, max_atoms=s.max_atoms,
+            max_rows=s.job_max_rows, max_decompressed_bytes=s.job_max_decompressed_bytes)
         should_stop = functools.partial(self._should_stop, job_id)
         engine = LocalEngine(self._background_predict(should_stop), s.job_workers, nice=s.job_nice, in_process=False,
                              should_stop=should_stop)

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     job_nice: int = Field(10, ge=0, le=19, description="CPU priority steps below normal for the job workers")
     job_chunk_size: int = Field(1000, ge=1, le=100_000,
                                 description="rows per committed job chunk (default of the chunk_size option)")
+    job_max_rows: int = Field(1_000_000, ge=1, description="input rows a batch job may hold; past it the job "
+                                                           "fails naming the limit (its committed rows are kept)")
+    job_max_decompressed_bytes: int = Field(4 << 30, ge=1024,
+                                            description="bytes a .gz job upload may expand to; past it the job "
+                                                        "fails naming the limit")
 
     # request limits
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body; larger -> 413")

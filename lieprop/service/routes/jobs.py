@@ -37,6 +37,7 @@ from lieprop.service.access import API_KEY, STREAMED_UPLOAD
 from lieprop.service.errors import ERROR_RESPONSES, error_response
 from lieprop.service.job_runner import RESULTS, JobManager
 from lieprop.service.job_store import DEFAULT_TENANT, JobsUnavailable
+from lieprop.service.settings import Settings
 from lieprop.service.state import Service, ServiceDep
 from lieprop.service.uploads import UPLOAD_NAME, UploadTooLarge, receive_upload
 
@@ -148,7 +149,7 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
                              f"{', '.join(formats.names())}")
         path = folder / f"input{suffix}"
         await asyncio.to_thread(os.replace, folder / UPLOAD_NAME, path)
-        source = await asyncio.to_thread(_open_source, path, options)
+        source = await asyncio.to_thread(_open_source, path, options, service.settings)
     except UploadTooLarge as exc:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return error_response(413, "body_too_large", str(exc))
@@ -246,8 +247,9 @@ async def delete_job(service: ServiceDep, job_id: str, request: Request) -> Resp
     return JSONResponse(manager.view(cancelled))
 
 
-def _open_source(path: Path, options: JobOptions) -> Source:
-    return open_source(path, options.format, options.smiles_column, options.id_column)
+def _open_source(path: Path, options: JobOptions, settings: Settings) -> Source:
+    return open_source(path, options.format, options.smiles_column, options.id_column,
+                       max_rows=settings.job_max_rows, max_decompressed_bytes=settings.job_max_decompressed_bytes)
 
 
 def _csv_stream(path: Path, table: Table) -> Iterator[bytes]:

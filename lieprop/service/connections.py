@@ -12,6 +12,7 @@ closed (no response: the request never started). The body's own deadline is the 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from typing import Any
 
@@ -19,9 +20,7 @@ log = logging.getLogger("lieprop.service")
 
 
 def _base_protocol() -> type:
-    try:
-        import httptools  # noqa: F401  (uvicorn's own test of "auto")
-    except ImportError:
+    if importlib.util.find_spec("httptools") is None:  # uvicorn's "auto": httptools when installed, else h11
         from uvicorn.protocols.http.h11_impl import H11Protocol
 
         return H11Protocol

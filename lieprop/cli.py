@@ -88,10 +88,15 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lieprop.service.app import create_app
+    from lieprop.service.connections import protocol_class
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
                 server_header=False, timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), http=protocol_class(settings.header_timeout_s),
+                timeout_keep_alive=settings.keep_alive_timeout_s,
+                # uvicorn refuses a request once len(connections) >= limit, its own connection included: + 1 lets
+                # max_connections connections be served at once
+                limit_concurrency=settings.max_connections + 1)
     return 0
 
 

@@ -107,7 +107,7 @@ def bundle_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, bundle_path):
     s = start_server(tmp_path_factory.mktemp("server"), bundle_path, "--max-molecules", "64",
-                     "--max-body-bytes", "200000")
+                     "--max-body-bytes", "200000", "--max-connections", "400")  # 200 concurrent clients below
     yield s
     s.stop()
 
@@ -515,3 +515,110 @@ def test_a_wrong_key_is_refused_before_the_body_is_read(bundle_path, path):
         assert sent[0]["status"] == 401
         body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
         assert body["error"]["code"] == "unauthorized" and ("wrong" if key else "missing") in body["error"]["message"]
+
+
+# --------------------------------------------------------------------------------------------------
+# connection hygiene: slow and idle clients (raw sockets against a real server with 1 s timeouts)
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory, bundle_path):
+    s = start_server(tmp_path_factory.mktemp("strict"), bundle_path, "--keep-alive-timeout-s", "1",
+                     "--header-timeout-s", "1", "--body-timeout-s", "1", "--max-connections", "20")
+    yield s
+    s.stop()
+
+
+def raw_socket(server: Server) -> socket.socket:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_until_closed(sock: socket.socket, limit: float = 10) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and the seconds that took."""
+    start, data = time.monotonic(), b""
+    sock.settimeout(limit)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return data, time.monotonic() - start
+        data += chunk
+
+
+def test_idle_keep_alive_connection_is_closed(strict_server):
+    with raw_socket(strict_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, seconds = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 200"), data
+    assert 0.5 < seconds < 5, seconds  # keep_alive_timeout_s 1
+
+
+def test_silent_connection_is_closed_after_the_header_timeout(strict_server):
+    with raw_socket(strict_server) as sock:
+        data, seconds = read_until_closed(sock)
+    assert data == b"" and 0.5 < seconds < 5, (data, seconds)
+
+
+def test_trickled_headers_are_cut(strict_server):
+    with raw_socket(strict_server) as sock:
+        start, closed = time.monotonic(), False
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(50):  # one header byte every 0.1 s: never finishes within header_timeout_s
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            sock.settimeout(0.1)
+            try:
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed = True
+                break
+        seconds = time.monotonic() - start
+    assert closed and 0.5 < seconds < 4, seconds
+
+
+def test_slow_body_gets_408(strict_server):
+    with raw_socket(strict_server) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"molecules\"")
+        data, seconds = read_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), data
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert 0.5 < seconds < 5, seconds
+
+
+def test_idle_sockets_at_the_connection_cap_do_not_lock_out_new_clients(strict_server):
+    idle = [raw_socket(strict_server) for _ in range(20)]  # max_connections 20
+    try:
+        with httpx.Client(base_url=strict_server.base_url, timeout=10) as c:
+            assert c.get("/healthz").status_code == 503  # at the cap: refused, not hung
+        time.sleep(1.5)  # header_timeout_s 1: the idle ones are cut
+        for sock in idle:
+            assert read_until_closed(sock, limit=5)[0] == b""
+        with httpx.Client(base_url=strict_server.base_url, timeout=10) as c:
+            assert c.get("/healthz").status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.parametrize("body", [
+    '{"molecules": [{"smiles": "CCO"}], "molecules": [{"smiles": "C"}]}',
+    '{"molecules": [{"smiles": "CCO", "smiles": "C"}]}',
+])
+def test_duplicate_json_keys_are_422(client, body):
+    r = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    error = assert_json_error(r, 422, "invalid_request")["error"]
+    key = "molecules" if body.count("molecules") == 2 else "smiles"
+    assert repr(key) in error["message"]
+    assert error["details"][0]["type"] == "duplicate_key"

@@ -7,11 +7,16 @@ the request's route up in a :class:`~lieprop.service.access.RouteTable` (the acc
 - a route that needs the API key answers 401 before any of the body is read (CORS preflights carry no key and are
   let through); a good key's tenant goes into the request state (``request.state.tenant``);
 - a route marked as a streamed upload gets ``max_upload_bytes`` (checked against Content-Length, then while the route
-  receives the body), every other POST/PUT/PATCH is read here, at most ``max_body_bytes``, and replayed to the app.
+  receives the body), every other POST/PUT/PATCH is read here, at most ``max_body_bytes`` within ``body_timeout_s``
+  (else 408, and the connection is closed), and replayed to the app;
+- a JSON body with a key twice in one object is a 422 ``invalid_request`` naming the key (JSON parsers, FastAPI's
+  too, keep the last one silently).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import time
@@ -106,9 +111,21 @@ class EdgeMiddleware:
             if declared.isdigit() and int(declared) > limit:
                 await too_large(scope, receive, send)
                 return
-            body = await _read_body(receive, limit)
+            try:
+                body = await asyncio.wait_for(_read_body(receive, limit), self.settings.body_timeout_s)
+            except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+                await error_response(408, "request_timeout", f"the request body did not arrive within "
+                                     f"{self.settings.body_timeout_s:g} s", headers={"Connection": "close"})(
+                    scope, receive, send)
+                return
             if body is None:
                 await too_large(scope, receive, send)
+                return
+            duplicate = _duplicate_json_key(body) if b"json" in headers.get("content-type", b"").lower() else None
+            if duplicate is not None:
+                await error_response(422, "invalid_request", f"body: the key {duplicate!r} appears twice in one "
+                                     "JSON object", [{"loc": ["body"], "msg": f"duplicate key {duplicate!r}",
+                                                      "type": "duplicate_key"}])(scope, receive, send)
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -128,6 +145,31 @@ async def _read_body(receive: Callable, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _duplicate_json_key(body: bytes) -> str | None:
+    """The first key found twice in one object of the JSON ``body`` (JSON parsers keep the last one silently), or
+    None; a body that is not JSON is left to the app to answer."""
+    try:
+        json.loads(body, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        return str(exc.args[0])[:200]
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

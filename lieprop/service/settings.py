@@ -68,6 +68,19 @@ class Settings(BaseSettings):
                            description="atoms per molecule, hydrogens included; more -> item error too_many_atoms")
     request_timeout_s: float = Field(60.0, gt=0, description="a /v1/predict request taking longer gets 504")
 
+    # connection hygiene (slow and idle clients)
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600,
+                                        description="an idle kept-alive connection is closed after this long")
+    header_timeout_s: float = Field(10.0, gt=0, le=3600,
+                                    description="a request's headers must arrive within this long (from the "
+                                                "connection's or the request's first byte); else it is closed")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                  description="a request body (not a job upload) must arrive within this long; "
+                                              "else 408")
+    max_connections: int = Field(200, ge=1, le=100_000,
+                                 description="open connections (and requests in progress) at most; a request "
+                                             "past it gets 503 (keep well under the file limit, ulimit -n)")
+
     # security and operations
     api_key: SecretStr | None = Field(None, description="when set, /v1/* and /metrics need header X-API-Key "
                                                         "(the key of tenant 'default')")

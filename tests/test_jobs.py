@@ -784,3 +784,129 @@ def test_a_rest_job_over_the_row_quota_fails_naming_the_limit(tmp_path, bundle_p
             assert response.status_code == 422 and "gzip" in response.json()["error"]["message"]
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Verified outputs: damage to committed chunks or results is an error that names it, never a short success
+
+
+def _stopped_run(tmp_path: Path, bundle_path: Path, ext: str, chunks: int = 3) -> tuple[Path, Path, ScoreOptions]:
+    """An input of 40 rows scored 6 rows a chunk, stopped (resumably) after ``chunks`` committed chunks."""
+    source = distinct_csv(tmp_path / "in.csv", 40)
+    options = ScoreOptions(chunk_size=6, properties=tuple(PROPS))
+    out = tmp_path / f"out.{ext}"
+    calls = iter(range(100))
+    stopped = score_file(source, out, options, model=bundle_path, workers=1,
+                         should_stop=lambda: next(calls) == chunks - 1)
+    assert (stopped.complete, stopped.counts.rows) == (False, 6 * chunks)
+    return source, out, options
+
+
+def test_resume_with_a_committed_parquet_part_missing_is_an_error_naming_the_part(tmp_path, bundle_path, capsys):
+    source, out, _ = _stopped_run(tmp_path, bundle_path, "parquet")
+    (tmp_path / "out.parquet.partial" / "part-00000001.parquet").unlink()
+    code = cli(["predict", str(source), "--out", str(out), "--model", str(bundle_path), "--chunk-size", "6",
+                "--properties", *PROPS, "--workers", "1", "-q", "--resume"])
+    err = capsys.readouterr().err
+    assert code != 0 and "part-00000001.parquet" in err and "missing" in err and "6 rows" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["garble", "truncate"])
+def test_resume_over_a_damaged_csv_chunk_is_an_error(tmp_path, bundle_path, damage):
+    source, out, options = _stopped_run(tmp_path, bundle_path, "csv")
+    data = tmp_path / "out.csv.partial" / "data"
+    blob = bytearray(data.read_bytes())
+    if damage == "garble":
+        at = blob.index(b"\n7,") + 3  # inside the second chunk (rows 6 to 11): same size, other bytes
+        blob[at] = ord("X")
+        data.write_bytes(bytes(blob))
+        expected = r"chunk 2 of 3 \(6 rows, .*\) does not match its checksum"
+    else:
+        data.write_bytes(bytes(blob[:-40]))  # the third chunk cut short
+        expected = r"has [\d,]+ bytes, progress.json records [\d,]+"
+    with pytest.raises(OutputError, match=expected):
+        score_file(source, out, options, model=bundle_path, workers=1, resume=True)
+    assert not out.exists()
+
+
+def test_a_progress_file_that_overstates_rows_is_an_error_not_a_short_result(tmp_path, bundle_path):
+    source, out, options = _stopped_run(tmp_path, bundle_path, "jsonl")
+    progress = tmp_path / "out.jsonl.partial" / "progress.json"
+    state = json.loads(progress.read_text())
+    progress.write_text(json.dumps({**state, "rows_done": state["rows_done"] + 6}))
+    with pytest.raises(OutputError, match="records 24 rows in 3 chunks but its manifest lists 18 rows"):
+        score_file(source, out, options, model=bundle_path, workers=1, resume=True)
+    assert not out.exists()
+
+
+def test_damage_during_the_run_fails_the_final_verification_and_leaves_no_output(tmp_path, bundle_path):
+    source = distinct_csv(tmp_path / "in.csv", 40)
+    out = tmp_path / "out.csv"
+    data = tmp_path / "out.csv.partial" / "data"
+
+    def garble_first_chunk(summary, total):
+        if summary.counts.rows == 12:
+            blob = bytearray(data.read_bytes())
+            blob[blob.index(b"\n0,") + 3] ^= 1
+            data.write_bytes(bytes(blob))
+
+    with pytest.raises(OutputError, match=r"chunk 1 of 7 .* does not match its checksum"):
+        score_file(source, out, ScoreOptions(chunk_size=6, properties=tuple(PROPS)), model=bundle_path, workers=1,
+                   on_chunk=garble_first_chunk)
+    assert not out.exists()
+
+
+def test_an_old_progress_file_is_refused(tmp_path, bundle_path):
+    source, out, options = _stopped_run(tmp_path, bundle_path, "csv")
+    progress = tmp_path / "out.csv.partial" / "progress.json"
+    state = json.loads(progress.read_text())
+    del state["chunks"], state["final"]
+    progress.write_text(json.dumps({**state, "version": 1}))
+    with pytest.raises(OutputError, match="another lieprop version; start over with --overwrite"):
+        score_file(source, out, options, model=bundle_path, workers=1, resume=True)
+
+
+def test_a_rest_job_whose_progress_file_overstates_rows_fails_and_is_not_succeeded(tmp_path, bundle_path):
+    source = distinct_csv(tmp_path / "in.csv", 400)
+    args = ("--data-dir", str(tmp_path / "data"), "--job-workers", "1", "--job-nice", "0")
+    first = start_server(tmp_path, bundle_path, *args)
+    try:
+        with httpx.Client(base_url=first.base_url, timeout=60) as client:
+            job = upload(client, source, chunk_size=5, properties="homo,gap")
+            wait_for(client, job["id"], lambda j: j["progress"]["rows_done"] >= 20)
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+    progress = tmp_path / "data" / "jobs" / job["id"] / "results.jsonl.partial" / "progress.json"
+    state = json.loads(progress.read_text())
+    progress.write_text(json.dumps({**state, "rows_done": state["rows_done"] + 50}))
+    second = start_server(tmp_path, bundle_path, *args)
+    try:
+        with httpx.Client(base_url=second.base_url, timeout=60) as client:
+            done = wait_for(client, job["id"], lambda j: j["state"] in ("failed", "succeeded"))
+            results = client.get(f"/v1/jobs/{job['id']}/results")
+    finally:
+        second.stop()
+    assert done["state"] == "failed" and "manifest lists" in done["error"], done
+    assert results.status_code == 409 and results.json()["error"]["code"] == "job_not_succeeded"
+
+
+def test_garbled_results_of_a_finished_rest_job_answer_results_damaged_not_200(tmp_path, job_server):
+    source = distinct_csv(tmp_path / "in.csv", 30)
+    with httpx.Client(base_url=job_server.base_url, timeout=60) as client:
+        job = wait_for(client, upload(client, source, chunk_size=7, properties="homo")["id"],
+                       lambda j: j["state"] == "succeeded")
+        assert client.get(job["links"]["results"]).status_code == 200
+        results = job_server.log_path.parent / "data" / "jobs" / job["id"] / "results.jsonl"
+        blob = bytearray(results.read_bytes())
+        blob[len(blob) // 2] ^= 0x20  # one flipped bit: same size, other bytes
+        results.write_bytes(bytes(blob))
+        for params in ({}, {"format": "csv"}):
+            answer = client.get(job["links"]["results"], params=params)
+            assert answer.status_code == 500, (params, answer.status_code)
+            assert answer.json()["error"]["code"] == "results_damaged"
+            assert "sha256" in answer.json()["error"]["message"]
+        results.write_bytes(bytes(blob[: len(blob) // 2]))  # truncated
+        answer = client.get(job["links"]["results"], params={"format": "csv"})
+        assert answer.status_code == 500 and "bytes" in answer.json()["error"]["message"]

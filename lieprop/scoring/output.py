@@ -18,7 +18,16 @@ is appended (CSV, JSON Lines) or written as its own part file (Parquet) and fsyn
 and bytes that are now safe, plus the outcome counts. A resumed run truncates the data to the recorded size (a
 chunk half-written when the run died is dropped and computed again) and continues with the next chunk, so no row
 is lost or written twice. At the end the finished file is renamed to OUTPUT and the directory removed; OUTPUT
-never exists half-written. ``progress.json`` also holds a fingerprint of the input file and of every option that
+never exists half-written.
+
+Verified outputs: ``progress.json`` holds a manifest, for each committed chunk its row count, its byte range in
+``data`` (CSV, JSON Lines) or its part file (Parquet) with its size, and the sha256 of its bytes. ``--resume`` checks
+what is on disk against the manifest before it continues, and :meth:`ResultFile.finish` checks the whole output
+(every chunk's checksum, no bytes beyond the last chunk, the row total against the number of input records) before
+it renames anything to OUTPUT; damage is an :class:`OutputError` naming the chunk or part, expected and found, never
+a short success. The finished file's row count, size and sha256 are recorded too; with ``sidecar=True`` (REST jobs)
+they are written next to OUTPUT as ``OUTPUT.manifest.json`` so that :func:`verify_finished` can check the file
+before it is served. ``progress.json`` also holds a fingerprint of the input file and of every option that
 changes the output; ``--resume`` refuses to continue a run whose fingerprint differs.
 """
 
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -39,7 +49,7 @@ from lieprop.inference import Column
 
 #: Output formats by file extension.
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-PROGRESS_VERSION = 1
+PROGRESS_VERSION = 2  # 2: a manifest of the committed chunks (rows, bytes, sha256) and of the finished file
 _PARQUET_ROW_GROUP = 32_768  # rows per row group of a merged Parquet file
 
 
@@ -242,6 +252,11 @@ class Progress:
     counts: dict[str, Any] = field(default_factory=lambda: Counts().to_dict())
     elapsed_s: float = 0.0
     complete: bool = False
+    #: The manifest: one entry per committed chunk, ``{"rows", "offset", "bytes", "sha256"}`` (CSV, JSON Lines: the
+    #: chunk's byte range in ``data``) or ``{"rows", "part", "bytes", "sha256"}`` (Parquet: its part file).
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    #: Once complete: the finished file's ``{"rows", "bytes", "sha256"}``.
+    final: dict[str, Any] | None = None
     version: int = PROGRESS_VERSION
 
 
@@ -252,9 +267,63 @@ def read_progress(path: Path) -> Progress | None:
         return None
     except (OSError, ValueError) as exc:
         raise OutputError(f"{path} is unreadable ({exc}); start over with --overwrite") from None
-    if data.get("version") != PROGRESS_VERSION:
+    if not isinstance(data, dict) or data.get("version") != PROGRESS_VERSION:
         raise OutputError(f"{path} was written by another lieprop version; start over with --overwrite")
-    return Progress(**data)
+    try:
+        return Progress(**data)
+    except TypeError as exc:
+        raise OutputError(f"{path} is unreadable ({exc}); start over with --overwrite") from None
+
+
+def sha256_file(path: Path, start: int = 0, length: int | None = None) -> str:
+    """The sha256 of ``length`` bytes of ``path`` from ``start`` (to the end when None), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = length
+        while left is None or left > 0:
+            block = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not block:
+                break
+            digest.update(block)
+            if left is not None:
+                left -= len(block)
+    return digest.hexdigest()
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    """Where a finished output's manifest (``{"rows", "bytes", "sha256"}``) lies when written (``sidecar=True``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".manifest.json")
+
+
+def verify_finished(path: str | os.PathLike) -> dict[str, Any]:
+    """Check a finished output against its manifest (:func:`manifest_path`): size, sha256 and, for JSON Lines, the
+    row count. Returns the manifest; :class:`OutputError` naming what differs (or a missing manifest)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(manifest_path(path).read_text())
+        rows, size, digest = int(manifest["rows"]), int(manifest["bytes"]), str(manifest["sha256"])
+    except FileNotFoundError:
+        raise OutputError(f"{path.name} has no manifest ({manifest_path(path).name}): it cannot be verified") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OutputError(f"the manifest of {path.name} is unreadable ({exc})") from None
+    try:
+        found_size = path.stat().st_size
+    except FileNotFoundError:
+        raise OutputError(f"{path.name} is missing") from None
+    if found_size != size:
+        raise OutputError(f"{path.name} is damaged: {found_size:,} bytes, the manifest records {size:,}")
+    found = sha256_file(path)
+    if found != digest:
+        raise OutputError(f"{path.name} is damaged: its sha256 is {found[:16]}..., the manifest records "
+                          f"{digest[:16]}...")
+    if path.suffix in (".jsonl", ".ndjson"):
+        with open(path, "rb") as f:
+            lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        if lines != rows:
+            raise OutputError(f"{path.name} is damaged: {lines:,} rows, the manifest records {rows:,}")
+    return manifest
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -289,8 +358,9 @@ class ResultFile:
     """
 
     def __init__(self, path: str | os.PathLike, table: Table, fingerprint: dict[str, Any],
-                 fmt: str | None = None) -> None:
+                 fmt: str | None = None, sidecar: bool = False) -> None:
         self.path = Path(path)
+        self.sidecar = sidecar
         self.format = fmt or output_format(self.path)
         self.table = table
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from progress.json
@@ -354,7 +424,9 @@ class ResultFile:
                                   "--overwrite")
             self.progress = found
             if found.complete:
+                self._verify_final(found)
                 return found
+            self._verify(found, exact=False)
             self._reopen_data(found)
             return found
         if self.path.exists() and not overwrite:
@@ -399,26 +471,48 @@ class ResultFile:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, part)
+            p.chunks.append({"rows": len(rows), "part": part.name, "bytes": part.stat().st_size,
+                             "sha256": sha256_file(part)})
         else:
-            self._append(self._encoder.rows(rows))
+            blob = self._encoder.rows(rows)
+            offset = p.bytes
+            self._append(blob)
+            p.chunks.append({"rows": len(rows), "offset": offset, "bytes": len(blob),
+                             "sha256": hashlib.sha256(blob).hexdigest()})
         p.chunks_done += 1
         p.rows_done += len(rows)
         p.counts = counts.to_dict()
         p.elapsed_s = elapsed_s
         self._save_progress()
 
-    def finish(self) -> None:
-        """Move the finished file to OUTPUT (atomically) and remove the work directory."""
+    def finish(self, expected_rows: int | None = None) -> None:
+        """Verify the whole output (every chunk against the manifest; ``expected_rows``, the number of input
+        records, against the rows written), move the finished file to OUTPUT (atomically) and remove the work
+        directory. :class:`OutputError` naming the damage leaves everything in place."""
         assert self.progress is not None
-        if not self.progress.complete:
-            if self.format == "parquet":
-                self._merge_parts()
-            elif self._data is not None:
+        p = self.progress
+        if not p.complete:
+            if self._data is not None:
                 self._data.close()
                 self._data = None
-            self.progress.complete = True
+            self._verify(p, exact=True)
+            if expected_rows is not None and expected_rows != p.rows_done:
+                raise OutputError(f"{self.path} is not complete: {p.rows_done:,} rows were written but the input "
+                                  f"has {expected_rows:,} records; start over with --overwrite")
+            if self.format == "parquet":
+                self._merge_parts()
+                import pyarrow.parquet as pq
+
+                merged = pq.ParquetFile(self._data_path).metadata.num_rows
+                if merged != p.rows_done:
+                    raise OutputError(f"{self.path}: the merged file has {merged:,} rows, the parts {p.rows_done:,}")
+            p.final = {"rows": p.rows_done, "bytes": self._data_path.stat().st_size,
+                       "sha256": sha256_file(self._data_path)}
+            p.complete = True
             self._save_progress()
         if self._data_path.exists():
+            if self.sidecar:
+                write_atomically(manifest_path(self.path), json.dumps(p.final).encode())
             os.replace(self._data_path, self.path)
             fsync_dir(self.path.parent)
         self.close()
@@ -431,6 +525,61 @@ class ResultFile:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    def _damaged(self, what: str) -> OutputError:
+        return OutputError(f"{self.path} cannot be finished or resumed: {what}; start over with --overwrite")
+
+    def _verify(self, p: Progress, exact: bool) -> None:
+        """Check the committed chunks on disk against the manifest: every chunk's bytes (its sha256), the totals,
+        and for ``exact`` (finishing) that ``data`` holds nothing beyond the last chunk."""
+        if len(p.chunks) != p.chunks_done or sum(int(c["rows"]) for c in p.chunks) != p.rows_done:
+            raise self._damaged(f"{self._progress_path.name} records {p.rows_done:,} rows in {p.chunks_done} chunks "
+                                f"but its manifest lists {sum(int(c['rows']) for c in p.chunks):,} rows in "
+                                f"{len(p.chunks)} chunks")
+        if self.format == "parquet":
+            for i, c in enumerate(p.chunks):
+                part = self.work / c["part"]
+                where = f"committed part {c['part']} (chunk {i + 1} of {p.chunks_done}, {c['rows']:,} rows)"
+                if not part.is_file():
+                    raise self._damaged(f"{where} is missing")
+                size = part.stat().st_size
+                if size != c["bytes"]:
+                    raise self._damaged(f"{where} has {size:,} bytes, expected {c['bytes']:,}")
+                if sha256_file(part) != c["sha256"]:
+                    raise self._damaged(f"{where} does not match its checksum (sha256)")
+            return
+        data = self._data_path
+        size = data.stat().st_size if data.exists() else None
+        if size is None or size < p.bytes:
+            raise self._damaged(f"{data} has {size or 0:,} bytes, {self._progress_path.name} records {p.bytes:,}")
+        if exact and size != p.bytes:
+            raise self._damaged(f"{data} has {size:,} bytes, {size - p.bytes:,} more than the committed chunks")
+        header = self._encoder.header()
+        with open(data, "rb") as f:
+            if f.read(len(header)) != header:
+                raise self._damaged(f"the header of {data} differs from the expected one")
+        offset = len(header)
+        for i, c in enumerate(p.chunks):
+            where = (f"chunk {i + 1} of {p.chunks_done} ({c['rows']:,} rows, bytes {c['offset']:,} to "
+                     f"{c['offset'] + c['bytes']:,} of {data})")
+            if c["offset"] != offset:
+                raise self._damaged(f"{where} does not follow the previous chunk (expected byte {offset:,})")
+            if sha256_file(data, c["offset"], c["bytes"]) != c["sha256"]:
+                raise self._damaged(f"{where} does not match its checksum (sha256)")
+            offset += c["bytes"]
+        if offset != p.bytes:
+            raise self._damaged(f"the manifest's chunks end at byte {offset:,}, {self._progress_path.name} records "
+                                f"{p.bytes:,}")
+
+    def _verify_final(self, p: Progress) -> None:
+        """A run that died between recording "complete" and renaming: check the finished file before the rename."""
+        if not self._data_path.exists():
+            return  # renamed already: finish() only removes the work directory
+        final = p.final or {}
+        size = self._data_path.stat().st_size
+        if size != final.get("bytes") or sha256_file(self._data_path) != final.get("sha256"):
+            raise self._damaged(f"the finished {self._data_path} ({size:,} bytes) does not match its manifest "
+                                f"({final.get('bytes')} bytes, sha256 {str(final.get('sha256'))[:16]}...)")
 
     def _append(self, blob: bytes) -> None:
         assert self._data is not None and self.progress is not None
@@ -447,7 +596,8 @@ class ResultFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = sorted(self.work.glob("part-*.parquet"))
+        assert self.progress is not None
+        parts = [self.work / c["part"] for c in self.progress.chunks]  # verified: each there, as committed
         schema = parquet_schema(self.table)
         with open(self._data_path, "wb") as f:
             with pq.ParquetWriter(f, schema) as writer:

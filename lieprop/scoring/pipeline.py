@@ -364,6 +364,7 @@ def score_file(
     output_fmt: str | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_chunk: Callable[[Summary, int | None], None] | None = None,
+    sidecar: bool = False,
 ) -> Summary:
     """Score every record of ``input`` into ``output`` (CSV, JSON Lines or Parquet by extension, or
     ``output_fmt``): the library face of ``lieprop predict``.
@@ -373,6 +374,9 @@ def score_file(
     run; ``overwrite`` replaces an existing output. ``progress`` shows a tqdm bar on stderr. ``should_stop`` is
     asked after every chunk (a True stops the run, resumable); ``on_chunk(summary, total)`` is called after every
     committed chunk with the summary so far (``total``: the number of records, once counted, else None).
+    ``sidecar`` writes the finished output's manifest next to it (REST jobs, see
+    :func:`~lieprop.scoring.output.verify_finished`). Before finishing, the whole output is verified against the
+    manifest of its committed chunks and its row total against the number of input records (an ``OutputError``).
 
     Raises ``FileNotFoundError`` / ``ValueError`` (input, format, column, property) and
     :class:`~lieprop.scoring.output.OutputError` before any work; what the engine raises during the run (the output
@@ -387,11 +391,13 @@ def score_file(
     table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.has_spread,
                   with_interval=bundle.calibration is not None)
     started = time.perf_counter()
-    with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt) as rf:
+    with ResultFile(output, table, fingerprint(source, plan, options, bundle.sha256, output_fmt), output_fmt,
+                    sidecar=sidecar) as rf:
         state = rf.open(resume=resume, overwrite=overwrite)
         counts = Counts.from_dict(state.counts)
         summary = Summary(Path(output), counts, False, getattr(engine, "name", "local"), resumed_from=state.rows_done,
                           initial=Counts.from_dict(state.counts))
+        expected: int | None = None
         if not state.complete:
             if engine is None:
                 engine = LocalEngine(functools.partial(bundle.model.predictions, batch_size=options.frame_batch),
@@ -420,7 +426,8 @@ def score_file(
                 if bar is not None:
                     bar.close()
             source.check_max_rows()  # every row up to the limit is committed; past it the run fails, never truncates
-        rf.finish()
+            expected = total.value if total.value is not None else source.count()
+        rf.finish(expected_rows=expected)
     summary.complete = True
     summary.elapsed_s = time.perf_counter() - started
     summary.total_elapsed_s = state.elapsed_s + summary.elapsed_s

@@ -8,7 +8,9 @@ interactive molecules are queued. So ``/v1/predict`` keeps its latency while a j
 background call), and the job gets the model whenever the interactive queue is empty.
 
 Job state lives in SQLite (:class:`~lieprop.service.job_store.JobStore`, ``<data_dir>/jobs.sqlite3``), results on disk
-(``results.jsonl``, written chunk by chunk by :class:`~lieprop.scoring.output.ResultFile`). If the server dies, the
+(``results.jsonl``, written chunk by chunk by :class:`~lieprop.scoring.output.ResultFile`, verified against its
+manifest before the job is marked succeeded: damage fails the job with the message, and ``results.jsonl.manifest.json``
+lets the results route verify the file again before serving it). If the server dies, the
 jobs it was running are queued again at the next start and resume from their last committed chunk; a graceful
 shutdown stops a job between model calls in the same resumable way. The routes are in
 :mod:`lieprop.service.routes.jobs`.
@@ -41,7 +43,7 @@ import numpy as np
 from lieprop.inference import UnknownPropertyError
 from lieprop.model.prediction import Predictions
 from lieprop.scoring.options import JobOptions
-from lieprop.scoring.output import NothingToResume, OutputError
+from lieprop.scoring.output import NothingToResume, OutputError, verify_finished
 from lieprop.scoring.pipeline import LocalEngine, RunInterrupted, Summary, score_file
 from lieprop.service.batcher import BatcherClosed, BatchStats, DynamicBatcher, Priority
 from lieprop.service.job_store import FINAL_STATES, JobStore, JobsUnavailable
@@ -276,7 +278,8 @@ class JobManager:
 
         try:
             summary = score_file(folder / input_name(folder), folder / RESULTS, options, model=self.bundle,
-                                 engine=engine, resume=True, should_stop=should_stop, on_chunk=on_chunk)
+                                 engine=engine, resume=True, should_stop=should_stop, on_chunk=on_chunk,
+                                 sidecar=True)  # verified before it finishes; its manifest lets the route verify
             complete = summary.complete
             if complete:
                 self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="succeeded",
@@ -285,6 +288,11 @@ class JobManager:
         except (RunInterrupted, BatcherClosed):
             complete = False
         except NothingToResume:  # the results were complete when the server died, before the state was saved
+            try:
+                verify_finished(folder / RESULTS)
+            except OutputError as exc:
+                self._fail(job_id, f"{exc}")
+                return
             complete = True
             self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="succeeded",
                          finished_at=time.time())

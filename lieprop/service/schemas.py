@@ -150,7 +150,7 @@ class ErrorBody(BaseModel):
     code: str = Field(description="invalid_json, invalid_request, unknown_property, unknown_model, body_too_large, "
                                   "too_many_molecules, unauthorized, not_found, method_not_allowed, overloaded, "
                                   "shutting_down, timeout, internal_error; jobs: invalid_job, invalid_upload, "
-                                  "not_ready, job_not_succeeded, gone")
+                                  "not_ready, job_not_succeeded, gone, results_damaged")
     message: str
     details: list[dict[str, Any]] | None = None
 

@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from lieprop.data import formats
 from lieprop.inference import Column, ResultContext, UnknownPropertyError, select_properties
 from lieprop.scoring.options import JobOptions, form_fields_schema, input_suffix
-from lieprop.scoring.output import Table, jsonl_to_csv
+from lieprop.scoring.output import OutputError, Table, jsonl_to_csv, verify_finished
 from lieprop.scoring.records import Source, open_source
 from lieprop.service import schemas
 from lieprop.service.access import API_KEY, STREAMED_UPLOAD
@@ -202,10 +202,14 @@ async def job_status(service: ServiceDep, job_id: str, request: Request) -> Resp
                              "description": "one row per input record, in input order"},
                        401: ERROR_RESPONSES[401], 404: _NOT_FOUND, 422: ERROR_RESPONSES[422],
                        409: {"model": schemas.ErrorResponse, "description": "the job has not succeeded (yet)"},
-                       410: {"model": schemas.ErrorResponse, "description": "the results were deleted"}})
+                       410: {"model": schemas.ErrorResponse, "description": "the results were deleted"},
+                       500: {"model": schemas.ErrorResponse,
+                             "description": "`results_damaged`: the results on disk fail their checksum"}})
 async def job_results(service: ServiceDep, job_id: str, request: Request, format: str | None = None) -> Response:
     """JSON Lines (default; the REST result of every record, with its index) or CSV (`?format=csv` or
-    `Accept: text/csv`; the same table as `lieprop predict --out x.csv`)."""
+    `Accept: text/csv`; the same table as `lieprop predict --out x.csv`). The file is checked against its manifest
+    (size, sha256, rows) before anything is sent: damaged results answer 500 `results_damaged`, never a 200 cut
+    short."""
     job = await _get_job(service, job_id, request)
     if job is None:
         return _not_found(job_id)
@@ -221,6 +225,12 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
     path = _manager(service).job_dir(job_id) / RESULTS
     if not path.exists():
         return error_response(410, "gone", "the results of this job are no longer on disk")
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, verify_finished, path)
+    except OutputError as exc:
+        log.error("job results damaged", extra={"job": job_id, "error": str(exc)})
+        return error_response(500, "results_damaged", f"the results of this job are damaged and cannot be sent: "
+                              f"{exc}")
     if fmt == "jsonl":
         return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl")
     table = Table(tuple(Column(c[0], c[1], -1, c[0].endswith("_atomization")) for c in job["columns"]),

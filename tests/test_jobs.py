@@ -910,3 +910,18 @@ def test_garbled_results_of_a_finished_rest_job_answer_results_damaged_not_200(t
         results.write_bytes(bytes(blob[: len(blob) // 2]))  # truncated
         answer = client.get(job["links"]["results"], params={"format": "csv"})
         assert answer.status_code == 500 and "bytes" in answer.json()["error"]["message"]
+
+
+def test_results_of_a_job_finished_before_manifests_are_sent_but_marked_unverified(tmp_path, job_server):
+    """Jobs finished by an older lieprop have no manifest: their results stay downloadable, as before, and say that
+    they were not verified (X-Lieprop-Results-Verified: false); verified ones carry no such header."""
+    with httpx.Client(base_url=job_server.base_url, timeout=60) as client:
+        job = wait_for(client, upload(client, distinct_csv(tmp_path / "in.csv", 9), properties="homo")["id"],
+                       lambda j: j["state"] == "succeeded")
+        verified = client.get(job["links"]["results"])
+        assert verified.status_code == 200 and "x-lieprop-results-verified" not in verified.headers
+        folder = job_server.log_path.parent / "data" / "jobs" / job["id"]
+        (folder / "results.jsonl.manifest.json").unlink()
+        old = client.get(job["links"]["results"])
+        assert old.status_code == 200 and old.headers["x-lieprop-results-verified"] == "false"
+        assert old.content == verified.content

@@ -291,6 +291,10 @@ def sha256_file(path: Path, start: int = 0, length: int | None = None) -> str:
     return digest.hexdigest()
 
 
+class ManifestMissing(OutputError):
+    """A finished output without a manifest: written before outputs carried one, so it cannot be verified."""
+
+
 def manifest_path(path: str | os.PathLike) -> Path:
     """Where a finished output's manifest (``{"rows", "bytes", "sha256"}``) lies when written (``sidecar=True``)."""
     path = Path(path)
@@ -305,7 +309,8 @@ def verify_finished(path: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(manifest_path(path).read_text())
         rows, size, digest = int(manifest["rows"]), int(manifest["bytes"]), str(manifest["sha256"])
     except FileNotFoundError:
-        raise OutputError(f"{path.name} has no manifest ({manifest_path(path).name}): it cannot be verified") from None
+        raise ManifestMissing(f"{path.name} has no manifest ({manifest_path(path).name}): it cannot be verified"
+                              ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise OutputError(f"the manifest of {path.name} is unreadable ({exc})") from None
     try:

@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from lieprop.data import formats
 from lieprop.inference import Column, ResultContext, UnknownPropertyError, select_properties
 from lieprop.scoring.options import JobOptions, form_fields_schema, input_suffix
-from lieprop.scoring.output import OutputError, Table, jsonl_to_csv, verify_finished
+from lieprop.scoring.output import ManifestMissing, OutputError, Table, jsonl_to_csv, verify_finished
 from lieprop.scoring.records import Source, open_source
 from lieprop.service import schemas
 from lieprop.service.access import API_KEY, STREAMED_UPLOAD
@@ -225,20 +225,24 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
     path = _manager(service).job_dir(job_id) / RESULTS
     if not path.exists():
         return error_response(410, "gone", "the results of this job are no longer on disk")
+    headers = {}
     try:
         await asyncio.get_running_loop().run_in_executor(None, verify_finished, path)
+    except ManifestMissing:  # a job finished by an older lieprop: served as before, said to be unverified
+        log.warning("job results have no manifest; sent unverified", extra={"job": job_id})
+        headers["X-Lieprop-Results-Verified"] = "false"
     except OutputError as exc:
         log.error("job results damaged", extra={"job": job_id, "error": str(exc)})
         return error_response(500, "results_damaged", f"the results of this job are damaged and cannot be sent: "
                               f"{exc}")
     if fmt == "jsonl":
-        return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl")
+        return FileResponse(path, media_type="application/x-ndjson", filename=f"{job_id}.jsonl", headers=headers)
     table = Table(tuple(Column(c[0], c[1], -1, c[0].endswith("_atomization")) for c in job["columns"]),
                   with_smiles=_is_smiles(job["format"]),
                   with_std=any(len(c) > 2 and c[2] for c in job["columns"]),  # [name, unit(, std, interval)]
                   with_interval=any(len(c) > 3 and c[3] for c in job["columns"]))
     return StreamingResponse(_csv_stream(path, table), media_type="text/csv",
-                             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+                             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"', **headers})
 
 
 @router.delete("/{job_id}", summary="Cancel a job and delete its files",

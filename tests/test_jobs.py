@@ -422,11 +422,8 @@ def test_rest_job_errors_cancel_and_list(tmp_path, job_server):
         assert 'lieprop_batch_size_count{priority="background"}' in metrics
 
 
-def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle_path):
-    source = distinct_csv(tmp_path / "in.csv", 100)
-    whole = tmp_path / "whole.csv"
-    score_file(source, whole, ScoreOptions(chunk_size=5, properties=("homo", "gap")), model=bundle_path, workers=1)
-    args = ("--data-dir", str(tmp_path / "data"), "--job-workers", "1", "--job-nice", "0")
+def kill_9_during_a_job(tmp_path: Path, bundle_path: Path, source: Path, args: tuple[str, ...]) -> dict:
+    """Start a server, upload ``source`` (chunks of 5), and kill -9 the server once 20 rows are committed."""
     first = start_server(tmp_path, bundle_path, *args)
     try:
         with httpx.Client(base_url=first.base_url, timeout=60) as client:
@@ -435,6 +432,15 @@ def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle
     finally:
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(30)
+    return job
+
+
+def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle_path):
+    source = distinct_csv(tmp_path / "in.csv", 100)
+    whole = tmp_path / "whole.csv"
+    score_file(source, whole, ScoreOptions(chunk_size=5, properties=("homo", "gap")), model=bundle_path, workers=1)
+    args = ("--data-dir", str(tmp_path / "data"), "--job-workers", "1", "--job-nice", "0")
+    job = kill_9_during_a_job(tmp_path, bundle_path, source, args)
     second = start_server(tmp_path, bundle_path, *args)
     try:
         with httpx.Client(base_url=second.base_url, timeout=60) as client:
@@ -870,14 +876,7 @@ def test_an_old_progress_file_is_refused(tmp_path, bundle_path):
 def test_a_rest_job_whose_progress_file_overstates_rows_fails_and_is_not_succeeded(tmp_path, bundle_path):
     source = distinct_csv(tmp_path / "in.csv", 400)
     args = ("--data-dir", str(tmp_path / "data"), "--job-workers", "1", "--job-nice", "0")
-    first = start_server(tmp_path, bundle_path, *args)
-    try:
-        with httpx.Client(base_url=first.base_url, timeout=60) as client:
-            job = upload(client, source, chunk_size=5, properties="homo,gap")
-            wait_for(client, job["id"], lambda j: j["progress"]["rows_done"] >= 20)
-    finally:
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(30)
+    job = kill_9_during_a_job(tmp_path, bundle_path, source, args)
     progress = tmp_path / "data" / "jobs" / job["id"] / "results.jsonl.partial" / "progress.json"
     state = json.loads(progress.read_text())
     progress.write_text(json.dumps({**state, "rows_done": state["rows_done"] + 50}))

@@ -135,14 +135,11 @@ def fit_calibration(values: np.ndarray, spread: np.ndarray, truth: np.ndarray, t
             if nll < best[0]:
                 best = (nll, math.sqrt(a2), f)
         _, scale[j], floor[j] = best
-    cal = Calibration(tuple(targets), scale, floor, np.asarray(levels, float), np.zeros((len(levels), t)),
-                      np.zeros(t), n, source)
-    sigma = cal.sigma(spread)
-    scores = np.abs(err) / sigma
-    ranks = [min(n, math.ceil((n + 1) * lv)) for lv in levels]
-    sorted_scores = np.sort(scores, axis=0)
-    quantiles = np.stack([sorted_scores[r - 1] for r in ranks])
-    return Calibration(cal.targets, scale, floor, cal.levels, quantiles, np.median(sigma, axis=0), n, source)
+    sigma = scale * np.sqrt(spread**2 + floor**2)  # Calibration.sigma of the fitted scale and floor
+    sorted_scores = np.sort(np.abs(err) / sigma, axis=0)
+    quantiles = np.stack([sorted_scores[min(n, math.ceil((n + 1) * lv)) - 1] for lv in levels])
+    return Calibration(tuple(targets), scale, floor, np.asarray(levels, float), quantiles, np.median(sigma, axis=0), n,
+                       source)
 
 
 def coverage_report(values: np.ndarray, predictions: Predictions, truth: np.ndarray, targets: Sequence[str]

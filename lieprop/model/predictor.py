@@ -28,6 +28,7 @@ from lieprop.data.elements import ELEMENT_INDEX, QM9_ELEMENTS
 from lieprop.data.properties import NON_NEGATIVE
 from lieprop.model.architectures import DEFAULT_ARCHITECTURE, Architecture, get_architecture
 from lieprop.model.frames import molecule_frames
+from lieprop.model.groups import random_rotations
 from lieprop.model.prediction import Predictions
 
 
@@ -54,8 +55,6 @@ POSE_SEED = 0x905E
 
 def fixed_rotations(k: int) -> np.ndarray:
     """(k, 3, 3) proper rotations, the same for every call: the poses a spread over poses evaluates."""
-    from lieprop.model.groups import random_rotations
-
     return random_rotations(k, torch.Generator().manual_seed(POSE_SEED), dtype=torch.float64).numpy()
 
 
@@ -255,7 +254,9 @@ class EnsembleModel(nn.Module):
     def member_values(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                       autocast_bf16: bool = False) -> np.ndarray:
         """(M, n_molecules, T): every member's predictions."""
-        frames = self.first.expand(numbers, positions)
+        return self._member_values(self.first.expand(numbers, positions), batch_size, autocast_bf16)
+
+    def _member_values(self, frames: FrameBatch, batch_size: int, autocast_bf16: bool) -> np.ndarray:
         return np.stack([m.evaluate(frames, batch_size, autocast_bf16) for m in self.members])
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
@@ -270,8 +271,7 @@ class EnsembleModel(nn.Module):
         raw: a bundle's calibration (per geometry path, lieprop.model.calibration) turns it into a std and intervals
         when results are built, where the molecule's provenance is known."""
         frames = self.first.expand(numbers, positions)
-        members = np.stack([m.evaluate(frames, batch_size, autocast_bf16) for m in self.members])
-        result = Predictions.from_members(members)
+        result = Predictions.from_members(self._member_values(frames, batch_size, autocast_bf16))
         if self.spread_poses < 2 or not len(frames):
             return result
         posed = np.concatenate([m.pose_values(frames, self.spread_poses, batch_size, autocast_bf16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import itertools
 import json
@@ -783,6 +784,7 @@ def test_a_rest_job_over_the_row_quota_fails_naming_the_limit(tmp_path, bundle_p
             job = upload(client, distinct_csv(tmp_path / "big.csv", 12), chunk_size=2)
             done = wait_for(client, job["id"], lambda j: j["state"] in ("failed", "succeeded"))
             assert done["state"] == "failed" and "5" in done["error"], done
+            assert metric(client.get("/metrics").text, 'lieprop_job_quota_refusals_total{quota="rows"}') == 1
             fake = tmp_path / "fake.csv.gz"
             fake.write_bytes(b"smiles\nCCO\n")
             with open(fake, "rb") as f:
@@ -924,3 +926,89 @@ def test_results_of_a_job_finished_before_manifests_are_sent_but_marked_unverifi
         old = client.get(job["links"]["results"])
         assert old.status_code == 200 and old.headers["x-lieprop-results-verified"] == "false"
         assert old.content == verified.content
+
+
+# --------------------------------------------------------------------------------------------------
+# Retention, storage quotas and their metrics (issue 17, item 6)
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample (``name`` with its labels, as /metrics writes it), 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_finished_jobs_expire_a_running_one_is_kept_and_the_storage_quota_refuses_with_429(tmp_path, bundle_path):
+    """A real server with a 1.08 s TTL, a sweep every 0.2 s and at most 2 stored jobs per tenant: a finished job
+    expires (410 job_expired, its folder deleted, counted in /metrics) while a long job running past the TTL is left
+    alone; a third job is refused with 429 while two are stored, accepted once one expired; the expired record is
+    deleted one TTL later (404)."""
+    server = start_server(tmp_path, bundle_path, "--job-workers", "1", "--job-nice", "0", "--job-ttl-hours", "0.0003",
+                          "--job-sweep-interval-s", "0.2", "--job-max-stored-per-tenant", "2")
+    jobs = tmp_path / "data" / "jobs"
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            small = wait_for(client, upload(client, mixed_csv(tmp_path / "a.csv"), properties="homo")["id"],
+                             lambda j: j["state"] == "succeeded")
+            finished = datetime.datetime.fromisoformat(small["finished_at"])
+            expires = datetime.datetime.fromisoformat(small["expires_at"])
+            assert abs((expires - finished).total_seconds() - 1.08) < 1e-3
+            text = client.get("/metrics").text
+            assert metric(text, 'lieprop_jobs_stored{state="succeeded"}') == 1
+            assert metric(text, 'lieprop_jobs_stored_bytes{state="succeeded"}') > small["input"]["bytes"]
+            long = upload(client, distinct_csv(tmp_path / "b.csv", 2000), chunk_size=5, properties="homo")
+            refused = client.post("/v1/jobs", files={"file": ("c.csv", b"smiles\nCCO\n")})
+            assert refused.status_code == 429, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "storage_quota_exceeded" and "2 jobs" in error["message"]
+            assert metric(client.get("/metrics").text, 'lieprop_job_quota_refusals_total{quota="stored_jobs"}') == 1
+            deadline = time.monotonic() + 15
+            while (answer := client.get(f"/v1/jobs/{small['id']}")).status_code == 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert answer.status_code == 410 and answer.json()["error"]["code"] == "job_expired", answer.text
+            assert client.get(f"/v1/jobs/{small['id']}/results").json()["error"]["code"] == "job_expired"
+            assert not (jobs / small["id"]).exists()
+            assert small["id"] not in [j["id"] for j in client.get("/v1/jobs").json()["jobs"]]
+            assert metric(client.get("/metrics").text, "lieprop_jobs_expired_total") == 1
+            time.sleep(0.5)  # a few more sweeps while the long job runs, well past the TTL since it was created
+            running = client.get(f"/v1/jobs/{long['id']}").json()
+            assert running["state"] == "running" and running["expires_at"] is None, running
+            assert (jobs / long["id"] / "results.jsonl.partial" / "progress.json").is_file()
+            assert upload(client, mixed_csv(tmp_path / "c.csv"), properties="homo")["state"] == "queued"
+            assert client.delete(f"/v1/jobs/{long['id']}").json()["state"] == "cancelled"
+            deadline = time.monotonic() + 15
+            while client.get(f"/v1/jobs/{small['id']}").status_code == 410:  # the record goes one TTL later
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert client.get(f"/v1/jobs/{small['id']}").status_code == 404
+    finally:
+        server.stop()
+    assert any(e.get("msg") == "jobs expired" for e in server.logs())
+
+
+def test_results_are_hashed_once_then_served_from_the_verification_cache_until_they_change(tmp_path, job_server):
+    with httpx.Client(base_url=job_server.base_url, timeout=60) as client:
+        job = wait_for(client, upload(client, distinct_csv(tmp_path / "in.csv", 20), properties="homo")["id"],
+                       lambda j: j["state"] == "succeeded")
+
+        def verifications() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            return (metric(text, 'lieprop_job_results_verifications_total{how="hashed"}'),
+                    metric(text, 'lieprop_job_results_verifications_total{how="cached"}'))
+
+        before = verifications()
+        first = client.get(job["links"]["results"])
+        assert first.status_code == 200 and verifications() == (before[0] + 1, before[1])
+        for params in ({}, {"format": "csv"}):
+            assert client.get(job["links"]["results"], params=params).status_code == 200
+        assert verifications() == (before[0] + 1, before[1] + 2)  # no re-hash
+        results = job_server.log_path.parent / "data" / "jobs" / job["id"] / "results.jsonl"
+        blob = bytearray(results.read_bytes())
+        blob[-10] ^= 0x01  # damage after the verification: same size
+        results.write_bytes(bytes(blob))
+        damaged = client.get(job["links"]["results"])
+        assert damaged.status_code == 500 and damaged.json()["error"]["code"] == "results_damaged"
+        assert verifications() == (before[0] + 2, before[1] + 2)

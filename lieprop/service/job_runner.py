@@ -468,8 +468,10 @@ class JobManager:
                 self.metrics.results_verifications.labels("cached").inc()
                 return False
             self._verified.pop(str(path), None)
-        verify_finished(path)
-        self.metrics.results_verifications.labels("hashed").inc()
+        try:
+            verify_finished(path)
+        finally:
+            self.metrics.results_verifications.labels("hashed").inc()
         if key is not None and _identity(path) == key:  # unchanged while it was hashed
             with self._verified_lock:
                 if len(self._verified) >= VERIFIED_CACHE_SIZE:

@@ -7,6 +7,7 @@ import datetime
 import io
 import itertools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -454,6 +455,83 @@ def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle
     assert any(e.get("msg") == "resuming jobs" for e in second.logs())
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, state)} of every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    table, found = process_table(), {pid}
+    while True:
+        more = {p for p, (parent, _) in table.items() if parent in found} - found
+        if not more:
+            return found - {pid}
+        found |= more
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_kill_9_leaves_no_pool_process_and_the_job_resumes_from_a_moved_data_dir(tmp_path, bundle_path):
+    """kill -9 of a server running a job (embedding pool, job pool, fork server): within a few seconds no process it
+    started is left. Then its data directory is moved elsewhere and a server started on the new one finishes the job
+    from where it was (the resume fingerprint knows the input by its contents, not its absolute path)."""
+    source = distinct_csv(tmp_path / "in.csv", 100)
+    whole = tmp_path / "whole.csv"
+    score_file(source, whole, ScoreOptions(chunk_size=5, properties=("homo", "gap")), model=bundle_path, workers=1)
+    first = start_server(tmp_path, bundle_path, "--job-workers", "2", "--job-nice", "0")
+    try:
+        with httpx.Client(base_url=first.base_url, timeout=60) as client:
+            job = upload(client, source, chunk_size=5, properties="homo,gap")
+            wait_for(client, job["id"], lambda j: j["progress"]["rows_done"] >= 20)
+        started = descendants(first.process.pid)
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+    assert len(started) >= 4, started  # the fork server, its embedding and job workers, the resource tracker
+    deadline = time.monotonic() + 5
+    while alive := {p for p, (_, state) in process_table().items() if p in started and state not in "ZX"}:
+        assert time.monotonic() < deadline, f"left alive 5 s after kill -9: {sorted(alive)}"
+        time.sleep(0.1)
+    moved = tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    shutil.copytree(tmp_path / "data", moved)  # a copy: new paths, new modification times
+    shutil.rmtree(tmp_path / "data")
+    second = start_server(tmp_path, bundle_path, "--data-dir", str(moved), "--job-workers", "1", "--job-nice", "0")
+    try:
+        with httpx.Client(base_url=second.base_url, timeout=60) as client:
+            done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
+            assert done["attempts"] == 2 and done["counts"]["rows"] == 100
+            results = client.get(done["links"]["results"], params={"format": "csv"}).content
+    finally:
+        second.stop()
+    assert_same_csv(results, whole.read_bytes())
+
+
+def test_a_cli_run_resumes_after_its_folder_moved_but_not_after_its_input_changed(tmp_path, bundle_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    source = distinct_csv(folder / "in.csv", 30)
+    options = ScoreOptions(chunk_size=5, properties=("homo",))
+    assert not score_file(source, folder / "out.csv", options, model=bundle_path, workers=1,
+                          should_stop=lambda: True).complete
+    shutil.copytree(folder, tmp_path / "b")  # new paths and modification times, same contents
+    done = score_file(tmp_path / "b" / "in.csv", tmp_path / "b" / "out.csv", options, model=bundle_path, workers=1,
+                      resume=True)
+    assert done.complete and done.resumed_from == 5 and done.counts.rows == 30
+    text = source.read_text()
+    source.write_text(text.replace("m1,", "m9,", 1))  # same size, other contents
+    with pytest.raises(OutputError, match="input_sha256.*start over with --overwrite"):
+        score_file(source, folder / "out.csv", options, model=bundle_path, workers=1, resume=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # The batcher gives interactive work priority
 
@@ -890,6 +968,8 @@ def test_a_rest_job_whose_progress_file_overstates_rows_fails_and_is_not_succeed
     finally:
         second.stop()
     assert done["state"] == "failed" and "manifest lists" in done["error"], done
+    assert "--overwrite" not in done["error"] and "submit the file again" in done["error"], done["error"]
+    assert str(tmp_path) not in done["error"]  # no server paths either
     assert results.status_code == 409 and results.json()["error"]["code"] == "job_not_succeeded"
 
 

@@ -798,6 +798,7 @@ def test_an_old_database_gets_the_tenant_column_and_its_jobs_the_default_tenant(
     old.close()
     store = JobStore(path)
     assert store.get("old")["tenant"] == "default"
+    assert store.get("old")["stored_bytes"] == 0 and store.get("old")["expired_at"] is None  # retention columns
     assert [j["id"] for j in store.list(tenant="default")] == ["old"] and store.list(tenant="alice") == []
     store.close()
 

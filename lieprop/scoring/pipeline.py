@@ -343,7 +343,7 @@ def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256:
 
     The input is known by its size and the sha256 of its bytes, not by its path or modification time, so that a run
     resumes after its files were moved or copied (a REST job's data directory, a CLI run's folder), and refuses an
-    input whose contents changed. Hashing reads the input once more (about 1 s per GB)."""
+    input whose contents changed. Hashing reads the input once more (a few seconds per GiB; docs/JOBS.md)."""
     return {
         "input_size": source.path.stat().st_size, "input_sha256": sha256_file(source.path),
         "format": source.format, "smiles_column": options.smiles_column, "id_column": options.id_column,

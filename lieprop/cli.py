@@ -133,6 +133,9 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"model     {card['name']}")
     print(f"version   {card['version']}")
     print(f"sha256    {card['sha256']}")
+    covered = ("weights, config and metadata (sha256, meta_sha256)" if bundle.meta_verified else
+               "weights and config (sha256); the metadata (test MAE, training) is not covered: an older bundle")
+    print(f"verified  {covered}; an integrity check against corruption, not proof of origin")
     members = f", an ensemble of {card['members']} members" if card["members"] > 1 else ""
     print(f"network   {card['architecture']}: {card['network']}, "
           f"{sum(p.numel() for p in bundle.model.parameters()):,} parameters{members}")

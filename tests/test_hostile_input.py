@@ -21,7 +21,7 @@ from lieprop.data.readers import from_smiles
 from lieprop.data.smiles import MAX_CHARS_PER_ATOM
 from lieprop.data.textio import open_text
 from lieprop.data.validation import MoleculeError, ValidationLimits
-from lieprop.model.bundle import BundleError, load_bundle, save_bundle
+from lieprop.model.bundle import BundleError, load_bundle, record_metadata, save_bundle
 from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import PropertyModel
 from lieprop.scoring.pipeline import ScoreOptions, score_file
@@ -214,6 +214,43 @@ def test_a_bundle_with_an_absurd_network_config_is_refused_before_allocating(tmp
     with pytest.raises(BundleError, match=f"{key}={value} is out of range"):
         load_bundle(path)
     assert time.perf_counter() - started < 2
+
+
+def test_a_bundle_digest_catches_a_changed_weight_and_changed_metadata_and_recording_keeps_sha256(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "b.pt"
+    sha = save_bundle(PropertyModel(NetworkConfig(width=16, depth=1, targets=["homo"])), path, "b",
+                      {"test_mae": {"homo": 0.1}})
+    assert load_bundle(path).meta_verified
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["net.head.bias"] += 1e-3  # one weight
+    torch.save(payload, tmp_path / "weight.pt")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        load_bundle(tmp_path / "weight.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["test_mae"]["homo"] = 0.01  # a better score than measured
+    torch.save(payload, tmp_path / "meta.pt")
+    with pytest.raises(BundleError, match="meta_sha256 mismatch"):
+        load_bundle(tmp_path / "meta.pt")
+    record_metadata(path, test_mae={"homo": 0.2})  # recording metrics re-digests the metadata, not the model
+    again = load_bundle(path)
+    assert again.sha256 == sha and again.meta_verified and again.meta["test_mae"] == {"homo": 0.2}
+    del payload["meta_sha256"]  # a bundle from before meta_sha256 (the shipped one): loads, metadata unverified
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_bundle(tmp_path / "old.pt")
+    assert old.sha256 == sha and not old.meta_verified
+
+
+def test_the_shipped_bundle_keeps_its_digest_and_info_says_what_it_guarantees(capsys):
+    from lieprop.cli import main
+    from lieprop.model.loading import default_model_path
+
+    payload = torch.load(default_model_path(), weights_only=True)
+    assert "meta_sha256" not in payload
+    assert main(["info"]) == 0  # loads it, verifying the digest
+    out = capsys.readouterr().out
+    assert f"sha256    {payload['sha256']}" in out
+    assert "metadata (test MAE, training) is not covered" in out and "not proof of origin" in out
 
 
 _BUNDLE: list[Path] = []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import itertools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -453,6 +455,83 @@ def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle
     assert any(e.get("msg") == "resuming jobs" for e in second.logs())
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, state)} of every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    table, found = process_table(), {pid}
+    while True:
+        more = {p for p, (parent, _) in table.items() if parent in found} - found
+        if not more:
+            return found - {pid}
+        found |= more
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_kill_9_leaves_no_pool_process_and_the_job_resumes_from_a_moved_data_dir(tmp_path, bundle_path):
+    """kill -9 of a server running a job (embedding pool, job pool, fork server): within a few seconds no process it
+    started is left. Then its data directory is moved elsewhere and a server started on the new one finishes the job
+    from where it was (the resume fingerprint knows the input by its contents, not its absolute path)."""
+    source = distinct_csv(tmp_path / "in.csv", 100)
+    whole = tmp_path / "whole.csv"
+    score_file(source, whole, ScoreOptions(chunk_size=5, properties=("homo", "gap")), model=bundle_path, workers=1)
+    first = start_server(tmp_path, bundle_path, "--job-workers", "2", "--job-nice", "0")
+    try:
+        with httpx.Client(base_url=first.base_url, timeout=60) as client:
+            job = upload(client, source, chunk_size=5, properties="homo,gap")
+            wait_for(client, job["id"], lambda j: j["progress"]["rows_done"] >= 20)
+        started = descendants(first.process.pid)
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+    assert len(started) >= 4, started  # the fork server, its embedding and job workers, the resource tracker
+    deadline = time.monotonic() + 5
+    while alive := {p for p, (_, state) in process_table().items() if p in started and state not in "ZX"}:
+        assert time.monotonic() < deadline, f"left alive 5 s after kill -9: {sorted(alive)}"
+        time.sleep(0.1)
+    moved = tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    shutil.copytree(tmp_path / "data", moved)  # a copy: new paths, new modification times
+    shutil.rmtree(tmp_path / "data")
+    second = start_server(tmp_path, bundle_path, "--data-dir", str(moved), "--job-workers", "1", "--job-nice", "0")
+    try:
+        with httpx.Client(base_url=second.base_url, timeout=60) as client:
+            done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
+            assert done["attempts"] == 2 and done["counts"]["rows"] == 100
+            results = client.get(done["links"]["results"], params={"format": "csv"}).content
+    finally:
+        second.stop()
+    assert_same_csv(results, whole.read_bytes())
+
+
+def test_a_cli_run_resumes_after_its_folder_moved_but_not_after_its_input_changed(tmp_path, bundle_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    source = distinct_csv(folder / "in.csv", 30)
+    options = ScoreOptions(chunk_size=5, properties=("homo",))
+    assert not score_file(source, folder / "out.csv", options, model=bundle_path, workers=1,
+                          should_stop=lambda: True).complete
+    shutil.copytree(folder, tmp_path / "b")  # new paths and modification times, same contents
+    done = score_file(tmp_path / "b" / "in.csv", tmp_path / "b" / "out.csv", options, model=bundle_path, workers=1,
+                      resume=True)
+    assert done.complete and done.resumed_from == 5 and done.counts.rows == 30
+    text = source.read_text()
+    source.write_text(text.replace("m1,", "m9,", 1))  # same size, other contents
+    with pytest.raises(OutputError, match="input_sha256.*start over with --overwrite"):
+        score_file(source, folder / "out.csv", options, model=bundle_path, workers=1, resume=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # The batcher gives interactive work priority
 
@@ -719,6 +798,7 @@ def test_an_old_database_gets_the_tenant_column_and_its_jobs_the_default_tenant(
     old.close()
     store = JobStore(path)
     assert store.get("old")["tenant"] == "default"
+    assert store.get("old")["stored_bytes"] == 0 and store.get("old")["expired_at"] is None  # retention columns
     assert [j["id"] for j in store.list(tenant="default")] == ["old"] and store.list(tenant="alice") == []
     store.close()
 
@@ -783,6 +863,7 @@ def test_a_rest_job_over_the_row_quota_fails_naming_the_limit(tmp_path, bundle_p
             job = upload(client, distinct_csv(tmp_path / "big.csv", 12), chunk_size=2)
             done = wait_for(client, job["id"], lambda j: j["state"] in ("failed", "succeeded"))
             assert done["state"] == "failed" and "5" in done["error"], done
+            assert metric(client.get("/metrics").text, 'lieprop_job_quota_refusals_total{quota="rows"}') == 1
             fake = tmp_path / "fake.csv.gz"
             fake.write_bytes(b"smiles\nCCO\n")
             with open(fake, "rb") as f:
@@ -888,6 +969,8 @@ def test_a_rest_job_whose_progress_file_overstates_rows_fails_and_is_not_succeed
     finally:
         second.stop()
     assert done["state"] == "failed" and "manifest lists" in done["error"], done
+    assert "--overwrite" not in done["error"] and "submit the file again" in done["error"], done["error"]
+    assert str(tmp_path) not in done["error"]  # no server paths either
     assert results.status_code == 409 and results.json()["error"]["code"] == "job_not_succeeded"
 
 
@@ -924,3 +1007,89 @@ def test_results_of_a_job_finished_before_manifests_are_sent_but_marked_unverifi
         old = client.get(job["links"]["results"])
         assert old.status_code == 200 and old.headers["x-lieprop-results-verified"] == "false"
         assert old.content == verified.content
+
+
+# --------------------------------------------------------------------------------------------------
+# Retention, storage quotas and their metrics (issue 17, item 6)
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample (``name`` with its labels, as /metrics writes it), 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_finished_jobs_expire_a_running_one_is_kept_and_the_storage_quota_refuses_with_429(tmp_path, bundle_path):
+    """A real server with a 1.08 s TTL, a sweep every 0.2 s and at most 2 stored jobs per tenant: a finished job
+    expires (410 job_expired, its folder deleted, counted in /metrics) while a long job running past the TTL is left
+    alone; a third job is refused with 429 while two are stored, accepted once one expired; the expired record is
+    deleted one TTL later (404)."""
+    server = start_server(tmp_path, bundle_path, "--job-workers", "1", "--job-nice", "0", "--job-ttl-hours", "0.0003",
+                          "--job-sweep-interval-s", "0.2", "--job-max-stored-per-tenant", "2")
+    jobs = tmp_path / "data" / "jobs"
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            small = wait_for(client, upload(client, mixed_csv(tmp_path / "a.csv"), properties="homo")["id"],
+                             lambda j: j["state"] == "succeeded")
+            finished = datetime.datetime.fromisoformat(small["finished_at"])
+            expires = datetime.datetime.fromisoformat(small["expires_at"])
+            assert abs((expires - finished).total_seconds() - 1.08) < 1e-3
+            text = client.get("/metrics").text
+            assert metric(text, 'lieprop_jobs_stored{state="succeeded"}') == 1
+            assert metric(text, 'lieprop_jobs_stored_bytes{state="succeeded"}') > small["input"]["bytes"]
+            long = upload(client, distinct_csv(tmp_path / "b.csv", 2000), chunk_size=5, properties="homo")
+            refused = client.post("/v1/jobs", files={"file": ("c.csv", b"smiles\nCCO\n")})
+            assert refused.status_code == 429, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "storage_quota_exceeded" and "2 jobs" in error["message"]
+            assert metric(client.get("/metrics").text, 'lieprop_job_quota_refusals_total{quota="stored_jobs"}') == 1
+            deadline = time.monotonic() + 15
+            while (answer := client.get(f"/v1/jobs/{small['id']}")).status_code == 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert answer.status_code == 410 and answer.json()["error"]["code"] == "job_expired", answer.text
+            assert client.get(f"/v1/jobs/{small['id']}/results").json()["error"]["code"] == "job_expired"
+            assert not (jobs / small["id"]).exists()
+            assert small["id"] not in [j["id"] for j in client.get("/v1/jobs").json()["jobs"]]
+            assert metric(client.get("/metrics").text, "lieprop_jobs_expired_total") == 1
+            time.sleep(0.5)  # a few more sweeps while the long job runs, well past the TTL since it was created
+            running = client.get(f"/v1/jobs/{long['id']}").json()
+            assert running["state"] == "running" and running["expires_at"] is None, running
+            assert (jobs / long["id"] / "results.jsonl.partial" / "progress.json").is_file()
+            assert upload(client, mixed_csv(tmp_path / "c.csv"), properties="homo")["state"] == "queued"
+            assert client.delete(f"/v1/jobs/{long['id']}").json()["state"] == "cancelled"
+            deadline = time.monotonic() + 15
+            while client.get(f"/v1/jobs/{small['id']}").status_code == 410:  # the record goes one TTL later
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert client.get(f"/v1/jobs/{small['id']}").status_code == 404
+    finally:
+        server.stop()
+    assert any(e.get("msg") == "jobs expired" for e in server.logs())
+
+
+def test_results_are_hashed_once_then_served_from_the_verification_cache_until_they_change(tmp_path, job_server):
+    with httpx.Client(base_url=job_server.base_url, timeout=60) as client:
+        job = wait_for(client, upload(client, distinct_csv(tmp_path / "in.csv", 20), properties="homo")["id"],
+                       lambda j: j["state"] == "succeeded")
+
+        def verifications() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            return (metric(text, 'lieprop_job_results_verifications_total{how="hashed"}'),
+                    metric(text, 'lieprop_job_results_verifications_total{how="cached"}'))
+
+        before = verifications()
+        first = client.get(job["links"]["results"])
+        assert first.status_code == 200 and verifications() == (before[0] + 1, before[1])
+        for params in ({}, {"format": "csv"}):
+            assert client.get(job["links"]["results"], params=params).status_code == 200
+        assert verifications() == (before[0] + 1, before[1] + 2)  # no re-hash
+        results = job_server.log_path.parent / "data" / "jobs" / job["id"] / "results.jsonl"
+        blob = bytearray(results.read_bytes())
+        blob[-10] ^= 0x01  # damage after the verification: same size
+        results.write_bytes(bytes(blob))
+        damaged = client.get(job["links"]["results"])
+        assert damaged.status_code == 500 and damaged.json()["error"]["code"] == "results_damaged"
+        assert verifications() == (before[0] + 2, before[1] + 2)

@@ -597,11 +597,41 @@ def test_slow_body_gets_408(strict_server):
     assert 0.5 < seconds < 5, seconds
 
 
+def test_a_trickled_job_upload_gets_408_and_leaves_no_folder(strict_server):
+    """A job upload at ~10 bytes/s (under upload_min_rate_bytes_s, 16384 by default, after body_timeout_s 1 s) is cut
+    with 408 request_timeout, and its partial upload is removed."""
+    jobs = strict_server.log_path.parent / "data" / "jobs"
+    before = set(jobs.iterdir()) if jobs.is_dir() else set()
+    with raw_socket(strict_server) as sock:
+        sock.sendall(b"POST /v1/jobs?format=csv HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+                     b"Content-Length: 1000\r\n\r\nsmiles\n")
+        start, data = time.monotonic(), b""
+        sock.settimeout(0.1)
+        while time.monotonic() - start < 8 and not data:
+            try:
+                sock.sendall(b"C")
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        seconds = time.monotonic() - start
+        data += read_until_closed(sock, limit=5)[0]
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), data
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and "upload_min_rate_bytes_s" in error["message"]
+    assert 0.9 < seconds < 4, seconds
+    assert (set(jobs.iterdir()) if jobs.is_dir() else set()) == before
+
+
 def test_idle_sockets_at_the_connection_cap_do_not_lock_out_new_clients(strict_server):
     idle = [raw_socket(strict_server) for _ in range(20)]  # max_connections 20
     try:
         with httpx.Client(base_url=strict_server.base_url, timeout=10) as c:
-            assert c.get("/healthz").status_code == 503  # at the cap: refused, not hung
+            refused = c.get("/healthz")  # at the cap: refused, not hung, in the JSON error body
+            assert assert_json_error(refused, 503, "overloaded")["error"]["message"].count("max_connections") == 1
+            assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close"
         time.sleep(1.5)  # header_timeout_s 1: the idle ones are cut
         for sock in idle:
             assert read_until_closed(sock, limit=5)[0] == b""

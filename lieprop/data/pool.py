@@ -5,13 +5,27 @@ processes; splitting a file into records stays in the caller. Memory stays bound
 go out in chunks, with at most ``4 * workers`` chunks in flight. Results equal the single-process ones exactly
 (parsers are deterministic; embedding is seeded). Parsers and records are pickled into the workers, so parsers must
 be module-level functions (see :data:`~lieprop.data.records.RecordParser`).
+
+Pool workers never outlive the process that made the pool (its *owner*), even one killed with ``kill -9``, which runs
+no clean-up. Without care they would: a ``forkserver`` worker is the fork server's child, and holds the pipe whose
+closing tells the fork server that the owner died, so workers and fork server wait for each other for ever, holding
+their memory. Every worker watches the owner from a daemon thread (every :data:`OWNER_CHECK_S`) and exits as soon as
+the owner is gone (no such process, a zombie, or another process with its pid), or the worker was re-parented; the
+fork server then exits too. On Linux a worker also asks the kernel (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) to kill it
+when its parent exits, where that parent is the single-threaded fork server (the signal follows the parent *thread*,
+so it is not used where the parent is a multi-threaded server).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -84,7 +98,9 @@ def process_pool(workers: int | None = None, mp_context: str | None = None, *,
     if mp_context == "forkserver":
         context.set_forkserver_preload([*preload, "rdkit.Chem.AllChem"])
     return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context,
-                               initializer=_init_worker, initargs=(nice, ignore_interrupts))
+                               initializer=_init_worker,
+                               initargs=(nice, ignore_interrupts, os.getpid(), _start_time(os.getpid()),
+                                         mp_context == "forkserver"))
 
 
 def embedding_pool(workers: int | None = None, mp_context: str | None = None) -> ProcessPoolExecutor:
@@ -92,11 +108,62 @@ def embedding_pool(workers: int | None = None, mp_context: str | None = None) ->
     return process_pool(workers, mp_context)
 
 
-def _init_worker(nice: int, ignore_interrupts: bool) -> None:
+#: How often a pool worker checks that the pool's owner is alive (seconds).
+OWNER_CHECK_S = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (Linux: field 22 of ``/proc/PID/stat``), which tells it from a later one with its pid;
+    None where ``/proc`` is not there."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_alive(pid: int, start_time: str | None) -> bool:
+    """Whether process ``pid`` (started at ``start_time``, from :func:`_start_time`) still runs: it exists, is not a
+    zombie (killed, not yet reaped) and is the same process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0] not in ("Z", "X") and (start_time is None or fields[19] == start_time)
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _init_worker(nice: int, ignore_interrupts: bool, owner: int | None = None, owner_start: str | None = None,
+                 parent_single_threaded: bool = False) -> None:
+    parent = os.getppid()
+    if parent_single_threaded and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if owner is not None:
+        threading.Thread(target=_watch_owner, args=(owner, owner_start, parent), name="lieprop-owner-watch",
+                         daemon=True).start()
     if ignore_interrupts:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
         os.nice(nice)
+
+
+def _watch_owner(owner: int, owner_start: str | None, parent: int) -> None:
+    """Exit this worker (no clean-up: its results have nobody to go to) once the pool's owner is gone or this worker
+    is no longer ``parent``'s child."""
+    while os.getppid() == parent and owner_alive(owner, owner_start):
+        time.sleep(OWNER_CHECK_S)
+    os._exit(1)
 
 
 def _parse_chunk(parse: RecordParser, pairs: list[tuple[int, Any]], options: ParseOptions) -> list[Item]:

@@ -18,6 +18,15 @@ from typing import TextIO
 Source = str | bytes | os.PathLike
 
 
+class QuotaExceeded(ValueError):
+    """An input went over a quota (``max_rows``, ``max_decompressed_bytes``); :attr:`quota` names it (the service
+    counts refusals by quota)."""
+
+    def __init__(self, message: str, quota: str) -> None:
+        super().__init__(message)
+        self.quota = quota
+
+
 def resolve_source(source: Source, text: bool | None) -> Path | str:
     """A file path (checked to exist: ``FileNotFoundError`` otherwise), or the contents as a string."""
     if isinstance(source, os.PathLike):
@@ -88,8 +97,8 @@ class _Capped(io.RawIOBase):
             raise ValueError(f"{self._name} is not a valid gzip file: {exc}") from None
         self._read += n
         if self._limit is not None and self._read > self._limit:
-            raise ValueError(f"{self._name} decompresses to more than {self._limit:,} bytes, the limit "
-                             "(max_decompressed_bytes)")
+            raise QuotaExceeded(f"{self._name} decompresses to more than {self._limit:,} bytes, the limit "
+                                "(max_decompressed_bytes)", "decompressed_bytes")
         return n
 
 

@@ -1,9 +1,18 @@
 """Model bundles: one file with weights, network config, normalisation, units, split and test MAE.
 
 A bundle is a ``torch.save`` of plain containers, tensors, strings and numbers only, read back with
-``torch.load(weights_only=True)`` so loading never unpickles arbitrary objects. ``sha256`` covers the
-architecture (when it is not the default LieConv, so bundles saved before the registry keep their digest), the
-config and every weight; :func:`load_bundle` recomputes it and refuses a bundle that does not match.
+``torch.load(weights_only=True)`` so loading never unpickles arbitrary objects.
+
+What the digests guarantee: ``sha256`` covers the architecture (when it is not the default LieConv, so bundles saved
+before the registry keep their digest), the config, ``fix_signs`` and every weight (name, dtype, shape, bytes); it is
+the model's identity (``GET /v1/models``, the resume fingerprint of file scoring). ``meta_sha256`` (bundles written by
+this version on) covers the name, the units and the metadata (test MAE, training facts, calibration), bound to
+``sha256``; :func:`record_metadata` recomputes it when it adds entries, so recording metrics never changes
+``sha256``. :func:`load_bundle` recomputes both and refuses a bundle whose digest does not match; a bundle without
+``meta_sha256`` (older ones, the first shipped bundles) loads with its metadata unverified (:attr:`Bundle.meta_verified`
+is False). Both are integrity checks against accidental corruption (a truncated copy, a flipped bit, an edit by
+mistake), not authenticity: they are stored in the file they check, unsigned, so anyone who changes a bundle can
+recompute them. Trust a bundle by where it came from (the sha256 published with it), not by its loading.
 
 Format 1 holds one model (``state_dict``). Format 2 adds ``architecture`` and may hold an ensemble: ``members``, a
 list of state dicts of one architecture and config, each with its own normalisation. This lieprop writes format 1
@@ -47,6 +56,8 @@ class Bundle:
     meta: dict[str, Any] = field(default_factory=dict)
     #: {geometry path: calibration} of an ensemble's spread (``lieprop calibrate --record``), else None.
     calibration: dict[str, Calibration] | None = None
+    #: Whether ``meta_sha256`` checked the name, units and metadata (False: an older bundle without one).
+    meta_verified: bool = False
 
     @property
     def version(self) -> str:
@@ -85,6 +96,12 @@ def _digest(config: dict, fix_signs: bool, states: list[dict[str, torch.Tensor]]
     return h.hexdigest()
 
 
+def _meta_digest(sha256: str, name: str, units: Any, meta: Any) -> str:
+    """The digest of a bundle's name, units and metadata, bound to its model digest ``sha256``."""
+    head = {"sha256": sha256, "name": name, "units": units, "meta": meta}
+    return hashlib.sha256(json.dumps(head, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
 def save_bundle(model: Model, path: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
     """Write ``model`` (a model or an ensemble) as a bundle; returns its sha256. ``meta`` holds JSON-like facts."""
     members = list(model.members) if isinstance(model, EnsembleModel) else [model]
@@ -103,6 +120,7 @@ def save_bundle(model: Model, path: str | Path, name: str, meta: dict[str, Any] 
         "meta": json.loads(json.dumps(meta or {})),  # plain JSON types only
         "sha256": sha,
     }
+    payload["meta_sha256"] = _meta_digest(sha, name, payload["units"], payload["meta"])
     if single_lieconv:
         payload["state_dict"] = states[0]
     else:
@@ -143,11 +161,14 @@ def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dic
 
 
 def record_metadata(path: str | Path, **entries: Any) -> None:
-    """Add JSON-like entries (e.g. ``test_mae``) to a bundle's metadata, keeping weights and sha256 as they are."""
+    """Add JSON-like entries (e.g. ``test_mae``) to a bundle's metadata, keeping weights and sha256 as they are
+    (``meta_sha256`` is recomputed, or added to an older bundle)."""
     path = Path(path)
     load_bundle(path)  # refuse to touch a bundle that does not verify
     payload = torch.load(path, map_location="cpu", weights_only=True)
     payload["meta"].update(json.loads(json.dumps(entries)))
+    payload["meta_sha256"] = _meta_digest(payload["sha256"], payload["name"], payload.get("units", {}),
+                                          payload["meta"])
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -198,6 +219,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path}: incompatible bundle contents ({exc})") from None
     if sha != payload.get("sha256"):
         raise BundleError(f"{path}: sha256 mismatch (weights or config were modified after saving)")
+    meta_verified = "meta_sha256" in payload
+    if meta_verified and _meta_digest(sha, payload.get("name"), payload.get("units", {}), payload.get("meta", {})
+                                      ) != payload["meta_sha256"]:
+        raise BundleError(f"{path}: meta_sha256 mismatch (name, units or metadata such as test MAE were modified "
+                          "after saving)")
     for i, state in enumerate(states):
         for key, tensor in state.items():
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -231,4 +257,4 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     meta["code_version"] = payload.get("code_version")
     meta["units"] = payload.get("units", {})
     return Bundle(model=model, name=str(payload.get("name", path.stem)), sha256=sha, meta=meta,
-                  calibration=calibration)
+                  calibration=calibration, meta_verified=meta_verified)

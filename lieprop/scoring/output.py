@@ -27,8 +27,9 @@ what is on disk against the manifest before it continues, and :meth:`ResultFile.
 it renames anything to OUTPUT; damage is an :class:`OutputError` naming the chunk or part, expected and found, never
 a short success. The finished file's row count, size and sha256 are recorded too; with ``sidecar=True`` (REST jobs)
 they are written next to OUTPUT as ``OUTPUT.manifest.json`` so that :func:`verify_finished` can check the file
-before it is served. ``progress.json`` also holds a fingerprint of the input file and of every option that
-changes the output; ``--resume`` refuses to continue a run whose fingerprint differs.
+before it is served. ``progress.json`` also holds a fingerprint of the input's contents (size and sha256, not its
+path, so a run resumes after its folder moved) and of every option that changes the output; ``--resume`` refuses to
+continue a run whose fingerprint differs.
 """
 
 from __future__ import annotations
@@ -53,8 +54,27 @@ PROGRESS_VERSION = 2  # 2: a manifest of the committed chunks (rows, bytes, sha2
 _PARQUET_ROW_GROUP = 32_768  # rows per row group of a merged Parquet file
 
 
+#: What a ``lieprop predict`` user can do about an :class:`OutputError`, by its ``remedy``.
+CLI_REMEDIES = {
+    "overwrite": "start over with --overwrite",
+    "resume_or_overwrite": "add --resume to continue it, or --overwrite to start over",
+    "recompute": "add --overwrite to compute it again",
+    "replace": "add --overwrite to replace it",
+}
+
+
 class OutputError(Exception):
-    """The output cannot be written as asked (exists, busy, or an interrupted run does not match); for the user."""
+    """The output cannot be written as asked (exists, busy, or an interrupted run does not match); for the user.
+
+    ``problem`` says what is wrong; ``remedy`` (a key of :data:`CLI_REMEDIES`, or None) what the user can do, which
+    ``str(exc)`` words as ``lieprop predict`` flags. Other front ends (REST jobs) word the remedy their own way from
+    ``problem`` and ``remedy``.
+    """
+
+    def __init__(self, problem: str, remedy: str | None = None) -> None:
+        super().__init__(f"{problem}; {CLI_REMEDIES[remedy]}" if remedy is not None else problem)
+        self.problem = problem
+        self.remedy = remedy
 
 
 class NothingToResume(OutputError):
@@ -266,13 +286,13 @@ def read_progress(path: Path) -> Progress | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise OutputError(f"{path} is unreadable ({exc}); start over with --overwrite") from None
+        raise OutputError(f"{path} is unreadable ({exc})", "overwrite") from None
     if not isinstance(data, dict) or data.get("version") != PROGRESS_VERSION:
-        raise OutputError(f"{path} was written by another lieprop version; start over with --overwrite")
+        raise OutputError(f"{path} was written by another lieprop version", "overwrite")
     try:
         return Progress(**data)
     except TypeError as exc:
-        raise OutputError(f"{path} is unreadable ({exc}); start over with --overwrite") from None
+        raise OutputError(f"{path} is unreadable ({exc})", "overwrite") from None
 
 
 def sha256_file(path: Path, start: int = 0, length: int | None = None) -> str:
@@ -420,13 +440,13 @@ class ResultFile:
         if found is not None:
             if not resume:
                 raise OutputError(f"an interrupted run of {self.path} is in {self.work} ({found.rows_done} rows "
-                                  "done): add --resume to continue it, or --overwrite to start over")
+                                  "done)", "resume_or_overwrite")
             differs = sorted(k for k in {*found.fingerprint, *self.fingerprint}
                              if found.fingerprint.get(k) != self.fingerprint.get(k))
             if differs:
                 raise OutputError(f"cannot resume {self.path}: the interrupted run differs in "
-                                  f"{', '.join(differs)} (input file changed or other options); start over with "
-                                  "--overwrite")
+                                  f"{', '.join(differs)} (the input's contents changed, or other options)",
+                                  "overwrite")
             self.progress = found
             if found.complete:
                 self._verify_final(found)
@@ -436,9 +456,9 @@ class ResultFile:
             return found
         if self.path.exists() and not overwrite:
             if resume:
-                raise NothingToResume(f"{self.path} is complete and no interrupted run was found; nothing to resume "
-                                      "(add --overwrite to compute it again)")
-            raise OutputError(f"{self.path} exists; add --overwrite to replace it")
+                raise NothingToResume(f"{self.path} is complete and no interrupted run was found; nothing to resume",
+                                      "recompute")
+            raise OutputError(f"{self.path} exists", "replace")
         for child in self.work.iterdir():
             if child.name != "lock":
                 child.unlink() if child.is_file() else shutil.rmtree(child)
@@ -456,8 +476,8 @@ class ResultFile:
                     part.unlink()  # a chunk that was not committed (or a half-written .tmp)
             return
         if not self._data_path.exists() or self._data_path.stat().st_size < progress.bytes:
-            raise OutputError(f"{self._data_path} is shorter than {self._progress_path} records; start over with "
-                              "--overwrite")
+            raise OutputError(f"{self._data_path} is shorter than {self._progress_path} records",
+                              "overwrite")
         self._data = open(self._data_path, "r+b")  # noqa: SIM115 - held until close()
         self._data.truncate(progress.bytes)  # drop a chunk that was being written when the run died
         self._data.seek(progress.bytes)
@@ -503,7 +523,7 @@ class ResultFile:
             self._verify(p, exact=True)
             if expected_rows is not None and expected_rows != p.rows_done:
                 raise OutputError(f"{self.path} is not complete: {p.rows_done:,} rows were written but the input "
-                                  f"has {expected_rows:,} records; start over with --overwrite")
+                                  f"has {expected_rows:,} records", "overwrite")
             if self.format == "parquet":
                 self._merge_parts()
                 import pyarrow.parquet as pq
@@ -532,7 +552,7 @@ class ResultFile:
             self._lock = None
 
     def _damaged(self, what: str) -> OutputError:
-        return OutputError(f"{self.path} cannot be finished or resumed: {what}; start over with --overwrite")
+        return OutputError(f"{self.path} cannot be finished or resumed: {what}", "overwrite")
 
     def _verify(self, p: Progress, exact: bool) -> None:
         """Check the committed chunks on disk against the manifest: every chunk's bytes (its sha256), the totals,

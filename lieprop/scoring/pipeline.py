@@ -45,7 +45,7 @@ from lieprop.data.views import LiveMapping
 from lieprop.inference import Column, ResultContext, build_results, select_properties
 from lieprop.model.loading import as_bundle
 from lieprop.model.prediction import Prediction, Predictions, predict_each
-from lieprop.scoring.output import Counts, ResultFile, Table, output_format, result_row
+from lieprop.scoring.output import Counts, ResultFile, Table, output_format, result_row, sha256_file
 from lieprop.scoring.records import RawRecord, Source, open_source, parse_records, record_input
 from lieprop.version import __version__
 
@@ -339,10 +339,13 @@ def make_plan(source: Source, targets: Sequence[str], options: ScoreOptions,
 
 def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256: str, output_fmt: str
                 ) -> dict[str, Any]:
-    """What must not change between a run and its ``--resume``: the input file, the model and the options."""
-    stat = source.path.stat()
+    """What must not change between a run and its ``--resume``: the input's contents, the model and the options.
+
+    The input is known by its size and the sha256 of its bytes, not by its path or modification time, so that a run
+    resumes after its files were moved or copied (a REST job's data directory, a CLI run's folder), and refuses an
+    input whose contents changed. Hashing reads the input once more (a few seconds per GiB; docs/JOBS.md)."""
     return {
-        "input": str(source.path.resolve()), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
+        "input_size": source.path.stat().st_size, "input_sha256": sha256_file(source.path),
         "format": source.format, "smiles_column": options.smiles_column, "id_column": options.id_column,
         "properties": [c.name for c in plan.columns], "model_sha256": model_sha256, "output_format": output_fmt,
         "chunk_size": options.chunk_size, "model_batch": options.model_batch, "frame_batch": options.frame_batch,

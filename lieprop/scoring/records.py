@@ -36,7 +36,7 @@ from lieprop.data.records import (
     SmilesRecord,
     parse_record,
 )
-from lieprop.data.textio import check_gzip
+from lieprop.data.textio import QuotaExceeded, check_gzip
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.data.views import LiveMapping
 
@@ -104,8 +104,9 @@ class Source:
                                                            self.max_decompressed_bytes))
         for index, _ in formats.numbered(self.entry.kind, stream):
             if index >= self.max_rows:
-                raise ValueError(f"the input has more than {self.max_rows:,} rows, the limit (max_rows); the first "
-                                 f"{self.max_rows:,} were scored and the result file is left unfinished")
+                raise QuotaExceeded(f"the input has more than {self.max_rows:,} rows, the limit (max_rows); the "
+                                    f"first {self.max_rows:,} were scored and the result file is left unfinished",
+                                    "rows")
 
     def count(self) -> int:
         """How many records :meth:`records` yields (one cheap pass over the file)."""

@@ -7,8 +7,9 @@ the request's route up in a :class:`~lieprop.service.access.RouteTable` (the acc
 - a route that needs the API key answers 401 before any of the body is read (CORS preflights carry no key and are
   let through); a good key's tenant goes into the request state (``request.state.tenant``);
 - a route marked as a streamed upload gets ``max_upload_bytes`` (checked against Content-Length, then while the route
-  receives the body), every other POST/PUT/PATCH is read here, at most ``max_body_bytes`` within ``body_timeout_s``
-  (else 408, and the connection is closed), and replayed to the app;
+  receives the body) and a minimum rate, ``upload_min_rate_bytes_s`` after ``body_timeout_s`` (else 408); every other
+  POST/PUT/PATCH is read here, at most ``max_body_bytes`` within ``body_timeout_s`` (else 408, and the connection is
+  closed), and replayed to the app;
 - a JSON body with a key twice in one object is a 422 ``invalid_request`` naming the key (JSON parsers, FastAPI's
   too, keep the last one silently).
 """
@@ -103,7 +104,8 @@ class EdgeMiddleware:
                 await error_response(413, "body_too_large", f"the upload is larger than {limit} bytes")(
                     scope, receive, send)
                 return
-            receive = limited_receive(receive, limit)
+            receive = limited_receive(receive, limit, self.settings.upload_min_rate_bytes_s,
+                                      self.settings.body_timeout_s)
         elif method in ("POST", "PUT", "PATCH"):
             limit = self.settings.max_body_bytes
             declared = headers.get("content-length", b"")

@@ -21,6 +21,12 @@ database delays jobs, it does not stop them), and the thread's loop catches ever
 or failing. The routes' database calls run on the manager's own small thread pool (:attr:`JobManager.db_executor`),
 not on the default one that parses requests. A database that cannot be used (not a SQLite file; empty while job
 folders exist) makes the job routes answer 503 ``jobs_unavailable`` and never takes the server down.
+
+Retention: a finished job (succeeded, failed, cancelled) expires ``job_ttl_hours`` after it finished. A sweeper thread
+(:meth:`JobManager.sweep`, at start and every ``job_sweep_interval_s``) deletes an expired job's files and marks its
+record expired (the routes answer 410 ``job_expired``); the record itself is deleted one more TTL later (then 404).
+Queued and running jobs are never touched. Each job's ``stored_bytes`` (its folder's size, measured when it finishes)
+feeds the per-tenant storage quotas and the ``lieprop_jobs_stored`` gauges.
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lieprop.data.textio import QuotaExceeded
 from lieprop.inference import UnknownPropertyError
 from lieprop.model.prediction import Predictions
 from lieprop.scoring.options import JobOptions
-from lieprop.scoring.output import NothingToResume, OutputError, verify_finished
+from lieprop.scoring.output import NothingToResume, OutputError, manifest_path, verify_finished
 from lieprop.scoring.pipeline import LocalEngine, RunInterrupted, Summary, score_file
 from lieprop.service.batcher import BatcherClosed, BatchStats, DynamicBatcher, Priority
 from lieprop.service.job_store import FINAL_STATES, JobStore, JobsUnavailable
@@ -93,6 +100,10 @@ class JobManager:
         self.beat = time.monotonic()  # the runner's last sign of life (each loop and each committed chunk)
         self.failing: str | None = None  # the runner's last failed store call, until one succeeds again
         self.unavailable: str | None = None  # why the database cannot be opened, while it cannot
+        self._sweeper: threading.Thread | None = None
+        #: results files verified against their manifest: path -> the file's and manifest's identity when verified
+        self._verified: dict[str, tuple[int, ...]] = {}
+        self._verified_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -165,8 +176,11 @@ class JobManager:
         return self.root / "jobs" / job_id
 
     def start(self) -> None:
-        """Queue again the jobs a dead server left running, and start the runner if there is work. A database that
-        cannot be used is logged (the job routes answer 503), never fatal: predictions go on."""
+        """Queue again the jobs a dead server left running, and start the runner if there is work; start the
+        retention sweeper. A database that cannot be used is logged (the job routes answer 503), never fatal:
+        predictions go on."""
+        self._sweeper = threading.Thread(target=self._sweep_forever, name="lieprop-jobs-retention", daemon=True)
+        self._sweeper.start()
         if self.db_path.exists():
             try:
                 requeued = self.store.requeue_running()
@@ -196,6 +210,8 @@ class JobManager:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout)
         self.db_executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()
@@ -235,7 +251,7 @@ class JobManager:
                     self._cancelled.discard(job["id"])
                 if cancelled:
                     shutil.rmtree(self.job_dir(job["id"]), ignore_errors=True)
-                    self.retried(self.store_call, "update", job["id"], results_deleted=1)
+                    self.retried(self.store_call, "update", job["id"], results_deleted=1, stored_bytes=0)
 
     def store_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``self.store.<method>(*args, **kwargs)``, the store opened anew if need be (for :meth:`retried`)."""
@@ -284,19 +300,24 @@ class JobManager:
             if complete:
                 self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="succeeded",
                              finished_at=time.time(), done=summary.counts.rows, total=summary.counts.rows,
-                             counts=summary.counts.to_dict())
+                             counts=summary.counts.to_dict(), stored_bytes=folder_bytes(folder))
         except (RunInterrupted, BatcherClosed):
             complete = False
         except NothingToResume:  # the results were complete when the server died, before the state was saved
             try:
                 verify_finished(folder / RESULTS)
             except OutputError as exc:
-                self._fail(job_id, f"{exc}")
+                self._fail(job_id, self._rest_message(exc, folder))
                 return
             complete = True
             self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="succeeded",
-                         finished_at=time.time())
-        except (OutputError, ValueError, OSError, UnknownPropertyError) as exc:
+                         finished_at=time.time(), stored_bytes=folder_bytes(folder))
+        except OutputError as exc:
+            self._fail(job_id, self._rest_message(exc, folder))
+            return
+        except (ValueError, OSError, UnknownPropertyError) as exc:
+            if isinstance(exc, QuotaExceeded):
+                self.metrics.job_quota.labels(exc.quota).inc()
             self._fail(job_id, f"{exc}")
             return
         except Exception as exc:
@@ -315,9 +336,16 @@ class JobManager:
 
     def _fail(self, job_id: str, message: str) -> None:
         self.retried(self.store_call, "update", job_id, only_if_state=("running",), state="failed",
-                     finished_at=time.time(), error=message)
+                     finished_at=time.time(), error=message, stored_bytes=folder_bytes(self.job_dir(job_id)))
         self.metrics.jobs.labels("failed").inc()
         log.warning("job failed", extra={"job": job_id, "error": message})
+
+    @staticmethod
+    def _rest_message(exc: OutputError, folder: Path) -> str:
+        """An output error as a REST client should read it: no server paths, no ``lieprop predict`` flags (the job
+        cannot be resumed or overwritten by its client; it can be submitted again)."""
+        problem = exc.problem.replace(f"{folder}/", "").replace(str(folder), "the job's folder")
+        return f"{problem}; the job cannot continue: submit the file again as a new job"
 
     def _background_predict(self, should_stop: Callable[[], bool]
                             ) -> Callable[[list[np.ndarray], list[np.ndarray]], Predictions]:
@@ -359,14 +387,97 @@ class JobManager:
                 self.metrics.jobs.labels("cancelled").inc()
             if self.current == job_id:
                 self._cancelled.add(job_id)  # the runner stops at its next model call, then removes the files
-                self.store.update(job_id, results_deleted=1)
+                self.store.update(job_id, results_deleted=1, stored_bytes=0)
             else:
                 self._remove_files(job_id)
         return self.store.get(job_id)  # type: ignore[return-value]
 
     def _remove_files(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-        self.store.update(job_id, results_deleted=1)
+        self.store.update(job_id, results_deleted=1, stored_bytes=0)
+
+    # ---------------------------------------------------------------------------------------------- retention
+
+    @property
+    def ttl_s(self) -> float | None:
+        """How long a finished job is kept (seconds), or None: for ever."""
+        return self.settings.job_ttl_hours * 3600.0 or None
+
+    def expires_at(self, job: dict[str, Any]) -> float | None:
+        """When a job expires (epoch seconds): ``ttl_s`` after it finished; None while it is unfinished or when
+        jobs are kept for ever."""
+        ttl = self.ttl_s
+        if ttl is None or job["state"] not in FINAL_STATES or job["finished_at"] is None:
+            return None
+        return job["finished_at"] + ttl
+
+    def _sweep_forever(self) -> None:
+        """The sweeper thread: :meth:`sweep` at start and every ``job_sweep_interval_s`` until the service stops."""
+        while not self._stopping.is_set():
+            if self.db_path.exists():
+                try:
+                    self.sweep()
+                except Exception as exc:  # a locked or broken database: try again at the next interval
+                    log.warning("job retention sweep failed; trying again later",
+                                extra={"error": f"{type(exc).__name__}: {exc}"})
+            self._stopping.wait(self.settings.job_sweep_interval_s)
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Expire the finished jobs older than the TTL (delete their files, mark their records) and delete the
+        records that expired more than one TTL ago. Never touches a queued or running job. Returns the ids expired."""
+        ttl = self.ttl_s
+        if ttl is None:
+            return []
+        now = time.time() if now is None else now
+        expired = []
+        for job_id in self.store.expiring(now - ttl):
+            with self._lock:  # not while the runner claims or finishes it, nor while a request cancels it
+                if job_id == self.current:  # cancelled, but the runner has not stopped it yet
+                    continue
+                shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+                if self.store.update(job_id, only_if_state=tuple(FINAL_STATES), expired_at=now, results_deleted=1,
+                                     stored_bytes=0):
+                    expired.append(job_id)
+        if expired:
+            self.metrics.jobs_expired.inc(len(expired))
+            log.info("jobs expired", extra={"jobs": expired, "ttl_hours": self.settings.job_ttl_hours})
+        purged = self.store.purge_expired(now - ttl)
+        if purged:
+            log.info("expired job records deleted", extra={"count": purged})
+        return expired
+
+    def refresh_storage_metrics(self) -> None:
+        """Set the ``lieprop_jobs_stored`` and ``lieprop_jobs_stored_bytes`` gauges from the database (a cheap
+        aggregate; called before ``/metrics`` is rendered)."""
+        if not self.db_path.exists() or self.unavailable is not None:
+            return
+        for state, (jobs, size) in self.store.storage_by_state().items():
+            self.metrics.jobs_stored.labels(state).set(jobs)
+            self.metrics.jobs_stored_bytes.labels(state).set(size)
+
+    # ---------------------------------------------------------------------------------------------- results
+
+    def verify_results(self, path: Path) -> bool:
+        """Check a finished results file against its manifest (:func:`verify_finished`), hashing it only when it or
+        its manifest changed since the last check that passed (size, mtime, ctime and inode of both are the cache
+        key, so damage after a verification is caught on the next call). Returns True when it hashed the file, False
+        when the cached verification held. Raises what :func:`verify_finished` raises."""
+        key = _identity(path)
+        with self._verified_lock:
+            if key is not None and self._verified.get(str(path)) == key:
+                self.metrics.results_verifications.labels("cached").inc()
+                return False
+            self._verified.pop(str(path), None)
+        try:
+            verify_finished(path)
+        finally:
+            self.metrics.results_verifications.labels("hashed").inc()
+        if key is not None and _identity(path) == key:  # unchanged while it was hashed
+            with self._verified_lock:
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[str(path)] = key
+        return True
 
     def view(self, job: dict[str, Any]) -> dict[str, Any]:
         """A job as the API shows it."""
@@ -384,8 +495,33 @@ class JobManager:
                          "rows_per_s": rate, "eta_s": eta},
             "counts": job["counts"] or {"rows": 0, "ok": 0, "failed": 0, "errors": {}},
             "error": job["error"], "attempts": job["attempts"], "tenant": job["tenant"],
+            "expires_at": _iso(self.expires_at(job)),
             "links": {"self": base, "results": f"{base}/results" if available else None},
         }
+
+
+#: Results files whose verification :meth:`JobManager.verify_results` remembers, at most.
+VERIFIED_CACHE_SIZE = 4096
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Inode, size, mtime and ctime of a results file and of its manifest (None when either is missing): any write,
+    truncation, replacement or ``touch`` changes it (ctime cannot be set back by a user)."""
+    try:
+        stats = [path.stat(), manifest_path(path).stat()]
+    except OSError:
+        return None
+    return tuple(v for st in stats for v in (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under a job's folder (0 when it is gone)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def input_name(folder: Path) -> str:

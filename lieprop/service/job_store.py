@@ -29,7 +29,8 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _JSON_FIELDS = ("options", "counts", "columns", "model")
 _FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "filename", "format", "input_bytes", "options",
-           "columns", "model", "total", "done", "counts", "rate", "error", "attempts", "results_deleted", "tenant")
+           "columns", "model", "total", "done", "counts", "rate", "error", "attempts", "results_deleted", "tenant",
+           "stored_bytes", "expired_at")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -50,11 +51,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     results_deleted INTEGER NOT NULL DEFAULT 0,
-    tenant TEXT NOT NULL DEFAULT 'default'
+    tenant TEXT NOT NULL DEFAULT 'default',
+    stored_bytes INTEGER NOT NULL DEFAULT 0,
+    expired_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 """
-
+#: Columns added after the first release, with their declarations (added on open to an older database).
+_ADDED_COLUMNS = {"stored_bytes": "INTEGER NOT NULL DEFAULT 0", "expired_at": "REAL"}
 
 #: How long one statement waits for another connection's lock before it raises ``database is locked`` (seconds);
 #: the job runner retries such errors with backoff, a request answers 503 ``jobs_unavailable``.
@@ -81,6 +85,9 @@ class JobStore:
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
             if "tenant" not in columns:  # a database from before tenants: its jobs belong to the default tenant
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'")
+            for column, declaration in _ADDED_COLUMNS.items():  # databases from before retention
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at)")
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -91,7 +98,8 @@ class JobStore:
             self._db.close()
 
     def create(self, job: dict[str, Any]) -> dict[str, Any]:
-        row = {"state": "queued", "created_at": time.time(), "done": 0, "attempts": 0, "results_deleted": 0, **job}
+        row = {"state": "queued", "created_at": time.time(), "done": 0, "attempts": 0, "results_deleted": 0,
+               "stored_bytes": job.get("input_bytes", 0), **job}
         row = {k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in row.items()}
         names = ", ".join(row)
         with self._lock:
@@ -104,8 +112,8 @@ class JobStore:
         return _decode(row) if row is not None else None
 
     def list(self, limit: int = 100, state: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
-        """The latest ``limit`` jobs, optionally only those in ``state`` and only those of ``tenant``."""
-        where, args = [], []
+        """The latest ``limit`` jobs that have not expired, optionally only those in ``state`` and of ``tenant``."""
+        where, args = ["expired_at IS NULL"], []
         if state is not None:
             where, args = [*where, "state = ?"], [*args, state]
         if tenant is not None:
@@ -144,6 +152,37 @@ class JobStore:
                 self._db.execute("ROLLBACK")
                 raise
         return self.get(row["id"]) if row is not None else None
+
+    def stored(self, tenant: str) -> tuple[int, int]:
+        """(jobs, bytes) that ``tenant`` holds on disk: jobs whose files were neither deleted nor expired."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM jobs "
+                                   "WHERE tenant = ? AND results_deleted = 0", (tenant,)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def storage_by_state(self) -> dict[str, tuple[int, int]]:
+        """{state: (jobs, bytes)} of the jobs whose files are on disk (every state, zeros included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM jobs "
+                                    "WHERE results_deleted = 0 GROUP BY state").fetchall()
+        found = {r[0]: (int(r[1]), int(r[2])) for r in rows}
+        return {state: found.get(state, (0, 0)) for state in STATES}
+
+    def expiring(self, finished_before: float, limit: int = 1000) -> list[str]:
+        """Ids of finished jobs (succeeded, failed, cancelled; never queued or running) that finished before
+        ``finished_before`` and have not expired yet, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND expired_at IS NULL "
+                "AND finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?",
+                (finished_before, limit)).fetchall()
+        return [r["id"] for r in rows]
+
+    def purge_expired(self, expired_before: float) -> int:
+        """Delete the records of jobs that expired before ``expired_before``; returns how many."""
+        with self._lock:
+            return self._db.execute("DELETE FROM jobs WHERE expired_at IS NOT NULL AND expired_at < ?",
+                                    (expired_before,)).rowcount
 
     def requeue_running(self) -> list[str]:
         """Jobs left ``running`` by a server that died: back to ``queued`` (they resume). Returns their ids."""

@@ -16,7 +16,8 @@ _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 class ServiceMetrics:
     """Request counts and latencies by route and status, model batch sizes and times, queue wait and depth,
-    molecules by outcome and error code, conformer embedding time, readiness and the served model."""
+    molecules by outcome and error code, conformer embedding time, batch jobs (final states, rows, quota refusals,
+    expiry, storage, results verification), readiness and the served model."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -43,6 +44,19 @@ class ServiceMetrics:
         self.jobs = Counter("lieprop_jobs", "Batch jobs finished, by final state", ["state"], registry=r)
         self.job_rows = Counter("lieprop_job_rows", "Batch job rows written, by outcome (ok/error) and error code",
                                 ["outcome", "code"], registry=r)
+        self.job_quota = Counter("lieprop_job_quota_refusals",
+                                 "Batch jobs refused (at upload) or failed (while running) by a quota: rows, "
+                                 "decompressed_bytes, stored_jobs, stored_bytes", ["quota"], registry=r)
+        self.jobs_expired = Counter("lieprop_jobs_expired",
+                                    "Finished batch jobs whose files retention deleted (job_ttl_hours)", registry=r)
+        self.jobs_stored = Gauge("lieprop_jobs_stored", "Batch jobs with files on disk, by state", ["state"],
+                                 registry=r)
+        self.jobs_stored_bytes = Gauge("lieprop_jobs_stored_bytes",
+                                       "Bytes of batch job files on disk, by state (running jobs: their input)",
+                                       ["state"], registry=r)
+        self.results_verifications = Counter("lieprop_job_results_verifications",
+                                             "Job results checked against their manifest before being sent: hashed, "
+                                             "or cached (unchanged since a check that passed)", ["how"], registry=r)
         self.job_runner_up = Gauge("lieprop_job_runner_up",
                                    "1 when the batch-job runner can run jobs (0: dead, stuck, or its database fails)",
                                    registry=r)

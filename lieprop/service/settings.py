@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     job_max_decompressed_bytes: int = Field(4 << 30, ge=1024,
                                             description="bytes a .gz job upload may expand to; past it the job "
                                                         "fails naming the limit")
+    job_ttl_hours: float = Field(168.0, ge=0,
+                                 description="finished jobs (succeeded, failed, cancelled) and their files are "
+                                             "deleted this long after they finished (0: kept for ever)")
+    job_sweep_interval_s: float = Field(60.0, gt=0, le=86400,
+                                        description="how often expired jobs are looked for (and once at start)")
+    job_max_stored_per_tenant: int = Field(1000, ge=0,
+                                           description="jobs with files on disk a tenant may hold; a new job past "
+                                                       "it gets 429 storage_quota_exceeded (0: no limit)")
+    job_max_stored_bytes_per_tenant: int = Field(0, ge=0,
+                                                 description="bytes of job inputs and results a tenant may hold; a "
+                                                             "new job past it gets 429 storage_quota_exceeded "
+                                                             "(0: no limit)")
 
     # request limits
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body; larger -> 413")
@@ -77,6 +89,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0, le=3600,
                                   description="a request body (not a job upload) must arrive within this long; "
                                               "else 408")
+    upload_min_rate_bytes_s: int = Field(16384, ge=0,
+                                         description="a job upload must average at least this many bytes per "
+                                                     "second after its first body_timeout_s; else 408 and the "
+                                                     "partial upload is removed (0: no minimum)")
     max_connections: int = Field(200, ge=1, le=100_000,
                                  description="open connections (and requests in progress) at most; a request "
                                              "past it gets 503 (keep well under the file limit, ulimit -n)")

@@ -2,7 +2,12 @@
 
 The edge (:mod:`lieprop.service.edge`) wraps the ASGI ``receive`` of a route marked as an upload
 (:data:`lieprop.service.access.STREAMED_UPLOAD`) in :func:`limited_receive`; the route stores the body with
-:func:`receive_upload` and answers :class:`UploadTooLarge` with 413.
+:func:`receive_upload` and answers :class:`UploadTooLarge` with 413 and :class:`UploadTimeout` with 408.
+
+An upload has a size limit (``max_upload_bytes``) and a minimum rate (``upload_min_rate_bytes_s``): after a grace of
+``body_timeout_s`` it must have averaged at least that many bytes per second since its first byte was awaited, so a
+client trickling a body (or sending none) cannot hold a connection and a job folder for ever. The check needs no
+timer: each wait for the next piece of the body is bounded by the moment the average would drop below the rate.
 """
 
 from __future__ import annotations
@@ -29,13 +34,31 @@ class UploadTooLarge(Exception):
     """The upload went over its limit (``max_upload_bytes``) while it was being received."""
 
 
-def limited_receive(receive: Callable, limit: int) -> Callable:
-    """An ASGI ``receive`` that raises :class:`UploadTooLarge` once more than ``limit`` body bytes came in."""
+class UploadTimeout(Exception):
+    """The upload came slower than its minimum rate (``upload_min_rate_bytes_s``)."""
+
+
+def limited_receive(receive: Callable, limit: int, min_rate: float = 0.0, grace_s: float = 0.0) -> Callable:
+    """An ASGI ``receive`` that raises :class:`UploadTooLarge` once more than ``limit`` body bytes came in, and (with
+    ``min_rate`` > 0) :class:`UploadTimeout` once the body, ``grace_s`` after the first call, has averaged fewer than
+    ``min_rate`` bytes per second."""
     size = 0
+    start: float | None = None
 
     async def wrapped() -> dict:
-        nonlocal size
-        message = await receive()
+        nonlocal size, start
+        if min_rate > 0:
+            loop = asyncio.get_running_loop()
+            start = loop.time() if start is None else start
+            deadline = start + grace_s + size / min_rate  # when the average falls below min_rate
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+                raise UploadTimeout(f"the upload was too slow: {size:,} bytes in {loop.time() - start:.1f} s, under "
+                                    f"{min_rate:g} bytes/s after the first {grace_s:g} s "
+                                    "(upload_min_rate_bytes_s)") from None
+        else:
+            message = await receive()
         if message["type"] == "http.request":
             size += len(message.get("body", b""))
             if size > limit:

@@ -9,6 +9,11 @@ A job belongs to the tenant whose API key created it (the edge puts the tenant i
 route sees only the caller's jobs (another tenant's job is 404, like a missing one), the admin tenant sees all.
 Database calls run on the job manager's own thread pool; a database that cannot be used answers 503
 ``jobs_unavailable`` (:func:`jobs_unavailable`).
+
+Retention and quotas: a job that expired (``job_ttl_hours`` after it finished) answers 410 ``job_expired`` on every
+route until its record is deleted one TTL later (then 404); a tenant holding ``job_max_stored_per_tenant`` jobs or
+``job_max_stored_bytes_per_tenant`` bytes gets 429 ``storage_quota_exceeded`` for a new job. An upload slower than
+``upload_min_rate_bytes_s`` gets 408 ``request_timeout`` and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from lieprop.data import formats
 from lieprop.inference import Column, ResultContext, UnknownPropertyError, select_properties
 from lieprop.scoring.options import JobOptions, form_fields_schema, input_suffix
-from lieprop.scoring.output import ManifestMissing, OutputError, Table, jsonl_to_csv, verify_finished
+from lieprop.scoring.output import ManifestMissing, OutputError, Table, jsonl_to_csv
 from lieprop.scoring.records import Source, open_source
 from lieprop.service import schemas
 from lieprop.service.access import API_KEY, STREAMED_UPLOAD
@@ -39,13 +44,14 @@ from lieprop.service.job_runner import RESULTS, JobManager
 from lieprop.service.job_store import DEFAULT_TENANT, JobsUnavailable
 from lieprop.service.settings import Settings
 from lieprop.service.state import Service, ServiceDep
-from lieprop.service.uploads import UPLOAD_NAME, UploadTooLarge, receive_upload
+from lieprop.service.uploads import UPLOAD_NAME, UploadTimeout, UploadTooLarge, receive_upload
 
 log = logging.getLogger("lieprop.service.jobs")
 
 router = APIRouter(prefix="/v1/jobs", dependencies=[API_KEY], tags=["jobs"])
 
 _NOT_FOUND = {"model": schemas.ErrorResponse, "description": "no such job"}
+_EXPIRED = {"model": schemas.ErrorResponse, "description": "`job_expired`: the job expired (job_ttl_hours)"}
 #: The form field that carries the file.
 FILE_FIELD = "file"
 
@@ -72,6 +78,33 @@ def upload_request_body() -> dict[str, Any]:
 
 def _not_found(job_id: str) -> JSONResponse:
     return error_response(404, "not_found", f"no job {job_id[:80]!r}")
+
+
+def _expired(job: dict[str, Any], settings: Settings) -> JSONResponse:
+    return error_response(410, "job_expired", f"job {job['id']} expired: finished jobs and their files are deleted "
+                          f"{settings.job_ttl_hours:g} hours after they finish (job_ttl_hours)")
+
+
+async def _storage_refusal(service: Service, tenant: str, adding: int) -> JSONResponse | None:
+    """429 ``storage_quota_exceeded`` when ``tenant`` holds its limit of stored jobs, or would hold more than its
+    limit of bytes with ``adding`` more; else None."""
+    s = service.settings
+    if not s.job_max_stored_per_tenant and not s.job_max_stored_bytes_per_tenant:
+        return None
+    if not _manager(service).db_path.exists():
+        return None
+    jobs, size = await _db(service, "stored", tenant)
+    quota = None
+    if s.job_max_stored_per_tenant and jobs >= s.job_max_stored_per_tenant:
+        quota, what = "stored_jobs", f"{jobs:,} jobs with files on disk (the limit is {s.job_max_stored_per_tenant:,})"
+    elif s.job_max_stored_bytes_per_tenant and size + adding > s.job_max_stored_bytes_per_tenant:
+        quota, what = "stored_bytes", (f"{size:,} bytes of job files, and this upload adds {adding:,} (the limit is "
+                                       f"{s.job_max_stored_bytes_per_tenant:,})")
+    if quota is None:
+        return None
+    service.metrics.job_quota.labels(quota).inc()
+    return error_response(429, "storage_quota_exceeded", f"tenant {tenant!r} holds {what}: delete finished jobs "
+                          "(DELETE /v1/jobs/{id}) or wait until they expire", [{"quota": quota}])
 
 
 def jobs_unavailable(request: Request, exc: Exception) -> Response:
@@ -117,7 +150,12 @@ def _manager(service: Service) -> JobManager:
 
 @router.post("", status_code=202, summary="Score a file of molecules in the background",
              dependencies=[STREAMED_UPLOAD], openapi_extra={"requestBody": upload_request_body()},
-             responses={202: {"description": "the job was created; poll its `links.self`"}, **ERROR_RESPONSES})
+             responses={202: {"description": "the job was created; poll its `links.self`"}, **ERROR_RESPONSES,
+                        408: {"model": schemas.ErrorResponse,
+                              "description": "`request_timeout`: the upload was slower than upload_min_rate_bytes_s"},
+                        429: {"model": schemas.ErrorResponse,
+                              "description": "`storage_quota_exceeded`: the tenant holds its limit of stored jobs "
+                                             "or bytes"}})
 async def create_job(service: ServiceDep, request: Request) -> Response:
     """Upload a file; the answer (202) comes at once with the job and its links. Options as in `lieprop
     predict`: `format`, `smiles_column`, `id_column`, `properties`, `chunk_size`."""
@@ -126,6 +164,10 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
     jobs = service.jobs
     if jobs.unavailable is not None:  # known before the upload is read
         raise JobsUnavailable(jobs.unavailable)
+    declared = request.headers.get("content-length", "")
+    refused = await _storage_refusal(service, tenant_of(request), int(declared) if declared.isdigit() else 0)
+    if refused is not None:  # before the upload is read
+        return refused
     job_id = uuid.uuid4().hex
     folder = jobs.job_dir(job_id)
     values: dict[str, list[str]] = {}
@@ -153,12 +195,20 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
     except UploadTooLarge as exc:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return error_response(413, "body_too_large", str(exc))
+    except UploadTimeout as exc:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        log.info("job upload too slow; refused", extra={"job": job_id, "error": str(exc)})
+        return error_response(408, "request_timeout", str(exc), headers={"Connection": "close"})
     except UnknownPropertyError as exc:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return error_response(422, "unknown_property", str(exc), [{"unknown": exc.names}])
     except (ValueError, FileNotFoundError) as exc:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return error_response(422, "invalid_job", str(exc))
+    refused = await _storage_refusal(service, tenant_of(request), size)
+    if refused is not None:  # the upload's real size
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return refused
     job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
            "format": source.format, "input_bytes": size, "options": options.record(),
            "columns": [[c.name, c.unit, service.bundle.has_spread, intervals] for c in columns],
@@ -189,12 +239,16 @@ async def list_jobs(service: ServiceDep, request: Request, limit: int = 100, sta
 
 
 @router.get("/{job_id}", summary="A job's state, counts and progress",
-            responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND})
+            responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND, 410: _EXPIRED})
 async def job_status(service: ServiceDep, job_id: str, request: Request) -> Response:
     """State (queued, running, succeeded, failed, cancelled), rows done of total, rate and ETA, counts by
     outcome and error code."""
     job = await _get_job(service, job_id, request)
-    return _not_found(job_id) if job is None else JSONResponse(_manager(service).view(job))
+    if job is None:
+        return _not_found(job_id)
+    if job["expired_at"] is not None:
+        return _expired(job, service.settings)
+    return JSONResponse(_manager(service).view(job))
 
 
 @router.get("/{job_id}/results", summary="Stream a finished job's results",
@@ -202,7 +256,8 @@ async def job_status(service: ServiceDep, job_id: str, request: Request) -> Resp
                              "description": "one row per input record, in input order"},
                        401: ERROR_RESPONSES[401], 404: _NOT_FOUND, 422: ERROR_RESPONSES[422],
                        409: {"model": schemas.ErrorResponse, "description": "the job has not succeeded (yet)"},
-                       410: {"model": schemas.ErrorResponse, "description": "the results were deleted"},
+                       410: {"model": schemas.ErrorResponse,
+                             "description": "`gone`: the results were deleted; `job_expired`: the job expired"},
                        500: {"model": schemas.ErrorResponse,
                              "description": "`results_damaged`: the results on disk fail their checksum"}})
 async def job_results(service: ServiceDep, job_id: str, request: Request, format: str | None = None) -> Response:
@@ -213,6 +268,8 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
     job = await _get_job(service, job_id, request)
     if job is None:
         return _not_found(job_id)
+    if job["expired_at"] is not None:
+        return _expired(job, service.settings)
     fmt = format or ("csv" if "text/csv" in request.headers.get("accept", "") else "jsonl")
     if fmt not in ("csv", "jsonl"):
         return error_response(422, "invalid_request", f"format must be csv or jsonl, got {fmt[:20]!r}")
@@ -227,7 +284,7 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
         return error_response(410, "gone", "the results of this job are no longer on disk")
     headers = {}
     try:
-        await asyncio.get_running_loop().run_in_executor(None, verify_finished, path)
+        await asyncio.get_running_loop().run_in_executor(None, _manager(service).verify_results, path)
     except ManifestMissing:  # a job finished by an older lieprop: served as before, said to be unverified
         log.warning("job results have no manifest; sent unverified", extra={"job": job_id})
         headers["X-Lieprop-Results-Verified"] = "false"
@@ -246,13 +303,15 @@ async def job_results(service: ServiceDep, job_id: str, request: Request, format
 
 
 @router.delete("/{job_id}", summary="Cancel a job and delete its files",
-               responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND})
+               responses={401: ERROR_RESPONSES[401], 404: _NOT_FOUND, 410: _EXPIRED})
 async def delete_job(service: ServiceDep, job_id: str, request: Request) -> Response:
     """An unfinished job is cancelled; the input and results of any job are deleted. The job's record stays
     (`GET` shows it, `results` answers 410)."""
     job = await _get_job(service, job_id, request)
     if job is None:
         return _not_found(job_id)
+    if job["expired_at"] is not None:
+        return _expired(job, service.settings)
     manager = _manager(service)
     try:
         cancelled = await asyncio.get_running_loop().run_in_executor(manager.db_executor, manager.cancel, job)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
@@ -42,4 +45,8 @@ async def readyz(service: ServiceDep, jobs: bool = False) -> Response:
                        401: ERROR_RESPONSES[401]})
 async def prometheus(service: ServiceDep) -> Response:
     """Prometheus metrics."""
+    jobs = service.jobs
+    if jobs is not None:  # the storage gauges come from the job database, on its own threads
+        with contextlib.suppress(Exception):  # an unusable database: the gauges keep their last values
+            await asyncio.get_running_loop().run_in_executor(jobs.db_executor, jobs.refresh_storage_metrics)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import attacks
 import httpx
 import pytest
-
-import attacks
 from test_service import make_tiny_bundle, start_server
 
 pytestmark = pytest.mark.timeout(300)

@@ -13,12 +13,17 @@ Past ``limit_concurrency`` (``max_connections``) uvicorn answers a request itsel
 plain-text 503. :func:`protocol_class` replaces that answer with :func:`over_capacity`, the project's JSON error body
 (code ``overloaded``, a request id, ``Retry-After``): uvicorn looks its ``service_unavailable`` up in its protocol's
 module at each refusal, so the replacement is set there, for the uvicorn protocol of this process.
+
+It also caps the size of a request's headers at ``max_header_bytes``: httptools accepts headers of any size (a
+50 MB header line was read into memory whole), so a request whose headers are not complete within that many bytes
+gets a JSON 431 ``headers_too_large`` and its connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import sys
 import uuid
@@ -54,19 +59,34 @@ async def over_capacity(scope: dict, receive: Any, send: Any) -> None:
     await response(scope, receive, send)
 
 
-def protocol_class(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class with a ``header_timeout_s`` deadline on each request's headers (``uvicorn.run(
-    ..., http=protocol_class(5.0))``), whose refusals past ``limit_concurrency`` are :func:`over_capacity`."""
+def _too_large_response(limit: int) -> bytes:
+    body = json.dumps({"error": {"code": "headers_too_large",
+                                 "message": f"the request headers are larger than {limit} bytes"}}).encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def protocol_class(header_timeout_s: float, max_header_bytes: int = 65536) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class with a ``header_timeout_s`` deadline and (httptools) a ``max_header_bytes`` cap
+    on each request's headers (``uvicorn.run(..., http=protocol_class(5.0))``), whose refusals past
+    ``limit_concurrency`` are :func:`over_capacity`. With h11, h11's own limit on an incomplete event (16 KiB by
+    default) bounds the headers instead."""
     base: Any = _base_protocol()
+    parser_callbacks = hasattr(base, "on_headers_complete")  # httptools: the parser says where the headers end
     module = sys.modules[base.__module__]
     if hasattr(module, "service_unavailable"):  # what uvicorn calls past limit_concurrency
         module.service_unavailable = over_capacity
 
     class HeaderTimeoutProtocol(base):
         _header_timer: asyncio.TimerHandle | None = None
+        _in_headers: bool = True  # httptools: the bytes arriving now belong to a request's headers
+        _header_bytes: int = 0
+        _tail: bytes = b""
 
         def _waiting_for_headers(self) -> bool:
-            # the current request's headers are parsed exactly when uvicorn has made its cycle for it
+            if parser_callbacks:
+                return self._in_headers
+            # h11: the current request's headers are parsed exactly when uvicorn has made its cycle for it
             return self.cycle is None or self.cycle.response_complete
 
         def _arm(self) -> None:
@@ -92,9 +112,38 @@ def protocol_class(header_timeout_s: float) -> type[asyncio.Protocol]:
         def data_received(self, data: bytes) -> None:
             if self._waiting_for_headers():
                 self._arm()  # first byte of a kept-alive connection's next request (or armed already)
+                if parser_callbacks and self._count_header_bytes(data) > max_header_bytes:
+                    self._refuse_headers()
+                    return
             super().data_received(data)
             if not self._waiting_for_headers():
                 self._disarm()
+
+        # httptools parser callbacks: where one request's headers end and the next one's begin
+        def on_headers_complete(self) -> None:
+            self._in_headers, self._header_bytes, self._tail = False, 0, b""
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_headers = True
+            super().on_message_complete()
+
+        def _count_header_bytes(self, data: bytes) -> int:
+            """Header bytes of the current request seen so far, ``data`` included (up to the blank line that ends
+            the headers; the previous chunk's last 3 bytes are kept in case the blank line straddles chunks)."""
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = seen[-3:]
+            return self._header_bytes
+
+        def _refuse_headers(self) -> None:
+            if not self.transport.is_closing():
+                log.info("connection closed: headers larger than max_header_bytes",
+                         extra={"client": (self.client or ("-",))[0], "limit": max_header_bytes})
+                self.transport.write(_too_large_response(max_header_bytes))
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, le=3600,
                                     description="a request's headers must arrive within this long (from the "
                                                 "connection's or the request's first byte); else it is closed")
+    max_header_bytes: int = Field(65536, ge=4096, le=16 << 20,
+                                  description="a request's headers larger than this get 431 and the connection is "
+                                              "closed")
     body_timeout_s: float = Field(30.0, gt=0, le=3600,
                                   description="a request body (not a job upload) must arrive within this long; "
                                               "else 408")

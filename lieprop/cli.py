@@ -92,7 +92,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
                 server_header=False, timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-                log_level=settings.log_level.lower(), http=protocol_class(settings.header_timeout_s, settings.max_header_bytes),
+                log_level=settings.log_level.lower(),
+                http=protocol_class(settings.header_timeout_s, settings.max_header_bytes),
                 timeout_keep_alive=settings.keep_alive_timeout_s,
                 # uvicorn refuses a request once len(connections) >= limit, its own connection included: + 1 lets
                 # max_connections connections be served at once

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
                                description="processes embedding SMILES and 2D MOL blocks in 3D (RDKit)")
 
     # batch jobs (POST /v1/jobs)
+    jobs: bool = Field(True, description="serve batch jobs (/v1/jobs) and run their runner; false: the job routes "
+                                         "answer 503 jobs_disabled (replicas: docs/SCALING.md)")
     data_dir: Path = Field(default_factory=lambda: _default_data_dir(),
                            description="where batch jobs keep their state (jobs.sqlite3) and files "
                                        "(default: $XDG_DATA_HOME/lieprop or ~/.local/share/lieprop)")

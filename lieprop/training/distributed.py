@@ -89,6 +89,14 @@ def cluster_from_env() -> Cluster:
     return Cluster(rank, world, local_rank)
 
 
+def check_network(network_cfg: Any, cluster: Cluster) -> None:
+    """Raise ValueError when the network cannot train data-parallel: ``norm='batch'`` takes statistics over each
+    batch, which every rank would take over its own share only."""
+    if cluster.distributed and getattr(network_cfg, "norm", None) == "batch":
+        raise ValueError("norm='batch' takes statistics over each batch, which each of several processes would take "
+                         "over its own share only; train data-parallel with norm='layer' (the default) or 'affine'")
+
+
 def init(cluster: Cluster, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo on the CPU) and return this rank's device (CUDA: GPU
     ``local_rank``). Needs ``MASTER_ADDR`` and ``MASTER_PORT`` (torchrun sets them)."""

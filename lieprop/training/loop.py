@@ -127,6 +127,7 @@ class Trainer:
         self.cfg = cfg
         self.cluster = cluster if cluster is not None else distributed.cluster_from_env()
         self.log = log if self.cluster.main else _quiet
+        distributed.check_network(network_config(cfg), self.cluster)
         self.out = Path(cfg.out_dir)
         if self.cluster.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -173,12 +174,8 @@ class Trainer:
         """``net`` wrapped in DistributedDataParallel when the run has several ranks."""
         if not self.cluster.distributed:
             return net
-        if getattr(self.model.cfg, "norm", None) == "batch":
-            raise ValueError("norm='batch' takes statistics over each batch, which several ranks would take over "
-                             "their own shares only; train data-parallel with norm='layer' (the default) or "
-                             "'affine'")
         ids = [self.device] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
     def warm_start(self, path: str) -> None:
         """Continue from a bundle: same architecture and network config required; its weights and normalisation are

@@ -54,12 +54,13 @@ class Cluster:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.item())
 
-    def max(self, value: float, device: torch.device) -> float:
-        """The largest ``value`` of the ranks (so that step times, and the schedule they drive, agree)."""
+    def from_main(self, value: float, device: torch.device) -> float:
+        """Rank 0's ``value`` on every rank (step times: the ranks then agree on the time budget and the schedule it
+        drives; rank 0's step time includes waiting for slower ranks, and not the others' wait for its validation)."""
         if not self.distributed:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.broadcast(t, src=0)
         return float(t.item())
 
     def broadcast(self, obj: Any) -> Any:

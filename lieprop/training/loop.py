@@ -266,11 +266,11 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)) + self.cluster.rank)
         self.model.train()
         out = self.net(featurize(b.numbers).to(self.device), b.positions, b.mask, generator=gen)
-        per_molecule = ((out - target).abs() * self.weights).sum(1) / self.weights.sum()
+        per_molecule = ((out - target).abs() * self.weights).sum(1)
         if self.cluster.distributed:  # DDP averages over ranks: scaled so, the average is the global batch's mean
-            loss = per_molecule.sum() * (weight * self.cluster.world / len(idx))
+            loss = per_molecule.sum() * (weight * self.cluster.world / len(idx)) / self.weights.sum()
         else:
-            loss = per_molecule.mean()
+            loss = per_molecule.mean() / self.weights.sum()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(cfg, self.progress())
         self.opt.zero_grad(set_to_none=True)
@@ -282,7 +282,8 @@ class Trainer:
             self.ema.update(self.model, self.state.step)
         self.state.step += 1
         if self.cluster.distributed:
-            return self.cluster.sum(float(per_molecule.detach().sum()) * weight, self.device) / len(idx)
+            total = self.cluster.sum(float(per_molecule.detach().sum()) * weight, self.device)
+            return total / len(idx) / float(self.weights.sum())
         return float(loss.detach())
 
     def eval_model(self) -> PropertyModel:
@@ -324,7 +325,7 @@ class Trainer:
                 idx = batches[self.state.batch_in_epoch]
                 t = time.time()
                 losses.append(self.train_step(idx))
-                self.state.elapsed += self.cluster.max(time.time() - t, self.device)  # ranks agree on the budget
+                self.state.elapsed += self.cluster.from_main(time.time() - t, self.device)  # one budget
                 self.state.batch_in_epoch += 1
                 n_mol += len(idx)
                 bar.update(1)

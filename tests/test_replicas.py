@@ -52,11 +52,12 @@ def test_replicas_run_without_jobs_and_size_their_threads_to_their_cpus():
     assert not explicit.jobs and explicit.model_threads == 3 and explicit.workers_embed == 1
 
 
-def test_serve_ray_without_ray_or_with_bad_settings_says_why(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "lieprop.cli", "serve-ray", "--min-replicas", "3"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "min_replicas needs max_replicas" in done.stderr or "pip install 'lieprop[ray]'" in done.stderr
+def test_serve_ray_without_ray_or_with_bad_settings_says_why(capsys):
+    from lieprop.cli import main
+
+    assert main(["serve-ray", "--min-replicas", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "min_replicas needs max_replicas" in err or "pip install 'lieprop[ray]'" in err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,9 +42,18 @@ def add_serve(sub: Subparsers) -> None:
        -d '{"molecules": [{"smiles": "CCO"}], "properties": ["homo", "lumo"]}'""")
     from lieprop.service.settings import Settings
 
-    for name, field in Settings.model_fields.items():
+    _add_settings_flags(p, Settings, "LIEPROP_")
+    p.set_defaults(func=run_serve)
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, model: Any, env_prefix: str, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the pydantic settings class ``model`` (``max_batch_size`` -> ``--max-batch-size``),
+    its description as help; unset flags stay None, so the environment and the defaults apply."""
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
-        env = f"LIEPROP_{name.upper()}"
+        env = f"{env_prefix}{name.upper()}"
         help = f"{field.description} (env {env})"
         kind = _scalar_type(field.annotation)
         if kind is bool:
@@ -54,7 +63,6 @@ def add_serve(sub: Subparsers) -> None:
         else:
             metavar = {int: "N", float: "X", Path: "PATH"}.get(kind, "TEXT")
             p.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=help)
-    p.set_defaults(func=run_serve)
 
 
 def _scalar_type(annotation: Any) -> Callable[[str], Any]:
@@ -98,6 +106,70 @@ def run_serve(args: argparse.Namespace) -> int:
                 # uvicorn refuses a request once len(connections) >= limit, its own connection included: + 1 lets
                 # max_connections connections be served at once
                 limit_concurrency=settings.max_connections + 1)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# lieprop serve-ray
+
+
+def add_serve_ray(sub: Subparsers) -> None:
+    p = _parser(sub, "serve-ray", "run the REST service as replicas on Ray Serve, each with its own model and "
+                "dynamic batcher, behind Ray's HTTP proxy (needs pip install 'lieprop[ray]'; docs/SCALING.md)", """\
+  lieprop serve-ray --replicas 2                          # two replicas on 127.0.0.1:8000
+  lieprop serve-ray --min-replicas 1 --max-replicas 8     # autoscaled on requests in flight per replica
+  lieprop serve-ray --replicas 4 --num-gpus 0.5           # two replicas per GPU (default: 1 GPU each when present)
+  LIEPROP_RAY_ADDRESS=auto lieprop serve-ray --host 0.0.0.0 --replicas 8   # on a running Ray cluster
+Every lieprop serve flag applies to each replica, except --jobs: replicas do not run batch jobs.""")
+    from lieprop.service.settings import ReplicaSettings, Settings
+
+    _add_settings_flags(p, ReplicaSettings, "LIEPROP_RAY_")
+    _add_settings_flags(p, Settings, "LIEPROP_", skip=("jobs",))
+    p.set_defaults(func=run_serve_ray)
+
+
+def run_serve_ray(args: argparse.Namespace) -> int:
+    import importlib.util
+    import json
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from lieprop.inference import ModelNotFoundError, load_model
+    from lieprop.model.bundle import BundleError
+    from lieprop.service.logs import configure_logging
+    from lieprop.service.settings import ReplicaSettings, Settings
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        print("lieprop serve-ray: needs Ray Serve: pip install 'lieprop[ray]'", file=sys.stderr)
+        return 2
+    from lieprop.service import replicas
+
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if k in Settings.model_fields})
+        scale = ReplicaSettings(**{k: v for k, v in given.items() if k in ReplicaSettings.model_fields})
+    except ValidationError as exc:
+        print(f"lieprop serve-ray: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        load_model(settings.model)  # fail before starting Ray, with the reason
+    except (ModelNotFoundError, BundleError) as exc:
+        print(f"lieprop serve-ray: {exc}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    try:
+        states = replicas.start(settings, scale)
+        print(json.dumps({"msg": "replicas running", "url": f"http://{settings.host}:{settings.port}",
+                          "replicas": states}), file=sys.stderr, flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
+        while not stopping.wait(1):  # the replicas (Ray actors) serve; this process waits for a signal
+            pass
+    finally:
+        replicas.stop()
     return 0
 
 
@@ -314,8 +386,8 @@ def run_predict(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_predict, add_train, add_evaluate,
-                                                add_ensemble, add_calibrate]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_serve_ray, add_info, add_predict, add_train,
+                                                add_evaluate, add_ensemble, add_calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

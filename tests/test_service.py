@@ -524,9 +524,25 @@ def test_a_wrong_key_is_refused_before_the_body_is_read(bundle_path, path):
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory, bundle_path):
     s = start_server(tmp_path_factory.mktemp("strict"), bundle_path, "--keep-alive-timeout-s", "1",
-                     "--header-timeout-s", "1", "--body-timeout-s", "1", "--max-connections", "20")
+                     "--header-timeout-s", "1", "--body-timeout-s", "1", "--max-connections", "20",
+                     "--no-jobs")  # also a replica's settings (docs/SCALING.md): jobs off
     yield s
     s.stop()
+
+
+def test_a_server_without_jobs_predicts_and_answers_the_job_routes_503(strict_server):
+    with httpx.Client(base_url=strict_server.base_url, timeout=30) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["jobs"]["status"] == "down"
+        assert "jobs=false" in ready.json()["jobs"]["detail"]
+        assert c.get("/readyz", params={"jobs": "true"}).status_code == 503
+        for response in (c.get("/v1/jobs"), c.get("/v1/jobs/abc"), c.delete("/v1/jobs/abc"),
+                         c.post("/v1/jobs", params={"format": "smi"}, content=b"CCO\n")):
+            assert "jobs=false" in assert_json_error(response, 503, "jobs_disabled")["error"]["message"]
+        assert post(c, [{"smiles": "CCO"}]).json()["results"][0]["ok"]
+        assert not (strict_server.log_path.parent / "data" / "jobs.sqlite3").exists()
+        metrics = c.get("/metrics").text
+        assert "lieprop_job_runner_up 0.0" in metrics
 
 
 def raw_socket(server: Server) -> socket.socket:

@@ -28,7 +28,7 @@ from lieprop.service.errors import add_exception_handlers, error_response
 from lieprop.service.job_store import JobsUnavailable
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.routes import MOUNTS, ROUTERS
-from lieprop.service.routes.jobs import jobs_unavailable
+from lieprop.service.routes.jobs import JobsDisabled, jobs_disabled, jobs_unavailable
 from lieprop.service.settings import Settings
 from lieprop.service.state import Service
 from lieprop.version import __version__
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     add_exception_handlers(app)
     app.add_exception_handler(JobsUnavailable, jobs_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(JobsDisabled, jobs_disabled)  # type: ignore[arg-type]
     for router in ROUTERS:
         app.include_router(router)
     for mount in MOUNTS:

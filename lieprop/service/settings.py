@@ -46,6 +46,8 @@ class Settings(BaseSettings):
                                description="processes embedding SMILES and 2D MOL blocks in 3D (RDKit)")
 
     # batch jobs (POST /v1/jobs)
+    jobs: bool = Field(True, description="serve batch jobs (/v1/jobs) and run their runner; false: the job routes "
+                                         "answer 503 jobs_disabled (replicas: docs/SCALING.md)")
     data_dir: Path = Field(default_factory=lambda: _default_data_dir(),
                            description="where batch jobs keep their state (jobs.sqlite3) and files "
                                        "(default: $XDG_DATA_HOME/lieprop or ~/.local/share/lieprop)")
@@ -162,3 +164,36 @@ class Settings(BaseSettings):
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "lieprop"
+
+
+class ReplicaSettings(BaseSettings):
+    """How many replicas and what each gets. Field descriptions double as ``lieprop serve-ray --help`` texts."""
+
+    model_config = SettingsConfigDict(env_prefix="LIEPROP_RAY_", extra="ignore")
+
+    replicas: int = Field(1, ge=1, le=1024, description="replicas (each with its own model and batcher) when "
+                                                        "not autoscaling")
+    min_replicas: int | None = Field(None, ge=0, le=1024, description="autoscaling: fewest replicas (with "
+                                                                      "max_replicas)")
+    max_replicas: int | None = Field(None, ge=1, le=1024, description="autoscaling: most replicas; setting it "
+                                                                      "turns autoscaling on")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="autoscaling: requests in flight per replica "
+                                                                  "to aim for")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per replica (also its default torch "
+                                                   "threads and embedding workers)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per replica (default: 1 when the cluster has "
+                                                           "GPUs, else 0; fractions share a GPU)")
+    address: str | None = Field(None, description="Ray cluster to join (e.g. auto, ray://head:10001); default: "
+                                                  "start a local Ray with every core")
+
+    @model_validator(mode="after")
+    def _autoscaling_is_consistent(self) -> ReplicaSettings:
+        if self.min_replicas is not None and self.max_replicas is None:
+            raise ValueError("min_replicas needs max_replicas (autoscaling is on when max_replicas is set)")
+        if self.max_replicas is not None and (self.min_replicas or 0) > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None

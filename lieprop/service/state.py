@@ -96,10 +96,11 @@ class Service:
         self.pool = self._new_pool()
         self.state = "warming"
         self._warm_task = asyncio.create_task(self._warm())
-        self.jobs = JobManager(s, self.metrics, self.bundle, self.batcher)
-        jobs = self.jobs
-        self.metrics.job_runner_up.set_function(lambda: float(jobs.health()[0]))
-        await asyncio.to_thread(self.jobs.start)  # jobs a dead server left running resume
+        if s.jobs:  # replicas leave jobs to one instance (docs/SCALING.md): one runner per job database
+            self.jobs = JobManager(s, self.metrics, self.bundle, self.batcher)
+            jobs = self.jobs
+            self.metrics.job_runner_up.set_function(lambda: float(jobs.health()[0]))
+            await asyncio.to_thread(self.jobs.start)  # jobs a dead server left running resume
         log.info("model loaded", extra={"model": self.info, "threads": threads, "path": str(s.model)})
 
     async def stop(self) -> None:

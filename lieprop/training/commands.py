@@ -19,7 +19,9 @@ def add_train(sub: Any) -> None:
   lieprop train --config my.toml --set width=128 --set lr=1e-3
   lieprop train --preset paper --device cuda --out runs/paper     # the paper's sizes, for a GPU
   lieprop train --out runs/homo --resume                          # continue exactly where it stopped
-  lieprop train --out runs/more --set init_from=runs/homo/best.pt --max-minutes 60  # warm start from one network""")
+  lieprop train --out runs/more --set init_from=runs/homo/best.pt --max-minutes 60  # warm start from one network
+  lieprop train --nproc 2 --out runs/ddp --max-minutes 30         # data-parallel: 2 processes (torchrun), same steps
+  torchrun --nproc_per_node=4 -m lieprop.cli train --device cuda --out runs/gpu4     # 4 GPUs (NCCL)""")
     p.add_argument("--preset", default="default", help="default | budget | paper | se3 | tiny")
     p.add_argument("--config", help="TOML (or YAML) file with TrainConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -29,10 +31,27 @@ def add_train(sub: Any) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (starts torchrun; gloo on the CPU, "
+                        "NCCL on GPUs); batch_size stays the global batch")
     p.set_defaults(func=run_train)
 
 
+def train_argv(args: argparse.Namespace) -> list[str]:
+    """The ``lieprop train`` arguments of ``args``, without ``--nproc``: what each torchrun process gets."""
+    argv = ["train", "--preset", args.preset]
+    for flag, value in (("--config", args.config), ("--out", args.out), ("--max-minutes", args.max_minutes),
+                        ("--epochs", args.epochs), ("--device", args.device)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for item in args.set:
+        argv += ["--set", item]
+    return [*argv, "--resume"] if args.resume else argv
+
+
 def run_train(args: argparse.Namespace) -> int:
+    import os
+
     from pydantic import ValidationError
 
     from lieprop.training.config import load_config, parse_override
@@ -52,8 +71,18 @@ def run_train(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"lieprop train: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if args.nproc < 1:
+        print(f"lieprop train: --nproc must be at least 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
+        import subprocess
+
+        from lieprop.training.distributed import torchrun_command
+
+        return subprocess.run(torchrun_command(args.nproc, train_argv(args))).returncode
     tr = train(cfg, resume=args.resume)
-    print(f"best bundle: {tr.out / 'best.pt'}  log: {tr.out / 'log.csv'}")
+    if tr.cluster.main:
+        print(f"best bundle: {tr.out / 'best.pt'}  log: {tr.out / 'log.csv'}")
     return 0
 
 

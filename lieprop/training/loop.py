@@ -3,6 +3,9 @@
 Every random choice of a step (batch order, sampled frames or rotations, SE(3) lifts) is drawn from a
 generator seeded by (seed, epoch) or (seed, step), so a resumed run continues exactly where it stopped
 from nothing more than the step counters, the weights and the optimiser state in the checkpoint.
+
+Under torchrun the run is data-parallel (:mod:`lieprop.training.distributed`): each rank trains on its share of every
+global batch, and rank 0 alone validates and writes files.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lieprop.data.batch import featurize, size_bucketed_batches
+from lieprop.data.batch import Batch, featurize, size_bucketed_batches
 from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
 from lieprop.data.qm9_conformers import load_conformers
@@ -27,8 +30,10 @@ from lieprop.model.bundle import load_bundle, save_bundle
 from lieprop.model.device import pick_device
 from lieprop.model.norm import fold_batch_norm
 from lieprop.model.predictor import PropertyModel
+from lieprop.training import distributed
 from lieprop.training.config import TrainConfig
 from lieprop.training.data import SplitData, concat_splits, split_data
+from lieprop.training.distributed import Cluster
 
 
 def network_config(cfg: TrainConfig):
@@ -113,17 +118,23 @@ class EMA:
 
 
 class Trainer:
-    """Owns a run directory: ``checkpoint.pt`` (resume state), ``best.pt`` (bundle), ``log.csv``."""
+    """Owns a run directory: ``checkpoint.pt`` (resume state), ``best.pt`` (bundle), ``log.csv``.
 
-    def __init__(self, cfg: TrainConfig, data=None, log=print):
+    ``cluster``: this process's rank in a data-parallel run (default: from torchrun's environment; one process
+    without it). Rank 0 writes the run directory; the other ranks only train."""
+
+    def __init__(self, cfg: TrainConfig, data=None, log=print, cluster: Cluster | None = None):
         self.cfg = cfg
-        self.log = log
+        self.cluster = cluster if cluster is not None else distributed.cluster_from_env()
+        self.log = log if self.cluster.main else _quiet
+        distributed.check_network(network_config(cfg), self.cluster)
         self.out = Path(cfg.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.cluster.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.device = distributed.init(self.cluster, pick_device(cfg.device))
         qm9 = data if data is not None else load_qm9()
         parts = split_indices(len(qm9), cfg.split, seed=0)
         train_rows = parts["train"][: cfg.limit_train] if cfg.limit_train else parts["train"]
@@ -151,12 +162,20 @@ class Trainer:
         if cfg.init_from:
             self.warm_start(cfg.init_from)
         self.model.to(self.device)
+        self.net = self._parallel(self.model.net)  # what the steps call: the network, or its DDP wrapper
         self.opt = torch.optim.Adam(self.model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.state = RunState()
         self.weights = torch.tensor([cfg.target_weights.get(t, 1.0) for t in cfg.targets], device=self.device)
         self.steps_per_epoch = len(self._epoch_batches(0))
         self._tb = None  # TensorBoard writer, opened at the first epoch's end (False: not installed)
+
+    def _parallel(self, net: torch.nn.Module) -> torch.nn.Module:
+        """``net`` wrapped in DistributedDataParallel when the run has several ranks."""
+        if not self.cluster.distributed:
+            return net
+        ids = [self.device] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
     def warm_start(self, path: str) -> None:
         """Continue from a bundle: same architecture and network config required; its weights and normalisation are
@@ -180,6 +199,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
+        """Write OUT/checkpoint.pt (rank 0 only; every rank holds the same weights and state)."""
+        if not self.cluster.main:
+            return
         ck = {
             "config": self.cfg.model_dump(), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "ema": self.ema.shadow if self.ema else None, "state": self.state.__dict__,
@@ -189,14 +211,18 @@ class Trainer:
         tmp.replace(self.out / "checkpoint.pt")
 
     def resume(self) -> bool:
+        """Continue from OUT/checkpoint.pt, which rank 0 reads and hands to every rank; False when there is none."""
         path = self.out / "checkpoint.pt"
-        if not path.exists():
+        ck = None
+        if self.cluster.main and path.exists():
+            ck = torch.load(path, map_location="cpu" if self.cluster.distributed else self.device, weights_only=True)
+        ck = self.cluster.broadcast(ck)
+        if ck is None:
             return False
-        ck = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         if self.ema and ck["ema"] is not None:
-            self.ema.shadow = ck["ema"]
+            self.ema.shadow = {k: v.to(self.device) for k, v in ck["ema"].items()}
         self.state = RunState(**ck["state"])
         self.log(f"resumed at epoch {self.state.epoch}, step {self.state.step}, {self.state.elapsed / 60:.1f} min")
         return True
@@ -224,15 +250,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ steps
     def train_step(self, idx: np.ndarray) -> float:
+        """One optimiser step on the global batch ``idx`` (this rank's share of it when distributed); returns the
+        batch's mean loss (over every rank's molecules)."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 1_000_003, self.state.step])
-        b = self.train.batch(idx, cfg.orientation, rng).to(self.device)
-        y = torch.from_numpy(self.train.targets[idx]).to(self.device)
+        b = self.train.batch(idx, cfg.orientation, rng)  # the whole batch: every rank draws what one process would
+        rows, weight = self.cluster.share(len(idx)), 1.0
+        if len(rows) == 0:  # fewer molecules than ranks: one at weight 0 keeps this rank in the gradient exchange
+            rows, weight = np.arange(1), 0.0
+        if self.cluster.distributed:
+            b = Batch(b.numbers[rows], b.positions[rows], b.mask[rows])
+        b = b.to(self.device)
+        y = torch.from_numpy(self.train.targets[idx[rows]]).to(self.device)
         target = self.model.standardise(y, b.numbers).to(torch.float32)
-        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)) + self.cluster.rank)
         self.model.train()
-        out = self.model.net(featurize(b.numbers).to(self.device), b.positions, b.mask, generator=gen)
-        loss = ((out - target).abs() * self.weights).sum(1).mean() / self.weights.sum()
+        out = self.net(featurize(b.numbers).to(self.device), b.positions, b.mask, generator=gen)
+        per_molecule = ((out - target).abs() * self.weights).sum(1)
+        if self.cluster.distributed:  # DDP averages over ranks: scaled so, the average is the global batch's mean
+            loss = per_molecule.sum() * (weight * self.cluster.world / len(idx)) / self.weights.sum()
+        else:
+            loss = per_molecule.mean() / self.weights.sum()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(cfg, self.progress())
         self.opt.zero_grad(set_to_none=True)
@@ -243,6 +281,9 @@ class Trainer:
         if self.ema:
             self.ema.update(self.model, self.state.step)
         self.state.step += 1
+        if self.cluster.distributed:
+            total = self.cluster.sum(float(per_molecule.detach().sum()) * weight, self.device)
+            return total / len(idx) / float(self.weights.sum())
         return float(loss.detach())
 
     def eval_model(self) -> PropertyModel:
@@ -272,7 +313,7 @@ class Trainer:
     def fit(self) -> RunState:
         cfg = self.cfg
         last_ck = time.time()
-        show = sys.stderr.isatty()
+        show = sys.stderr.isatty() and self.cluster.main
         bar = tqdm(total=self.steps_per_epoch, disable=not show, dynamic_ncols=True)
         while not self.done():
             batches = self._epoch_batches(self.state.epoch)
@@ -284,20 +325,21 @@ class Trainer:
                 idx = batches[self.state.batch_in_epoch]
                 t = time.time()
                 losses.append(self.train_step(idx))
-                self.state.elapsed += time.time() - t
+                self.state.elapsed += self.cluster.from_main(time.time() - t, self.device)  # one budget
                 self.state.batch_in_epoch += 1
                 n_mol += len(idx)
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", mol_s=f"{n_mol / (time.time() - t_epoch):.0f}")
-                if time.time() - last_ck > 60 * cfg.checkpoint_minutes:
+                if self.cluster.main and time.time() - last_ck > 60 * cfg.checkpoint_minutes:
                     self.save_checkpoint()
                     last_ck = time.time()
             finished_epoch = self.state.batch_in_epoch >= len(batches)
             if finished_epoch:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-            self.end_of_epoch(float(np.mean(losses)) if losses else float("nan"),
-                              float(n_mol / max(1e-9, time.time() - t_epoch)))
+            if self.cluster.main:  # the other ranks go on; they wait for rank 0 at the next gradient exchange
+                self.end_of_epoch(float(np.mean(losses)) if losses else float("nan"),
+                                  float(n_mol / max(1e-9, time.time() - t_epoch)))
         bar.close()
         return self.state
 
@@ -328,7 +370,7 @@ class Trainer:
         meta = {"training": {"config": self.cfg.model_dump(), "epoch": self.state.epoch, "step": self.state.step,
                              "minutes": round(self.state.elapsed / 60, 2), "device": str(self.device),
                              "threads": torch.get_num_threads(), "valid_mae": valid_mae,
-                             "n_valid": len(self.valid)},
+                             "n_valid": len(self.valid), "processes": self.cluster.world},
                 "split": self.cfg.split}
         if self.parent:
             meta["training"]["warm_start_from"] = self.parent
@@ -361,9 +403,15 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False, data=None, log=print) -> Trainer:
-    """Run (or resume) a training run; returns the trainer (its ``out_dir`` holds best.pt and log.csv)."""
+    """Run (or resume) a training run; returns the trainer (its ``out_dir`` holds best.pt and log.csv). Under
+    torchrun, every rank calls this; they leave the process group together at the end."""
     tr = Trainer(cfg, data=data, log=log)
     if resume:
         tr.resume()
     tr.fit()
+    distributed.shutdown(tr.cluster)  # (a rank that fails exits instead, and torchrun stops the others)
     return tr
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""

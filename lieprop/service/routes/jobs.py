@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from lieprop.data import formats
@@ -48,7 +48,26 @@ from lieprop.service.uploads import UPLOAD_NAME, UploadTimeout, UploadTooLarge, 
 
 log = logging.getLogger("lieprop.service.jobs")
 
-router = APIRouter(prefix="/v1/jobs", dependencies=[API_KEY], tags=["jobs"])
+
+
+class JobsDisabled(Exception):
+    """This instance does not serve batch jobs (``jobs=false``: a replica among several, docs/SCALING.md)."""
+
+
+async def requires_jobs(service: ServiceDep) -> None:
+    """Dependency of every job route: raises :class:`JobsDisabled` when the service runs with ``jobs=false``."""
+    if not service.settings.jobs:
+        raise JobsDisabled("batch jobs are off on this instance (jobs=false, as on Ray Serve replicas and scaled "
+                           "pods): send them to the one instance that runs jobs (docs/SCALING.md), or score the file "
+                           "with lieprop predict")
+
+
+def jobs_disabled(request: Request, exc: Exception) -> Response:
+    """The exception handler of :class:`JobsDisabled`: 503 ``jobs_disabled``, with the reason."""
+    return error_response(503, "jobs_disabled", str(exc))
+
+
+router = APIRouter(prefix="/v1/jobs", dependencies=[API_KEY, Depends(requires_jobs)], tags=["jobs"])
 
 _NOT_FOUND = {"model": schemas.ErrorResponse, "description": "no such job"}
 _EXPIRED = {"model": schemas.ErrorResponse, "description": "`job_expired`: the job expired (job_ttl_hours)"}

@@ -31,7 +31,12 @@ async def readyz(service: ServiceDep, jobs: bool = False) -> Response:
     The body's `jobs` says whether the batch-job runner is `up` or `down` (with the reason). A dead runner or an
     unusable job database does not make `/readyz` 503, so that predictions keep being routed to the instance; with
     `?jobs=true` it does (for a probe of an instance that serves jobs)."""
-    up, detail = service.jobs.health() if service.jobs is not None else (False, "the job runner has not started")
+    if not service.settings.jobs:
+        up, detail = False, "batch jobs are off on this instance (jobs=false)"
+    elif service.jobs is not None:
+        up, detail = service.jobs.health()
+    else:
+        up, detail = False, "the job runner has not started"
     runner = {"status": "up" if up else "down", "detail": detail}
     if service.ready and (up or not jobs):
         return JSONResponse({"status": "ready", "model": service.info, "jobs": runner})

@@ -19,6 +19,7 @@ from typing import Any
 
 import lieprop
 from lieprop.training.commands import add_calibrate, add_ensemble, add_evaluate, add_train
+from lieprop.training.discover import add_discover
 
 Subparsers = Any  # argparse._SubParsersAction, which argparse does not export
 
@@ -306,12 +307,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# lieprop train, lieprop evaluate: lieprop/training/commands.py
+# lieprop train, lieprop evaluate: lieprop/training/commands.py; lieprop discover: lieprop/training/discover.py
 # --------------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
 COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_info, add_predict, add_train, add_evaluate,
-                                                add_ensemble, add_calibrate]
+                                                add_ensemble, add_calibrate, add_discover]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 Given pairs (X_p, Y_p) of the same atoms in the same order, find K affine generators (A_k, b_k) and per-pair
 coefficients t_pk with
 
-    Y_p ~ exp(sum_k t_pk (A_k, b_k)) X_p         (exp of the 4x4 affine matrix [[A, b], [0, 0]], torch.linalg.matrix_exp)
+    Y_p ~ exp(sum_k t_pk (A_k, b_k)) X_p        (the exponential of the 4x4 affine matrix [[A, b], [0, 0]])
 
 after centring both frames of a pair on the first frame's centroid (so a relative translation stays visible). Three
 steps, all in float64:
@@ -266,25 +266,31 @@ def _fit(data: _Padded, basis: torch.Tensor, coef: torch.Tensor, *, learn_basis:
         # coefficients: per pair, H = U M U^T, g = U c
         h = torch.einsum("kj,pji,li->pkl", u, m, u)
         g = torch.einsum("kj,pj->pk", u, c)
-        loss, t = _lm_step(data, loss, damping, "t", h, g, lambda d: (t + d.reshape(t.shape), u), t, u)[:2]
+        loss, t = _lm_step(data, loss, damping, "t", h, g, _shift_coef, t, u)[:2]
         if learn_basis:
             m, c = _derivatives(t @ u, data, dims)
             h = torch.einsum("pk,pji,pl->kjli", t, m, t).reshape(k * AFFINE_DIM, k * AFFINE_DIM)
             g = torch.einsum("pk,pj->kj", t, c).reshape(-1)
             loss, t, u = _lm_step(data, loss, damping, "u", h[None], g[None],
-                                  lambda d: _unit(t, u + d.reshape(u.shape)), t, u)
+                                  _shift_basis, t, u)
         if progress is not None:
             progress(1)
     return u, t, math.sqrt(loss)
 
 
-def _unit(t: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _shift_coef(d: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return t + d.reshape(t.shape), u
+
+
+def _shift_basis(d: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u + d, each generator rescaled to unit norm and its coefficients by the inverse (same elements t @ u)."""
+    u = u + d.reshape(u.shape)
     norm = u.norm(dim=1).clamp_min(1e-12)
     return t * norm, u / norm[:, None]
 
 
 def _lm_step(data: _Padded, loss: float, damping: dict[str, float], key: str, h: torch.Tensor, g: torch.Tensor,
-             update: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], t: torch.Tensor, u: torch.Tensor
+             update: Callable[..., tuple[torch.Tensor, torch.Tensor]], t: torch.Tensor, u: torch.Tensor
              ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """One damped Gauss-Newton step (H + mu diag(H) + mu' I) d = -g for the block ``key``; tried with growing damping
     until the loss does not increase (at most 8 tries), else nothing changes."""
@@ -294,7 +300,7 @@ def _lm_step(data: _Padded, loss: float, damping: dict[str, float], key: str, h:
         mu = damping[key]
         lhs = h + mu * (torch.diag_embed(diag) + diag.mean(-1)[..., None, None].clamp_min(1e-30) * eye)
         d = -torch.linalg.solve(lhs, g[..., None])[..., 0]
-        t_new, u_new = update(d)
+        t_new, u_new = update(d, t, u)
         new = _residual_sq(t_new @ u_new, data)
         if new <= loss:
             damping[key] = max(mu / 3, 1e-9)
@@ -389,9 +395,9 @@ class Discovery:
             "length_scale": self.rho,
             "notes": "generators: an orthonormal basis of the learned span (Frobenius norm of (A, b / length_scale) "
                      "is 1), ordered by weight, the fraction of the pairs' squared motion each carries; the "
-                     "discovered algebra is the first `rank` of them (weights and span from the pairs whose first frame is "
-                     "not flat or linear). matches: principal-angle cosines between "
-                     "that span and each named algebra, and similarity = sum(cos^2) / max(dimensions).",
+                     "discovered algebra is the first `rank` of them (weights and span from the pairs whose first "
+                     "frame is not flat or linear). matches: principal-angle cosines between that span and each "
+                     "named algebra, and similarity = sum(cos^2) / max(dimensions).",
         }
 
 

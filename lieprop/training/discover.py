@@ -8,9 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported when the command runs, so that ``lieprop --help`` stays instant
     import numpy as np

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # torch is imported when the command runs, so that ``lieprop --help`` stays instant
-    import numpy as np
+import numpy as np
 
+if TYPE_CHECKING:  # torch is imported when the command runs, so that ``lieprop --help`` stays instant
     from lieprop.model.discovery import Discovery
 
 
@@ -84,8 +84,6 @@ def run_discover(args: argparse.Namespace) -> int:
 def aligned_bases(learned: np.ndarray, named: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Principal vectors of two spans (rows, in the affine space): bases of each, rotated within its span so that
     row i of one is as close as possible to row i of the other, with the cosines between them."""
-    import numpy as np
-
     from lieprop.model.discovery import orthonormal_basis
 
     qa, qb = orthonormal_basis(learned), orthonormal_basis(named)
@@ -104,7 +102,6 @@ def plot_discovery(result: Discovery, path: str | Path, name: str | None = None)
     import textwrap
 
     import matplotlib
-    import numpy as np
 
     from lieprop.model.discovery import NAMED_ALGEBRAS, orthonormal_basis
 

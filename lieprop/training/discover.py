@@ -116,7 +116,8 @@ def plot_discovery(result: Discovery, path: str | Path, name: str | None = None)
     else:
         top, bottom, cosines = np.zeros((0, 12)), orthonormal_basis(named), np.zeros(0)
     cols = max(len(top), len(bottom), 1)
-    fig, axes = plt.subplots(2, cols, figsize=(2.3 * cols + 1.2, 4.8), squeeze=False)
+    width = max(2.3 * cols + 1.2, 6.5)
+    fig, axes = plt.subplots(2, cols, figsize=(width, 5.0), squeeze=False)
     for row, (vectors, label) in enumerate(((top, "learned"), (bottom, name))):
         for c in range(cols):
             ax = axes[row, c]
@@ -136,8 +137,9 @@ def plot_discovery(result: Discovery, path: str | Path, name: str | None = None)
             if row == 0 and c < len(cosines):
                 title += f"\ncos {cosines[c]:.4f}"
             ax.set_title(title, fontsize=9)
-    heading = textwrap.fill(result.verdict(), 25 * cols + 20)
-    fig.suptitle(f"{heading}\nbottom: {name} ({description}); columns: [A | b / rho]", fontsize=8)
+    heading = textwrap.fill(result.verdict(), int(width * 15))
+    fig.suptitle(f"{heading}\nbottom: {name} ({description})\neach panel: [A | b / rho], principal vectors of the "
+                 "two spans, paired", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -145,3 +145,9 @@ def test_pairs_are_checked_before_any_fit():
     x = np.zeros((2, 3))
     with pytest.raises(ValueError, match="pair 0 .*: atom 0 is C in frame 0 and O in frame 1"):
         make_pairs([(z, x), (np.array([8, 1]), x)])
+
+
+def test_identical_frames_are_no_motion(molecules):
+    frames = [f for z, x in molecules[:4] for f in ((z, x), (z, x))]
+    result = discover(frames, 2, iterations=3, translations=False)
+    assert not result.found and result.verdict().startswith("no motion")

@@ -360,7 +360,9 @@ class Discovery:
 
     def verdict(self) -> str:
         """One plain sentence: symmetry or not, and which."""
-        ratio = self.residual / self.baseline_residual if self.baseline_residual > 0 else 0.0
+        if self.baseline_residual < 1e-12:
+            return "no motion: the two frames of every pair are the same"
+        ratio = self.residual / self.baseline_residual
         if not self.found:
             return (f"no symmetry: the {len(self.generators)} learned generators leave a residual of "
                     f"{self.residual:.4g} Å, {ratio:.2f} of the baseline's {self.baseline_residual:.4g} Å "
@@ -419,12 +421,13 @@ def discover(frames: Sequence[Frame], k: int, *, translations: bool = True, iter
     basis = torch.from_numpy(vt[:k].copy())
     if not translations:
         basis[:, 9:] = 0.0
-    # a pair-poor problem (P < k) leaves directions without data: fill them with orthogonal random ones
+    # without translations a completion direction may have been a pure translation: replace it by a random one
     rng = np.random.default_rng(seed)
     for i in range(k):
         if float(basis[i].norm()) < 0.5:
             v = rng.normal(size=AFFINE_DIM) * (np.arange(AFFINE_DIM) < dim)
-            basis[i] = torch.from_numpy(v / np.linalg.norm(v))
+            basis[i] = torch.from_numpy(v)
+    basis = basis / basis.norm(dim=1, keepdim=True)
     coef = torch.from_numpy(elements) @ basis.T
     u, t, residual = _fit(data, basis, coef, learn_basis=True, dims=dim, iterations=iterations, progress=progress)
 

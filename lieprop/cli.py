@@ -1,4 +1,4 @@
-"""The ``lieprop`` command: ``lieprop serve``, ``lieprop info`` (and ``train``, ``evaluate``, ``predict``).
+"""The ``lieprop`` command: ``serve``, ``info``, ``predict``, ``train``, ``evaluate``, ``discover`` and the rest.
 
 Each subcommand is one ``add_<name>(subparsers)`` function that registers its own parser (with ``--help``
 examples) and sets ``func`` to the function that runs it; :data:`COMMANDS` lists them. To add a subcommand, write

@@ -41,13 +41,15 @@ class LConvConfig:
     learn_generators: bool = False
     cutoff: float = 3.0  # Å: neighbours of the least-squares gradient (smooth cosine cutoff)
     ridge: float = 0.1  # Å^2: regularisation of the least-squares gradient
-    seed: int = 0  # of "random" generators
+    seed: int = 0  # of "random" generators (0-65535: a bundle refuses larger integers, lieprop.model.bundle)
     targets: list[str] = field(default_factory=lambda: ["homo"])
     pooling: list[str] | None = None  # default: sum for extensive properties, else mean
 
     def __post_init__(self) -> None:
         if self.generators not in ("se3", "so3", "random"):
             raise ValueError(f"unknown generators {self.generators!r}; known: se3, so3, random")
+        if not 0 <= self.seed <= 65535:
+            raise ValueError(f"seed must be between 0 and 65535, got {self.seed}")
         if self.cutoff <= 0 or self.ridge <= 0:
             raise ValueError(f"cutoff and ridge must be positive, got {self.cutoff} and {self.ridge}")
         if self.pooling is None:

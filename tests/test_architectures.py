@@ -85,7 +85,7 @@ def test_lconv_trains_saves_loads_and_predicts_invariantly_without_frames(tmp_pa
 
     cfg = load_config("tiny", overrides={"architecture": "lconv", "network": {"width": 16, "depth": 2, "hidden": 8},
                                          "orientation": "none", "targets": ["homo", "u0"],
-                                         "out_dir": str(tmp_path / "run"), "epochs": 1, "threads": 1})
+                                         "out_dir": str(tmp_path / "run"), "epochs": 1})
     tr = train(cfg, data=qm9_head, log=lambda *_: None)
     bundle = load_bundle(tr.out / "best.pt")
     assert bundle.architecture == "lconv" and get_architecture("lconv").invariance == "intrinsic"

@@ -44,31 +44,41 @@ def add_discover(sub: Any) -> None:
     p.set_defaults(func=run_discover)
 
 
+def _fail(message: object) -> int:
+    print(f"lieprop discover: {message}", file=sys.stderr)
+    return 2
+
+
 def run_discover(args: argparse.Namespace) -> int:
     import torch
+
+    if args.threads < 1:
+        return _fail(f"--threads must be at least 1, got {args.threads}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _discover(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller's (a test's, a notebook's) setting is theirs
+
+
+def _discover(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lieprop.data.xyz import read_xyz_frames
     from lieprop.model.discovery import discover
 
-    def fail(message: object) -> int:
-        print(f"lieprop discover: {message}", file=sys.stderr)
-        return 2
-
-    if args.threads < 1:
-        return fail(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
     try:
         frames = read_xyz_frames(Path(args.pairs))
     except (ValueError, FileNotFoundError) as exc:
-        return fail(f"{args.pairs}: {exc}")
+        return _fail(f"{args.pairs}: {exc}")
     with tqdm(total=2 * args.iterations, desc="fitting", unit=" it", disable=args.quiet, file=sys.stderr,
               dynamic_ncols=True) as bar:
         try:
             result = discover(frames, args.generators, translations=args.translations, iterations=args.iterations,
                               seed=args.seed, progress=bar.update)
         except ValueError as exc:
-            return fail(f"{args.pairs}: {exc}")
+            return _fail(f"{args.pairs}: {exc}")
     report = result.report()
     text = json.dumps(report, indent=2)
     if args.out:

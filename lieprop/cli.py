@@ -1,4 +1,4 @@
-"""The ``lieprop`` command: ``lieprop serve``, ``lieprop info`` (and ``train``, ``evaluate``, ``predict``).
+"""The ``lieprop`` command: ``serve``, ``info``, ``predict``, ``train``, ``evaluate``, ``discover`` and the rest.
 
 Each subcommand is one ``add_<name>(subparsers)`` function that registers its own parser (with ``--help``
 examples) and sets ``func`` to the function that runs it; :data:`COMMANDS` lists them. To add a subcommand, write
@@ -19,6 +19,7 @@ from typing import Any
 
 import lieprop
 from lieprop.training.commands import add_calibrate, add_ensemble, add_evaluate, add_train
+from lieprop.training.discover import add_discover
 
 Subparsers = Any  # argparse._SubParsersAction, which argparse does not export
 
@@ -382,12 +383,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# lieprop train, lieprop evaluate: lieprop/training/commands.py
+# lieprop train, lieprop evaluate: lieprop/training/commands.py; lieprop discover: lieprop/training/discover.py
 # --------------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
 COMMANDS: list[Callable[[Subparsers], None]] = [add_serve, add_serve_ray, add_info, add_predict, add_train,
-                                                add_evaluate, add_ensemble, add_calibrate]
+                                                add_evaluate, add_ensemble, add_calibrate, add_discover]
 
 
 def build_parser() -> argparse.ArgumentParser:

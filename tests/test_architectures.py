@@ -25,7 +25,7 @@ def toy_registered(monkeypatch):
 def test_lieconv_is_the_registered_default():
     arch = get_architecture(architectures.DEFAULT_ARCHITECTURE)
     assert arch.name == "lieconv" and arch.config is NetworkConfig and arch.invariance == "frames"
-    with pytest.raises(ValueError, match="unknown architecture 'nope'; known: lieconv"):
+    with pytest.raises(ValueError, match="unknown architecture 'nope'; known: lconv, lieconv"):
         get_architecture("nope")
 
 
@@ -74,3 +74,32 @@ def test_a_bundle_of_an_unregistered_family_is_refused_by_name(tmp_path, toy_reg
     monkeypatch.delitem(architectures.MODULES, "toy")
     with pytest.raises(ValueError, match="unknown architecture 'toy'"):
         load_bundle(tmp_path / "toy.pt")
+
+
+def test_lconv_trains_saves_loads_and_predicts_invariantly_without_frames(tmp_path, qm9_head):
+    """The L-conv family (lieprop.model.lconv_network): fixed se(3) generators make it exactly invariant, so it is
+    served intrinsically; its generators travel in the bundle."""
+    from helpers import assert_invariant
+
+    from lieprop import predict
+
+    cfg = load_config("tiny", overrides={"architecture": "lconv", "network": {"width": 16, "depth": 2, "hidden": 8},
+                                         "orientation": "none", "targets": ["homo", "u0"],
+                                         "out_dir": str(tmp_path / "run"), "epochs": 1})
+    tr = train(cfg, data=qm9_head, log=lambda *_: None)
+    bundle = load_bundle(tr.out / "best.pt")
+    assert bundle.architecture == "lconv" and get_architecture("lconv").invariance == "intrinsic"
+    card = model_card(bundle)
+    assert card["network"] == "L-conv, width 16, depth 2, 6 fixed se3 generators, cutoff 3.0 Å"
+    assert "Dehmamy" in get_architecture("lconv").paper
+    assert bundle.model.net.generators.A.shape == (6, 3, 3) and not bundle.model.net.generators.A.requires_grad
+    molecules = [qm9_head.molecule(i) for i in range(20, 40)]
+    assert_invariant(bundle.model.predict, molecules, bundle.model.scale.numpy())  # by construction, no frames
+    assert len(bundle.model.expand([molecules[0][0]], [molecules[0][1]]).owners) == 1
+    z, x = molecules[3]
+    results = predict({"numbers": z.tolist(), "positions": x.tolist()}, model=str(tr.out / "best.pt"),
+                      properties=["homo", "u0"])
+    results = results["results"]
+    assert results[0]["ok"], results[0]
+    direct = bundle.model.predict([z], [x])[0]
+    assert results[0]["properties"]["homo"]["value"] == pytest.approx(float(direct[0]), rel=1e-5)

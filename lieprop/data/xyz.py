@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from lieprop.data.atoms import id_from_info, molecule_from_atoms
 from lieprop.data.elements import SYMBOLS, atomic_number
 from lieprop.data.records import ID_KEYS, Item, ParseOptions, RawRecord, ReadOptions
-from lieprop.data.textio import Lines, clip, quote_input
+from lieprop.data.textio import Lines, Source, clip, open_text, quote_input, resolve_source
 from lieprop.data.validation import MoleculeError, ValidationLimits
 
 
@@ -102,6 +104,39 @@ def xyz_item(index: int, record: RawRecord, limits: ValidationLimits) -> Item:
 def parse_xyz_record(index: int, record: RawRecord, options: ParseOptions) -> Item:
     """:func:`xyz_item` with the registry's parser signature (:mod:`lieprop.data.formats`)."""
     return xyz_item(index, record, options.limits)
+
+
+def read_xyz_frames(source: Source, *, text: bool | None = None) -> list[tuple[Any, Any]]:
+    """Every frame of a (multi-frame) XYZ / extxyz source as ``(numbers (n,), positions (n, 3) Å)`` numpy arrays,
+    in order, as point clouds: no chemistry is validated (any element, any geometry), unlike :func:`xyz_item`.
+
+    Raises ``ValueError`` naming the first frame that cannot be read (and its line), ``FileNotFoundError`` for a
+    missing file. Used where frames are configurations of one system rather than molecules to predict
+    (``lieprop discover``).
+    """
+    frames: list[tuple[Any, Any]] = []
+    with open_text(resolve_source(source, text)) as handle:
+        for index, record in enumerate(split_xyz_frames(iter(handle))):
+            try:
+                if record.error is not None:
+                    raise record.error
+                atoms = _parse_xyz_frame(record)
+            except MoleculeError as exc:
+                raise ValueError(f"frame {index}: {exc}") from None
+            frames.append((np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.positions, dtype=np.float64)))
+    return frames
+
+
+def write_xyz_frames(path: Any, frames: Sequence[tuple[Any, Any]], comments: Sequence[str] | None = None) -> None:
+    """Write ``(numbers, positions)`` frames as one multi-frame XYZ file (positions in Å, 10 decimals), the format
+    :func:`read_xyz_frames` reads."""
+    lines: list[str] = []
+    for i, (numbers, positions) in enumerate(frames):
+        lines += [str(len(numbers)), comments[i] if comments is not None else f"frame={i}"]
+        lines += [f"{SYMBOLS[int(z)]} {x:.10f} {y:.10f} {w:.10f}" for z, (x, y, w) in zip(numbers, positions,
+                                                                                          strict=True)]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 def _parse_xyz_frame(record: RawRecord) -> Any:

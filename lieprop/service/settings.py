@@ -80,7 +80,20 @@ class Settings(BaseSettings):
     max_molecules: int = Field(256, ge=1, description="molecules per request; more -> 413")
     max_atoms: int = Field(QM9_MAX_ATOMS, ge=1, le=1000,
                            description="atoms per molecule, hydrogens included; more -> item error too_many_atoms")
-    request_timeout_s: float = Field(60.0, gt=0, description="a /v1/predict request taking longer gets 504")
+    request_timeout_s: float = Field(60.0, gt=0, description="a /v1/predict request taking longer gets 504 (its "
+                                                             "work is cancelled)")
+
+    # model time, estimated before any model work (reference milliseconds, lieprop/model/cost.py)
+    max_molecule_cost_ms: float = Field(2000.0, gt=0,
+                                        description="estimated model time of one molecule, at most; more -> item "
+                                                    "error too_expensive (QM9's costliest, cubane: 371)")
+    max_request_cost_ms: float = Field(30_000.0, gt=0,
+                                       description="estimated model time of one request's molecules, at most; the "
+                                                   "molecules past it -> item error too_expensive")
+    max_batch_cost_ms: float = Field(250.0, gt=0,
+                                     description="estimated model time of one model batch, at most; a costlier "
+                                                 "molecule runs alone, and lets waiting light requests go "
+                                                 "between its forward passes")
 
     # connection hygiene (slow and idle clients)
     keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600,

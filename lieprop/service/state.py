@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable
@@ -42,12 +43,17 @@ from lieprop.inference import (
 )
 from lieprop.model.device import pick_device
 from lieprop.service import schemas
+from lieprop.service.admission import CostLimits, admit
 from lieprop.service.batcher import DynamicBatcher, Priority
 from lieprop.service.job_runner import JobManager
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.settings import Settings
 
 log = logging.getLogger("lieprop.service")
+
+#: Most SMILES / MOL blocks per embedding-pool task: small tasks let other requests' items in between, and the tasks
+#: of a cancelled request that have not started are dropped.
+EMBED_TASK_ITEMS = 4
 
 
 class Service:
@@ -57,6 +63,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.limits = ValidationLimits(max_atoms=settings.max_atoms)
+        self.cost_limits = CostLimits(molecule=settings.max_molecule_cost_ms, request=settings.max_request_cost_ms)
         self.tenant_keys = settings.tenant_keys()  # (API key, tenant) pairs; empty: no key needed
         self.state = "starting"  # starting -> warming -> ready (or failed) -> stopping
         self.detail: str | None = None
@@ -90,6 +97,7 @@ class Service:
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
             max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
             on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,
+            max_batch_cost=s.max_batch_cost_ms, chunked=True, on_cancel=self.metrics.cancelled.labels("model").inc,
         ).start()
         self.metrics.track_queue(lambda: self.batcher.queued if self.batcher else 0)
         self.metrics.model.labels(**self.info).set(1)
@@ -148,10 +156,15 @@ class Service:
         predict([m.numbers for m in full], [m.positions for m in full])
 
     async def _run_pool(self, chunk: list[tuple[int, dict]]) -> list[Parsed]:
-        loop = asyncio.get_running_loop()
         pool = self.pool
+        future = None
         try:
-            return await loop.run_in_executor(pool, parse_items, chunk, self.limits)
+            future = pool.submit(parse_items, chunk, self.limits)
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future is not None and future.cancel():  # not started yet: nobody will embed these
+                self.metrics.cancelled.labels("embedding").inc(len(chunk))
+            raise
         except BrokenProcessPool:
             log.error("the embedding pool broke (a worker died); starting a new one")
             if self.pool is pool:
@@ -161,8 +174,9 @@ class Service:
                     for i, _ in chunk]
 
     async def parse(self, items: list[dict]) -> list[Parsed]:
-        """Read every item: SMILES and MOL blocks in the process pool (split over its workers), the rest on a
-        thread. Returns one :class:`Parsed` per item, in order."""
+        """Read every item: SMILES and MOL blocks in the process pool (in tasks of at most
+        :data:`EMBED_TASK_ITEMS`, spread over its workers), the rest on a thread. Returns one :class:`Parsed` per
+        item, in order. Cancelled, it drops the pool tasks that have not started."""
         loop = asyncio.get_running_loop()
         heavy = [(i, d) for i, d in enumerate(items) if input_kind(d) in EMBEDDING_KINDS]
         light = [(i, d) for i, d in enumerate(items) if input_kind(d) not in EMBEDDING_KINDS]
@@ -170,7 +184,7 @@ class Service:
         if light:
             jobs.append(loop.run_in_executor(None, parse_items, light, self.limits))
         if heavy:
-            n = min(self.settings.workers_embed, len(heavy))
+            n = max(min(self.settings.workers_embed, len(heavy)), math.ceil(len(heavy) / EMBED_TASK_ITEMS))
             jobs.extend(self._run_pool(heavy[k::n]) for k in range(n))
         parsed = [p for chunk in await asyncio.gather(*jobs) for p in chunk]
         for p in parsed:
@@ -182,15 +196,21 @@ class Service:
                       priority: Priority = Priority.INTERACTIVE, context: ResultContext | None = None,
                       geometry: bool = False) -> list[dict]:
         """Results for REST items, in order (raises QueueFull / BatcherClosed); ``context``: another coverage than
-        the model's default (:meth:`ResultContext.of`); ``geometry``: ok results carry the predicted geometry."""
+        the model's default (:meth:`ResultContext.of`); ``geometry``: ok results carry the predicted geometry.
+
+        Molecules over the cost limits get ``too_expensive`` (:mod:`lieprop.service.admission`). Cancelling the
+        awaiting task (a timeout, a disconnected client) drops the work not yet started: embedding-pool tasks
+        and molecules waiting for the model."""
         self.parsing += 1
         try:
             parsed = await self.parse(items)
+            admitted = await asyncio.to_thread(admit, [p.outcome for p in parsed], self.bundle.model,
+                                               self.cost_limits)
         finally:
             self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
-        outcomes = [p.outcome for p in parsed]
+        outcomes = admitted.outcomes
         valid = [o for o in outcomes if isinstance(o, Molecule)]
-        future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
+        future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority, admitted.costs)
         rows = await asyncio.wrap_future(future)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
         return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, context or self.context,

@@ -86,14 +86,14 @@ class Settings(BaseSettings):
     # model time, estimated before any model work (reference milliseconds, lieprop/model/cost.py)
     max_molecule_cost_ms: float = Field(2000.0, gt=0,
                                         description="estimated model time of one molecule, at most; more -> item "
-                                                    "error too_expensive (QM9's costliest, cubane: 371)")
+                                                    "error too_expensive (QM9's costliest: 424)")
     max_request_cost_ms: float = Field(30_000.0, gt=0,
                                        description="estimated model time of one request's molecules, at most; the "
                                                    "molecules past it -> item error too_expensive")
     max_batch_cost_ms: float = Field(250.0, gt=0,
                                      description="estimated model time of one model batch, at most; a costlier "
-                                                 "molecule runs alone, and lets waiting light requests go "
-                                                 "between its forward passes")
+                                                 "molecule runs alone, in forward passes of a quarter of this, "
+                                                 "and waiting light requests go between them")
 
     # connection hygiene (slow and idle clients)
     keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600,

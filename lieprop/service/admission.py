@@ -21,6 +21,10 @@ from lieprop.data.molecule import Molecule
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.model.cost import Cost, CostModel
 
+#: A forward pass of a heavy molecule's frames costs about ``max_batch_cost_ms / FORWARD_SHARE`` (8 frames at least):
+#: about the longest a light request waits for heavy work to let it in.
+FORWARD_SHARE = 10
+
 
 @dataclass(frozen=True)
 class CostLimits:

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
                                                    "molecules past it -> item error too_expensive")
     max_batch_cost_ms: float = Field(250.0, gt=0,
                                      description="estimated model time of one model batch, at most; a costlier "
-                                                 "molecule runs alone, in forward passes of a quarter of this, "
+                                                 "molecule runs alone, in forward passes of a tenth of this, "
                                                  "and waiting light requests go between them")
 
     # connection hygiene (slow and idle clients)
@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="JSON log lines (false: plain text)")
     shutdown_timeout_s: float = Field(30.0, ge=0,
                                       description="on SIGTERM, how long in-flight requests may take to finish")
+    switch_interval_ms: float = Field(1.0, gt=0, le=100,
+                                      description="lieprop serve: the interpreter's thread switch interval "
+                                                  "(sys.setswitchinterval; Python's default is 5): shorter lets the "
+                                                  "event loop and the model thread take the interpreter lock sooner "
+                                                  "from threads reading large requests")
     warmup: bool = Field(True, description="run the model and the embedding pool once before /readyz says ready")
 
     @model_validator(mode="after")

@@ -43,7 +43,7 @@ from lieprop.inference import (
 from lieprop.model.cost import CostModel
 from lieprop.model.device import pick_device
 from lieprop.service import schemas
-from lieprop.service.admission import CostLimits, Estimated, admit, chunked_predict, read_items
+from lieprop.service.admission import FORWARD_SHARE, CostLimits, Estimated, admit, chunked_predict, read_items
 from lieprop.service.batcher import DynamicBatcher, Priority
 from lieprop.service.job_runner import JobManager
 from lieprop.service.metrics import ServiceMetrics
@@ -95,7 +95,7 @@ class Service:
         self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
         threads = s.model_threads or os.cpu_count() or 1
         self.batcher = DynamicBatcher(
-            chunked_predict(self.bundle.model, self.costs, s.model_chunk, s.max_batch_cost_ms / 4),
+            chunked_predict(self.bundle.model, self.costs, s.model_chunk, s.max_batch_cost_ms / FORWARD_SHARE),
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
             max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
             on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,

@@ -88,6 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"lieprop serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_json)
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)  # this process is the server's (docs/API.md)
     try:
         load_model(settings.model)  # fail before binding the port, with the reason; the app reuses the cached load
     except (ModelNotFoundError, BundleError) as exc:

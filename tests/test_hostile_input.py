@@ -6,31 +6,60 @@ Each test is one rule: what the attack is, what lieprop does about it, and how f
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import resource
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from test_service import Server, make_tiny_bundle, start_server
 
 from lieprop.data.atoms import from_arrays
+from lieprop.data.items import Parsed
 from lieprop.data.readers import from_smiles
 from lieprop.data.smiles import MAX_CHARS_PER_ATOM
 from lieprop.data.textio import open_text
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.model.bundle import BundleError, load_bundle, record_metadata, save_bundle
+from lieprop.model.cost import CostModel
+from lieprop.model.frames import frame_count_bound, molecule_frames
 from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import PropertyModel
 from lieprop.scoring.pipeline import ScoreOptions, score_file
 from lieprop.scoring.records import open_source
-from lieprop.service.schemas import MoleculeInput
+from lieprop.service.admission import CostLimits, Estimated, admit
+from lieprop.service.batcher import DynamicBatcher
+from lieprop.service.schemas import WATER, MoleculeInput
+from lieprop.service.settings import Settings
 
 WATER_POSITIONS = [[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]]
 #: cyclo[28]carbon, a 28-membered ring of alternating triple bonds: ETKDG fails on it only after a long search.
 POLYYNE_28 = "C1#C" + "C#C" * 13 + "1"
+#: Cubane, QM9's costliest molecule for the model (96 frames).
+CUBANE = "C12C3C4C1C5C2C3C45"
+#: The bundled ensemble's cost model (3 networks, neighbourhoods of 100 atoms).
+BUNDLED_COSTS = CostModel(evaluations=3, nbhd=100)
+
+
+def c24_cage(jitter: float, seed: int = 0) -> dict:
+    """A truncated octahedron of 24 carbons (edges 1.41 Å), each atom moved by ``jitter`` Å: 288 frames up to
+    ~1e-3 Å, 135 at 1e-2 Å (benchmarks/hostile_load.py uses the same cages)."""
+    vertices = set()
+    for p in itertools.permutations([0.0, 1.0, 2.0]):
+        for s1, s2 in itertools.product((1, -1), repeat=2):
+            v = np.array(p)
+            v[v == 1.0] *= s1
+            v[v == 2.0] *= s2
+            vertices.add(tuple(v))
+    x = np.array(sorted(vertices)) + np.random.default_rng(seed).normal(size=(24, 3)) * jitter
+    return {"numbers": [6] * 24, "positions": x.round(6).tolist()}
 
 
 def _peak_rss_mb() -> float:
@@ -266,3 +295,254 @@ def _tiny_bundle_path() -> Path:
         save_bundle(PropertyModel(NetworkConfig(width=16, depth=1, targets=["homo"])), path, "tiny")
         _BUNDLE.append(path)
     return _BUNDLE[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Bounded, cancellable work in the service: cost before work, heavy work preempted, cancelled work dropped
+
+
+def test_the_frame_count_bound_is_never_below_the_frames_and_exact_for_most_molecules(qm9_head):
+    exact = 0
+    for i in range(len(qm9_head)):
+        z, x = qm9_head.molecule(i)
+        frames = len(molecule_frames(z, x))
+        bound = frame_count_bound(z, x)
+        assert frames <= bound <= 2 * frames, i  # a top's cross-product axis is counted with both signs
+        exact += bound == frames
+    assert exact >= 0.9 * len(qm9_head)  # the first 400 are rich in small symmetric molecules
+    for jitter in (0.0, 1e-4, 1e-2):
+        cage = c24_cage(jitter)
+        assert frame_count_bound(cage["numbers"], cage["positions"]) >= len(molecule_frames(cage["numbers"],
+                                                                                           cage["positions"]))
+
+
+def test_a_symmetric_cage_costs_hundreds_of_times_a_qm9_molecule_and_is_costed_in_milliseconds(qm9_head):
+    ethanol = from_smiles("CCO")
+    cage = c24_cage(1e-4)
+    started = time.perf_counter()
+    cost = BUNDLED_COSTS.estimate(np.array(cage["numbers"]), np.array(cage["positions"]))
+    assert time.perf_counter() - started < 0.05  # building its 288 frames takes tens of milliseconds
+    assert cost.frames == 288
+    assert cost.ms > 300 * BUNDLED_COSTS.estimate(ethanol.numbers, ethanol.positions).ms
+    qm9 = [BUNDLED_COSTS.estimate(*qm9_head.molecule(i)).ms for i in range(len(qm9_head))]
+    assert cost.ms > 100 * np.mean(qm9)
+
+
+def test_the_default_limits_admit_qm9s_costliest_molecule_and_a_full_request_of_qm9_molecules(qm9_head):
+    defaults = Settings(model=Path("unused.pt"))
+    limits = CostLimits(defaults.max_molecule_cost_ms, defaults.max_request_cost_ms)
+    cubane = from_smiles(CUBANE)
+    request = [cubane] + [from_arrays(*qm9_head.molecule(i)) for i in range(defaults.max_molecules - 1)]
+    read = [Estimated(Parsed(i, m, 0.0), BUNDLED_COSTS.estimate(m.numbers, m.positions))
+            for i, m in enumerate(request)]
+    assert read[0].cost.frames == 96 and read[0].cost.ms < defaults.max_molecule_cost_ms / 4
+    admitted = admit(read, limits)
+    assert admitted.outcomes == request
+    cage = from_arrays(**c24_cage(1e-4))
+    refused = admit([Estimated(Parsed(0, cage, 0.0), BUNDLED_COSTS.estimate(cage.numbers, cage.positions))], limits)
+    assert refused.outcomes[0].code == "too_expensive"
+    assert "288 frames of 24 atoms" in refused.outcomes[0].message
+
+
+def test_molecules_past_the_request_budget_are_too_expensive_and_the_others_served():
+    water = from_arrays(**WATER)
+    read = [Estimated(Parsed(i, water, 0.0), BUNDLED_COSTS.estimate(water.numbers, water.positions)) for i in range(3)]
+    one = read[0].cost.ms
+    admitted = admit([*read[:2], Estimated(Parsed(2, MoleculeError("invalid_xyz", "bad"), 0.0), None), read[2]],
+                     CostLimits(molecule=10 * one, request=2.5 * one))
+    assert admitted.outcomes[:2] == [water, water]
+    assert admitted.outcomes[2].code == "invalid_xyz"
+    assert admitted.outcomes[3].code == "too_expensive" and "budget" in admitted.outcomes[3].message
+    assert admitted.costs == [one, one]
+
+
+def _chunked_fake(log: list[str], chunks: dict[int, int]):
+    """A model whose molecule of n atoms takes ``chunks[n]`` forward passes of 20 ms (default 1)."""
+    def predict(numbers, positions, between_chunks=None):
+        name = "heavy" if any(len(z) in chunks for z in numbers) else "light"
+        passes = max(chunks.get(len(z), 1) for z in numbers)
+        for k in range(passes):
+            time.sleep(0.02)
+            log.append(f"{name} {k}")
+            if between_chunks is not None and k < passes - 1:
+                between_chunks()
+        return np.zeros((len(numbers), 1))
+    return predict
+
+
+def _mol(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.ones(n, dtype=np.int64), np.zeros((n, 3))
+
+
+def test_a_heavy_molecule_runs_alone_and_light_molecules_go_between_its_forward_passes():
+    log: list[str] = []
+    batcher = DynamicBatcher(_chunked_fake(log, {20: 10}), max_batch_size=8, max_wait_ms=0, max_batch_cost=100,
+                             chunked=True).start()
+    heavy = batcher.submit_nowait([_mol(20)], costs=[1000])
+    while not log:
+        time.sleep(0.005)
+    light = batcher.submit_nowait([_mol(3), _mol(4)], costs=[1, 1])
+    light.result(5)
+    assert not heavy.done()  # the light request was answered in the middle of the heavy work
+    heavy.result(5)
+    batcher.close()
+    assert log.index("light 0") < log.index("heavy 9")
+    assert log.count("light 0") == 1  # both light molecules in one batch, run once
+
+
+def test_a_batch_whose_requests_were_all_cancelled_is_abandoned_at_its_next_forward_pass():
+    log: list[str] = []
+    cancelled: list[int] = []
+    batcher = DynamicBatcher(_chunked_fake(log, {20: 50}), max_batch_size=8, max_wait_ms=0, max_batch_cost=100,
+                             chunked=True, on_cancel=cancelled.append).start()
+    heavy = batcher.submit_nowait([_mol(20), _mol(20)], costs=[1000, 1000])
+    while not log:
+        time.sleep(0.005)
+    assert heavy.cancel()
+    time.sleep(0.2)
+    batcher.close()
+    assert len(log) < 10  # not the 100 passes of both molecules
+    assert sum(cancelled) == 2 and batcher.cancelled == 2  # the running one abandoned, the queued one dropped
+
+
+def test_batches_are_capped_by_cost_and_light_molecules_go_first():
+    seen: list[list[int]] = []
+
+    def predict(numbers, positions):
+        seen.append(sorted(len(z) for z in numbers))
+        return np.zeros((len(numbers), 1))
+
+    gate = threading.Event()
+    batcher = DynamicBatcher(predict, max_batch_size=8, max_wait_ms=0, max_batch_cost=10)
+    batcher.call(gate.wait)
+    batcher.start()
+    futures = [batcher.submit_nowait([_mol(n)], costs=[c]) for n, c in [(20, 50), (5, 4), (6, 4), (7, 4)]]
+    gate.set()
+    for f in futures:
+        f.result(5)
+    batcher.close()
+    assert seen == [[5, 6], [7], [20]]  # 4 + 4 fit under 10, the third does not; the heavy one last and alone
+
+
+# The service, on a real server: a tiny untrained model (a 24-carbon cage takes it a second or more per molecule),
+# costs limited so that the cage of 288 frames (one network: 691 reference ms) is refused, the one jittered by
+# 0.01 Å (208 frames counted: 499) admitted as heavy.
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory) -> Server:
+    tmp = tmp_path_factory.mktemp("hostile")
+    server = start_server(tmp, make_tiny_bundle(tmp / "tiny.pt"), "--max-molecules", "64", "--max-molecule-cost-ms",
+                          "600", "--max-batch-cost-ms", "100", "--request-timeout-s", "2", "--no-warmup")
+    yield server
+    server.stop()
+
+
+def _scrape(server: Server) -> dict:
+    text = httpx.get(server.base_url + "/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _model_batches(server: Server) -> float:
+    return _scrape(server).get(("lieprop_batch_size_count", (("priority", "interactive"),)), 0.0)
+
+
+def _cancelled(server: Server) -> float:
+    return _scrape(server).get(("lieprop_cancelled_molecules_total", (("stage", "model"),)), 0.0)
+
+
+def _heavy_request(server: Server, answers: dict, timeout: float = 30) -> None:
+    try:
+        answers["heavy"] = httpx.post(server.base_url + "/v1/predict", timeout=timeout,
+                                      json={"molecules": [c24_cage(1e-2)] * 64, "properties": ["homo"]})
+    except httpx.TimeoutException:
+        answers["heavy"] = None
+    answers["heavy_done"] = time.perf_counter()
+
+
+def _until(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_a_molecule_over_the_cost_limit_is_too_expensive_and_the_rest_of_the_request_is_served(hostile_server):
+    response = httpx.post(hostile_server.base_url + "/v1/predict", timeout=30, json={
+        "molecules": [c24_cage(1e-4), WATER], "properties": ["homo"]})
+    first, second = response.json()["results"]
+    assert first["ok"] is False and first["error"]["code"] == "too_expensive"
+    assert "288 frames" in first["error"]["message"] and "600 ms" in first["error"]["message"]
+    assert second["ok"] is True
+
+
+def test_a_heavy_request_does_not_hold_up_a_light_one(hostile_server):
+    answers: dict = {}
+    before = _model_batches(hostile_server)
+    heavy = threading.Thread(target=_heavy_request, args=(hostile_server, answers))
+    heavy.start()
+    _until(lambda: _model_batches(hostile_server) > before or "heavy" in answers)  # a cage is being computed
+    started = time.perf_counter()
+    light = httpx.post(hostile_server.base_url + "/v1/predict", timeout=30,
+                       json={"molecules": [WATER], "properties": ["homo"]})
+    light_done = time.perf_counter()
+    heavy.join(30)
+    assert light.status_code == 200 and light.json()["results"][0]["ok"]
+    assert light_done - started < 2.0
+    assert light_done < answers["heavy_done"]  # answered while the heavy request was still computing
+    assert answers["heavy"].status_code == 504  # 60 cages admitted (the request budget) do not fit in 2 s
+
+
+def test_a_timed_out_requests_molecules_are_not_computed_afterwards(hostile_server):
+    answers: dict = {}
+    cancelled = _cancelled(hostile_server)
+    _heavy_request(hostile_server, answers)
+    assert answers["heavy"].status_code == 504
+    _until(lambda: _cancelled(hostile_server) > cancelled)
+    time.sleep(0.3)  # the cage being computed at the timeout is abandoned at its next forward pass
+    batches = _model_batches(hostile_server)
+    time.sleep(1.0)
+    assert _model_batches(hostile_server) == batches  # nothing more is computed for nobody
+    assert _cancelled(hostile_server) - cancelled >= 40  # most of the 60 cages admitted never ran
+
+
+def test_a_disconnected_clients_request_is_cancelled(hostile_server):
+    answers: dict = {}
+    cancelled = _cancelled(hostile_server)
+    _heavy_request(hostile_server, answers, timeout=1.0)  # the client gives up after 1 s and hangs up
+    assert answers["heavy"] is None
+    _until(lambda: _cancelled(hostile_server) > cancelled, timeout=5)
+    time.sleep(0.3)
+    batches = _model_batches(hostile_server)
+    time.sleep(1.0)
+    assert _model_batches(hostile_server) == batches
+
+
+def test_a_megabyte_of_invalid_items_is_refused_by_count_before_validation_and_health_keeps_answering(
+        hostile_server):
+    body = b'{"molecules":[' + b",".join([b"{}"] * 333_000) + b"]}"
+    health: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=hostile_server.base_url, timeout=10) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                health.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    started = time.perf_counter()
+    for _ in range(3):
+        response = httpx.post(hostile_server.base_url + "/v1/predict", content=body, timeout=30,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_molecules"
+        assert "333000 molecules" in response.json()["error"]["message"]
+    seconds = (time.perf_counter() - started) / 3
+    done.set()
+    prober.join(10)
+    assert seconds < 2.0  # validating 333,000 items took 9 s
+    assert max(health) < 1.0

@@ -58,6 +58,7 @@ def test_error_codes_are_the_rest_contract():
     assert set(ERROR_CODES) == {
         "invalid_smiles", "invalid_xyz", "invalid_sdf", "unsupported_element", "too_many_atoms",
         "embedding_failed", "embedding_timeout", "charged_molecule", "invalid_geometry", "empty_input",
+        "too_expensive",
     }
 
 

@@ -36,6 +36,7 @@ COMMON_CODES: tuple[str, ...] = (
     "charged_molecule",
     "invalid_geometry",
     "empty_input",
+    "too_expensive",
 )
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ calls with the members' mean, its ``predictions`` also with their spread.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,10 @@ class FrameBatch:
     def __len__(self) -> int:
         return len(self.numbers)
 
+
+#: Called between two forward passes of a long evaluation (``between_chunks``): a scheduler may run other work there
+#: (the service's model thread serves waiting interactive requests) or raise to abandon the evaluation.
+BetweenChunks = Callable[[], None]
 
 #: Seed of the fixed rotations of :func:`fixed_rotations`: the same poses in every process, for every molecule.
 POSE_SEED = 0x905E
@@ -140,10 +144,12 @@ class PropertyModel(nn.Module):
         return expand(numbers, positions, self.arch.invariance, self.fix_signs)
 
     @torch.no_grad()
-    def evaluate(self, frames: FrameBatch, batch_size: int = 128, autocast_bf16: bool = False) -> np.ndarray:
+    def evaluate(self, frames: FrameBatch, batch_size: int = 128, autocast_bf16: bool = False,
+                 between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """(n_molecules, T) physical values of expanded molecules: the network in eval mode on every frame, the
         outputs averaged per molecule with the frames' weights, de-standardised, and properties that cannot be
-        negative (``NON_NEGATIVE``) clipped at 0."""
+        negative (``NON_NEGATIVE``) clipped at 0. ``between_chunks`` is called after every forward pass of
+        ``batch_size`` frames but the last (it may run other model work on this thread, or raise to stop)."""
         n_mol = len(frames)
         if n_mol == 0:
             return np.zeros((0, len(self.targets)))
@@ -158,6 +164,8 @@ class PropertyModel(nn.Module):
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16):
                     o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic=True)
                 outs[torch.as_tensor(sel)] = o.to(torch.float64).cpu()
+                if between_chunks is not None and s + batch_size < len(frames.order):
+                    between_chunks()
             own = torch.as_tensor(frames.owners)
             w = torch.from_numpy(frames.weights)[:, None]
             mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
@@ -168,7 +176,7 @@ class PropertyModel(nn.Module):
             self.train(was_training)
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                autocast_bf16: bool = False) -> np.ndarray:
+                autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """Invariant, continuous predictions (n_molecules, T) in physical units (float64).
 
         Molecules are expanded into their distinct frames (or taken as they are by an intrinsically invariant
@@ -176,24 +184,27 @@ class PropertyModel(nn.Module):
         (:meth:`evaluate`). No normalisation layer takes statistics across a batch in eval mode, so the result does
         not depend on the batch a molecule shares.
         """
-        return self.evaluate(self.expand(numbers, positions), batch_size, autocast_bf16)
+        return self.evaluate(self.expand(numbers, positions), batch_size, autocast_bf16, between_chunks)
 
     def pose_values(self, frames: FrameBatch, poses: int, batch_size: int = 128,
-                    autocast_bf16: bool = False) -> np.ndarray:
+                    autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """(poses, n_molecules, T): the model with every frame turned by each of :func:`fixed_rotations`. The
         rotations act on canonical coordinates, so the values are as invariant as the frames; a network that is not
         rotation-invariant by itself (T(3) LieConv) answers differently per pose, the more so the less it knows."""
-        return np.stack([self.evaluate(rotated(frames, r), batch_size, autocast_bf16) for r in fixed_rotations(poses)])
+        return np.stack([self.evaluate(rotated(frames, r), batch_size, autocast_bf16, between_chunks)
+                         for r in fixed_rotations(poses)])
 
     def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                    autocast_bf16: bool = False) -> Predictions:
+                    autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> Predictions:
         """:meth:`predict` as the prediction contract. With ``spread_poses`` > 1 (set from the bundle), ``std`` is
-        the spread over that many poses (:meth:`pose_values`); otherwise a single model gives values only."""
+        the spread over that many poses (:meth:`pose_values`); otherwise a single model gives values only.
+        ``between_chunks``: see :meth:`evaluate`."""
         frames = self.expand(numbers, positions)
-        value = self.evaluate(frames, batch_size, autocast_bf16)
+        value = self.evaluate(frames, batch_size, autocast_bf16, between_chunks)
         if self.spread_poses < 2 or not len(frames):
             return Predictions(value)
-        return Predictions(value, self.pose_values(frames, self.spread_poses, batch_size, autocast_bf16).std(0, ddof=1))
+        posed = self.pose_values(frames, self.spread_poses, batch_size, autocast_bf16, between_chunks)
+        return Predictions(value, posed.std(0, ddof=1))
 
 
 class EnsembleModel(nn.Module):
@@ -252,28 +263,35 @@ class EnsembleModel(nn.Module):
             m.spread_poses = poses
 
     def member_values(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                      autocast_bf16: bool = False) -> np.ndarray:
+                      autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """(M, n_molecules, T): every member's predictions."""
-        return self._member_values(self.first.expand(numbers, positions), batch_size, autocast_bf16)
+        return self._member_values(self.first.expand(numbers, positions), batch_size, autocast_bf16, between_chunks)
 
-    def _member_values(self, frames: FrameBatch, batch_size: int, autocast_bf16: bool) -> np.ndarray:
-        return np.stack([m.evaluate(frames, batch_size, autocast_bf16) for m in self.members])
+    def _member_values(self, frames: FrameBatch, batch_size: int, autocast_bf16: bool,
+                       between_chunks: BetweenChunks | None = None) -> np.ndarray:
+        values = []
+        for k, m in enumerate(self.members):
+            if k and between_chunks is not None:
+                between_chunks()
+            values.append(m.evaluate(frames, batch_size, autocast_bf16, between_chunks))
+        return np.stack(values)
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                autocast_bf16: bool = False) -> np.ndarray:
+                autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """The members' mean (n_molecules, T)."""
-        return self.member_values(numbers, positions, batch_size, autocast_bf16).mean(0)
+        return self.member_values(numbers, positions, batch_size, autocast_bf16, between_chunks).mean(0)
 
     def predictions(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
-                    autocast_bf16: bool = False) -> Predictions:
+                    autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> Predictions:
         """The members' mean, their spread (sample standard deviation) and values; with ``spread_poses`` > 1 the
         spread is taken over every member in every pose (:meth:`PropertyModel.pose_values`) instead. The spread is
         raw: a bundle's calibration (per geometry path, lieprop.model.calibration) turns it into a std and intervals
-        when results are built, where the molecule's provenance is known."""
+        when results are built, where the molecule's provenance is known. ``between_chunks``: see
+        :meth:`PropertyModel.evaluate` (also called between members)."""
         frames = self.first.expand(numbers, positions)
-        result = Predictions.from_members(self._member_values(frames, batch_size, autocast_bf16))
+        result = Predictions.from_members(self._member_values(frames, batch_size, autocast_bf16, between_chunks))
         if self.spread_poses < 2 or not len(frames):
             return result
-        posed = np.concatenate([m.pose_values(frames, self.spread_poses, batch_size, autocast_bf16)
+        posed = np.concatenate([m.pose_values(frames, self.spread_poses, batch_size, autocast_bf16, between_chunks)
                                 for m in self.members])
         return Predictions(result.value, posed.std(0, ddof=1), members=result.members)

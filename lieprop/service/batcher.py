@@ -13,6 +13,18 @@ When more molecules wait than fit, the batch is the oldest molecule plus the one
 padded all-pairs convolutions cost the square of the largest molecule, so similar sizes batch cheaply, and taking
 the oldest first means nobody starves. With batching off, every submission runs alone.
 
+Cost. Each molecule may carry its estimated model time (:mod:`lieprop.model.cost`, reference milliseconds). With
+``max_batch_cost`` set, a batch holds molecules up to that total (at least one), and a molecule costing more is
+*heavy*: it runs alone, and the oldest *light* molecule anchors a batch before any heavy one. While a heavy
+molecule (or a background call) computes, the model calls :meth:`DynamicBatcher.between_chunks` between forward
+passes (``chunked=True``: ``predict`` takes that keyword); there waiting interactive light molecules get a batch of
+their own, run right away on the worker thread. So one heavy client delays a light request by one forward pass,
+not by its whole work.
+
+Cancellation. Cancelling a submission's future (an asyncio task awaiting :meth:`DynamicBatcher.submit` cancelled
+by a timeout or a disconnected client) drops its molecules still queued, and a batch whose submissions are all
+cancelled is abandoned at its next forward pass; ``on_cancel(n)`` counts the molecules nobody gets.
+
 Failures. If a batch raises, each of its molecules is retried alone, so one molecule that breaks the model fails
 only itself; its slot gets the exception.
 """
@@ -22,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -59,6 +72,10 @@ class QueueFull(RuntimeError):
     """More molecules are waiting than ``max_queue`` allows."""
 
 
+class BatchAbandoned(BaseException):  # noqa: N818 - not an error: a BaseException so that predict_each passes it on
+    """Raised by :meth:`DynamicBatcher.between_chunks` to stop a batch nobody waits for any more."""
+
+
 @dataclass(eq=False)
 class _Ticket:
     future: concurrent.futures.Future
@@ -74,6 +91,7 @@ class _Entry:
     positions: np.ndarray
     enqueued: float
     seq: int
+    cost: float = 0.0
     n_atoms: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +116,10 @@ class DynamicBatcher:
     :meth:`~lieprop.model.predictor.PropertyModel.predictions`) and must give each molecule the same prediction
     whatever batch it shares. ``initializer`` runs first on the worker thread (e.g.
     ``torch.set_num_threads``); ``on_batch`` is called there after every batch with :class:`BatchStats`;
-    ``incoming()``, if given, counts submissions on their way (0: do not wait for the batch to fill).
+    ``incoming()``, if given, counts submissions on their way (0: do not wait for the batch to fill);
+    ``max_batch_cost`` caps a batch's summed molecule costs and ``chunked`` says that ``predict`` takes a
+    ``between_chunks`` keyword (see the module doc); ``on_cancel(n)`` is told of ``n`` molecules dropped because
+    their submission was cancelled.
 
     Use :meth:`submit` from asyncio code, :meth:`submit_nowait` from threads; both return one outcome per
     molecule: a row of ``predict``'s output or the exception that molecule met.
@@ -108,9 +129,13 @@ class DynamicBatcher:
                  batching: bool = True, max_queue: int | None = None,
                  initializer: Callable[[], None] | None = None,
                  on_batch: Callable[[BatchStats], None] | None = None,
-                 incoming: Callable[[], int] | None = None, name: str = "lieprop-model") -> None:
+                 incoming: Callable[[], int] | None = None, max_batch_cost: float | None = None,
+                 chunked: bool = False, on_cancel: Callable[[int], None] | None = None,
+                 name: str = "lieprop-model") -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_batch_cost is not None and max_batch_cost <= 0:
+            raise ValueError(f"max_batch_cost must be > 0, got {max_batch_cost}")
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
@@ -119,6 +144,13 @@ class DynamicBatcher:
         self._initializer = initializer
         self._on_batch = on_batch
         self._incoming = incoming
+        self.max_batch_cost = max_batch_cost
+        self._chunked = chunked
+        self._on_cancel = on_cancel
+        #: Molecules dropped or abandoned because their submission was cancelled, since start.
+        self.cancelled = 0
+        self._running: list[_Entry] | None = None  # the batch being computed (None: idle or a call)
+        self._nested = False  # a light batch runs inside a heavy one's between_chunks
         self._queues: tuple[deque[_Entry], ...] = tuple(deque() for _ in Priority)
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._background_calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
@@ -149,12 +181,16 @@ class DynamicBatcher:
         return self._closing
 
     def submit_nowait(self, molecules: Sequence[tuple[np.ndarray, np.ndarray]],
-                      priority: Priority = Priority.INTERACTIVE) -> concurrent.futures.Future:
+                      priority: Priority = Priority.INTERACTIVE,
+                      costs: Sequence[float] | None = None) -> concurrent.futures.Future:
         """Enqueue ``(numbers, positions)`` pairs; the future resolves to a list of outcomes, in order.
+        ``costs``: each molecule's estimated model time (reference ms; default 0, i.e. light).
 
         Raises :class:`BatcherClosed` after :meth:`close`, :class:`QueueFull` when ``max_queue`` would be
         exceeded. Cancelling the future drops the molecules not yet computed.
         """
+        if costs is not None and len(costs) != len(molecules):
+            raise ValueError(f"{len(costs)} costs for {len(molecules)} molecules")
         future: concurrent.futures.Future = concurrent.futures.Future()
         if not molecules:
             future.set_result([])
@@ -168,21 +204,24 @@ class DynamicBatcher:
                 raise QueueFull(f"{self.queued} molecules are waiting for the model (limit {self.max_queue})")
             queue = self._queues[priority]
             for slot, (numbers, positions) in enumerate(molecules):
-                queue.append(_Entry(ticket, slot, numbers, positions, now, next(self._seq)))
+                cost = 0.0 if costs is None else float(costs[slot])
+                queue.append(_Entry(ticket, slot, numbers, positions, now, next(self._seq), cost))
             self._cond.notify()
         return future
 
     async def submit(self, molecules: Sequence[tuple[np.ndarray, np.ndarray]],
-                     priority: Priority = Priority.INTERACTIVE) -> list[Outcome]:
+                     priority: Priority = Priority.INTERACTIVE,
+                     costs: Sequence[float] | None = None) -> list[Outcome]:
         """:meth:`submit_nowait` for asyncio: awaits the outcomes; cancelling the awaiting task drops the work."""
-        return await asyncio.wrap_future(self.submit_nowait(molecules, priority))
+        return await asyncio.wrap_future(self.submit_nowait(molecules, priority, costs))
 
     def call(self, fn: Callable[[], Any], priority: Priority = Priority.INTERACTIVE) -> concurrent.futures.Future:
         """Run ``fn`` on the worker thread between batches; the future gets its result.
 
         ``INTERACTIVE`` calls (warm-up, reloading) go before any queued molecule. ``BACKGROUND`` calls (batch
         jobs running the model on a group of molecules) wait until no interactive molecule is queued, so a job
-        delays an interactive request by at most the one call that is running when it arrives.
+        delays an interactive request by at most the one call that is running when it arrives (by one forward
+        pass when the call passes :meth:`between_chunks` to the model).
         """
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
@@ -192,6 +231,32 @@ class DynamicBatcher:
             calls.append((fn, future))
             self._cond.notify()
         return future
+
+    def between_chunks(self) -> None:
+        """Call between forward passes of model work on the worker thread (the model's ``between_chunks``).
+
+        Raises :class:`BatchAbandoned` when every submission of the running batch was cancelled. While a heavy
+        batch or a background call runs, computes one batch of the waiting interactive light molecules first.
+        Does nothing on any other thread, or inside such a batch.
+        """
+        if threading.current_thread() is not self._thread:
+            return
+        running = self._running
+        if running is not None and all(e.ticket.future.done() for e in running):
+            raise BatchAbandoned()
+        if self._nested or (running is not None and not self._heavy(running)):
+            return
+        with self._cond:
+            self._drop_cancelled()
+            queue = self._queues[Priority.INTERACTIVE]
+            if not any(self._light(e) for e in queue):
+                return
+            batch = self._take(queue)
+        self._nested = True
+        try:
+            self._execute(batch, Priority.INTERACTIVE)
+        finally:
+            self._nested = False
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking work; with ``drain`` finish what is queued, else fail it with :class:`BatcherClosed`.
@@ -264,8 +329,23 @@ class DynamicBatcher:
         for q in self._queues:
             if any(e.ticket.future.done() for e in q):
                 kept = [e for e in q if not e.ticket.future.done()]
+                self._count_cancelled(len(q) - len(kept))
                 q.clear()
                 q.extend(kept)
+
+    def _count_cancelled(self, n: int) -> None:
+        self.cancelled += n
+        if self._on_cancel is not None and n:
+            try:
+                self._on_cancel(n)
+            except Exception:
+                log.exception("on_cancel observer failed")
+
+    def _light(self, entry: _Entry) -> bool:
+        return self.max_batch_cost is None or entry.cost <= self.max_batch_cost
+
+    def _heavy(self, batch: list[_Entry]) -> bool:
+        return self.max_batch_cost is not None and sum(e.cost for e in batch) > self.max_batch_cost
 
     def _take(self, queue: deque[_Entry]) -> list[_Entry]:
         size = self.max_batch_size
@@ -275,17 +355,23 @@ class DynamicBatcher:
             while queue and queue[0].ticket is ticket and len(batch) < size:
                 batch.append(queue.popleft())
             return batch
-        if len(queue) <= size:
+        cap = self.max_batch_cost
+        if len(queue) <= size and (cap is None or sum(e.cost for e in queue) <= cap):
             batch = list(queue)
             queue.clear()
             return batch
-        anchor = queue[0]
-        chosen = sorted(itertools.islice(queue, 1, None), key=lambda e: (abs(e.n_atoms - anchor.n_atoms), e.seq))
-        picked = {id(e) for e in chosen[: size - 1]}
-        batch = [anchor]
-        kept = []
-        for e in itertools.islice(queue, 1, None):
-            (batch if id(e) in picked else kept).append(e)
+        anchor = next((e for e in queue if self._light(e)), queue[0])  # light work first, oldest first
+        chosen = sorted((e for e in queue if e is not anchor),
+                        key=lambda e: (abs(e.n_atoms - anchor.n_atoms), e.seq))
+        picked, total = {id(anchor)}, anchor.cost
+        for e in chosen:
+            if len(picked) >= size:
+                break
+            if cap is None or total + e.cost <= cap:
+                picked.add(id(e))
+                total += e.cost
+        batch = [e for e in queue if id(e) in picked]
+        kept = [e for e in queue if id(e) not in picked]
         queue.clear()
         queue.extend(kept)
         return batch
@@ -293,10 +379,20 @@ class DynamicBatcher:
     def _execute(self, batch: list[_Entry], priority: Priority) -> None:
         start = time.perf_counter()
         waits = [start - e.enqueued for e in batch]
-        outcomes: list[Outcome] = predict_each(
-            self._predict, [e.numbers for e in batch], [e.positions for e in batch],
-            on_retry=lambda exc: log.warning("a batch of %d molecules failed (%s: %s); retrying them one by one",
-                                             len(batch), type(exc).__name__, exc))
+        predict = (functools.partial(self._predict, between_chunks=self.between_chunks) if self._chunked
+                   else self._predict)
+        outer, self._running = self._running, batch
+        try:
+            outcomes: list[Outcome] = predict_each(
+                predict, [e.numbers for e in batch], [e.positions for e in batch],
+                on_retry=lambda exc: log.warning("a batch of %d molecules failed (%s: %s); retrying them one by "
+                                                 "one", len(batch), type(exc).__name__, exc))
+        except BatchAbandoned:
+            self._count_cancelled(len(batch))
+            log.info("abandoned a batch of %d molecules: every request waiting for it was cancelled", len(batch))
+            return
+        finally:
+            self._running = outer
         seconds = time.perf_counter() - start
         for entry, outcome in zip(batch, outcomes, strict=True):
             self._deliver(entry, outcome)

@@ -10,14 +10,14 @@ the request's route up in a :class:`~lieprop.service.access.RouteTable` (the acc
   receives the body) and a minimum rate, ``upload_min_rate_bytes_s`` after ``body_timeout_s`` (else 408); every other
   POST/PUT/PATCH is read here, at most ``max_body_bytes`` within ``body_timeout_s`` (else 408, and the connection is
   closed), and replayed to the app;
-- a JSON body with a key twice in one object is a 422 ``invalid_request`` naming the key (JSON parsers, FastAPI's
-  too, keep the last one silently).
+- a JSON body is parsed once, on a thread (:mod:`lieprop.service.json_body`), and the parse is handed to the app;
+  a key twice in one object is a 422 ``invalid_request`` naming the key (JSON parsers, FastAPI's too, keep the last
+  one silently).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -28,12 +28,16 @@ from starlette.datastructures import MutableHeaders
 
 from lieprop.service.access import RouteTable, match_key
 from lieprop.service.errors import error_response
+from lieprop.service.json_body import PARSED_KEY, parse_json
 from lieprop.service.logs import request_id
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.settings import Settings
 from lieprop.service.uploads import limited_receive
 
 log = logging.getLogger("lieprop.service")
+
+#: JSON bodies up to this size are parsed on the event loop (a thread hop would cost more); larger ones on a thread.
+INLINE_JSON_BYTES = 4096
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -123,7 +127,13 @@ class EdgeMiddleware:
             if body is None:
                 await too_large(scope, receive, send)
                 return
-            duplicate = _duplicate_json_key(body) if b"json" in headers.get("content-type", b"").lower() else None
+            parsed = None
+            if body and b"json" in headers.get("content-type", b"").lower():
+                # a small body is parsed at once (well under a millisecond), a larger one on a thread
+                parsed = parse_json(body) if len(body) <= INLINE_JSON_BYTES else await asyncio.to_thread(parse_json,
+                                                                                                           body)
+                scope.setdefault("state", {})[PARSED_KEY] = parsed
+            duplicate = parsed.duplicate if parsed is not None else None
             if duplicate is not None:
                 await error_response(422, "invalid_request", f"body: the key {duplicate!r} appears twice in one "
                                      "JSON object", [{"loc": ["body"], "msg": f"duplicate key {duplicate!r}",
@@ -147,31 +157,6 @@ async def _read_body(receive: Callable, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def _duplicate_json_key(body: bytes) -> str | None:
-    """The first key found twice in one object of the JSON ``body`` (JSON parsers keep the last one silently), or
-    None; a body that is not JSON is left to the app to answer."""
-    try:
-        json.loads(body, object_pairs_hook=_unique_pairs)
-    except _DuplicateKey as exc:
-        return str(exc.args[0])[:200]
-    except (ValueError, RecursionError):
-        return None
-    return None
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

@@ -4,8 +4,9 @@ One runner thread works through queued jobs, oldest first, with the pipeline of 
 (:func:`lieprop.scoring.pipeline.score_file`): records are parsed in a pool of ``job_workers`` processes running below
 normal CPU priority, and the model runs on the service's model thread as *background* calls of the
 :class:`~lieprop.service.batcher.DynamicBatcher`, ``max_batch_size`` molecules per call, which wait whenever
-interactive molecules are queued. So ``/v1/predict`` keeps its latency while a job runs (it waits for at most one
-background call), and the job gets the model whenever the interactive queue is empty.
+interactive molecules are queued and let them go between their forward passes
+(:meth:`~lieprop.service.batcher.DynamicBatcher.between_chunks`). So ``/v1/predict`` keeps its latency while a job runs
+(it waits for at most one forward pass), and the job gets the model whenever the interactive queue is empty.
 
 Job state lives in SQLite (:class:`~lieprop.service.job_store.JobStore`, ``<data_dir>/jobs.sqlite3``), results on disk
 (``results.jsonl``, written chunk by chunk by :class:`~lieprop.scoring.output.ResultFile`, verified against its
@@ -353,7 +354,8 @@ class JobManager:
         frame_batch = self.settings.model_chunk
 
         def predict(numbers: list[np.ndarray], positions: list[np.ndarray]) -> Predictions:
-            batch = functools.partial(model.predictions, numbers, positions, batch_size=frame_batch)
+            batch = functools.partial(model.predictions, numbers, positions, batch_size=frame_batch,
+                                      between_chunks=batcher.between_chunks)  # interactive work goes in between
 
             def timed() -> Predictions:
                 start = time.perf_counter()

@@ -16,8 +16,8 @@ _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 class ServiceMetrics:
     """Request counts and latencies by route and status, model batch sizes and times, queue wait and depth,
-    molecules by outcome and error code, conformer embedding time, batch jobs (final states, rows, quota refusals,
-    expiry, storage, results verification), readiness and the served model."""
+    molecules by outcome and error code, molecules cancelled with their request, conformer embedding time, batch jobs
+    (final states, rows, quota refusals, expiry, storage, results verification), readiness and the served model."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -38,6 +38,9 @@ class ServiceMetrics:
         self.queue_depth = Gauge("lieprop_queue_depth", "Molecules waiting for the model", registry=r)
         self.molecules = Counter("lieprop_molecules", "Molecules answered, by outcome (ok/error) and error code",
                                  ["outcome", "code"], registry=r)
+        self.cancelled = Counter("lieprop_cancelled_molecules",
+                                 "Molecules whose request timed out or was disconnected, dropped before their work "
+                                 "(stage: embedding, model)", ["stage"], registry=r)
         self.embedding = Histogram("lieprop_embedding_duration_seconds",
                                    "Time to build one 3D conformer from a SMILES or 2D MOL block (seconds)",
                                    buckets=_LATENCY_BUCKETS, registry=r)

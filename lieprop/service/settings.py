@@ -80,7 +80,20 @@ class Settings(BaseSettings):
     max_molecules: int = Field(256, ge=1, description="molecules per request; more -> 413")
     max_atoms: int = Field(QM9_MAX_ATOMS, ge=1, le=1000,
                            description="atoms per molecule, hydrogens included; more -> item error too_many_atoms")
-    request_timeout_s: float = Field(60.0, gt=0, description="a /v1/predict request taking longer gets 504")
+    request_timeout_s: float = Field(60.0, gt=0, description="a /v1/predict request taking longer gets 504 (its "
+                                                             "work is cancelled)")
+
+    # model time, estimated before any model work (reference milliseconds, lieprop/model/cost.py)
+    max_molecule_cost_ms: float = Field(2000.0, gt=0,
+                                        description="estimated model time of one molecule, at most; more -> item "
+                                                    "error too_expensive (QM9's costliest: 424)")
+    max_request_cost_ms: float = Field(30_000.0, gt=0,
+                                       description="estimated model time of one request's molecules, at most; the "
+                                                   "molecules past it -> item error too_expensive")
+    max_batch_cost_ms: float = Field(250.0, gt=0,
+                                     description="estimated model time of one model batch, at most; a costlier "
+                                                 "molecule runs alone, in forward passes of a tenth of this, "
+                                                 "and waiting light requests go between them")
 
     # connection hygiene (slow and idle clients)
     keep_alive_timeout_s: float = Field(5.0, gt=0, le=3600,
@@ -117,6 +130,11 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="JSON log lines (false: plain text)")
     shutdown_timeout_s: float = Field(30.0, ge=0,
                                       description="on SIGTERM, how long in-flight requests may take to finish")
+    switch_interval_ms: float = Field(1.0, gt=0, le=100,
+                                      description="lieprop serve: the interpreter's thread switch interval "
+                                                  "(sys.setswitchinterval; Python's default is 5): shorter lets the "
+                                                  "event loop and the model thread take the interpreter lock sooner "
+                                                  "from threads reading large requests")
     warmup: bool = Field(True, description="run the model and the embedding pool once before /readyz says ready")
 
     @model_validator(mode="after")

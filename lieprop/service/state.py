@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable
@@ -38,16 +39,21 @@ from lieprop.inference import (
     model_card,
     model_info,
     parse_item,
-    parse_items,
 )
+from lieprop.model.cost import CostModel
 from lieprop.model.device import pick_device
 from lieprop.service import schemas
+from lieprop.service.admission import FORWARD_SHARE, CostLimits, Estimated, admit, chunked_predict, read_items
 from lieprop.service.batcher import DynamicBatcher, Priority
 from lieprop.service.job_runner import JobManager
 from lieprop.service.metrics import ServiceMetrics
 from lieprop.service.settings import Settings
 
 log = logging.getLogger("lieprop.service")
+
+#: Most SMILES / MOL blocks per embedding-pool task: small tasks let other requests' items in between, and the tasks
+#: of a cancelled request that have not started are dropped.
+EMBED_TASK_ITEMS = 4
 
 
 class Service:
@@ -57,6 +63,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.limits = ValidationLimits(max_atoms=settings.max_atoms)
+        self.cost_limits = CostLimits(molecule=settings.max_molecule_cost_ms, request=settings.max_request_cost_ms)
         self.tenant_keys = settings.tenant_keys()  # (API key, tenant) pairs; empty: no key needed
         self.state = "starting"  # starting -> warming -> ready (or failed) -> stopping
         self.detail: str | None = None
@@ -66,6 +73,7 @@ class Service:
         self.info: dict[str, str] = {}
         self.context = ResultContext()  # the model's result warnings and intervals (lieprop.inference)
         self.cards: dict[str, Any] = {}
+        self.costs = CostModel()  # of the served model, once loaded (lieprop.model.cost)
         self._warm_task: asyncio.Task | None = None
         self.jobs: JobManager | None = None  # batch jobs (lieprop/service/job_runner.py), once started
         self.parsing = 0  # requests being read: their molecules will reach the batcher soon
@@ -80,16 +88,18 @@ class Service:
         s = self.settings
         self.bundle = await asyncio.to_thread(load_model, s.model)  # ModelNotFoundError / BundleError stop start-up
         self.context = ResultContext.of(self.bundle)
+        self.costs = CostModel.of(self.bundle.model)
         self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
         self.info = model_info(self.bundle)
         card = model_card(self.bundle)
         self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
         threads = s.model_threads or os.cpu_count() or 1
         self.batcher = DynamicBatcher(
-            functools.partial(self.bundle.model.predictions, batch_size=s.model_chunk),
+            chunked_predict(self.bundle.model, self.costs, s.model_chunk, s.max_batch_cost_ms / FORWARD_SHARE),
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
             max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
             on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,
+            max_batch_cost=s.max_batch_cost_ms, chunked=True, on_cancel=self.metrics.cancelled.labels("model").inc,
         ).start()
         self.metrics.track_queue(lambda: self.batcher.queued if self.batcher else 0)
         self.metrics.model.labels(**self.info).set(1)
@@ -147,50 +157,61 @@ class Service:
         full = molecules * max(1, self.settings.max_batch_size // 2)
         predict([m.numbers for m in full], [m.positions for m in full])
 
-    async def _run_pool(self, chunk: list[tuple[int, dict]]) -> list[Parsed]:
-        loop = asyncio.get_running_loop()
+    async def _run_pool(self, chunk: list[tuple[int, dict]]) -> list[Estimated]:
         pool = self.pool
+        future = None
         try:
-            return await loop.run_in_executor(pool, parse_items, chunk, self.limits)
+            future = pool.submit(read_items, chunk, self.limits, self.costs)
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future is not None and future.cancel():  # not started yet: nobody will embed these
+                self.metrics.cancelled.labels("embedding").inc(len(chunk))
+            raise
         except BrokenProcessPool:
             log.error("the embedding pool broke (a worker died); starting a new one")
             if self.pool is pool:
                 self.pool = self._new_pool()
                 pool.shutdown(wait=False, cancel_futures=True)
-            return [Parsed(i, MoleculeError("embedding_failed", "the embedding worker died on this request"), 0.0)
-                    for i, _ in chunk]
+            return [Estimated(Parsed(i, MoleculeError("embedding_failed", "the embedding worker died on this "
+                                                      "request"), 0.0), None) for i, _ in chunk]
 
-    async def parse(self, items: list[dict]) -> list[Parsed]:
-        """Read every item: SMILES and MOL blocks in the process pool (split over its workers), the rest on a
-        thread. Returns one :class:`Parsed` per item, in order."""
+    async def parse(self, items: list[dict]) -> list[Estimated]:
+        """Read every item: SMILES and MOL blocks in the process pool (in tasks of at most
+        :data:`EMBED_TASK_ITEMS`, spread over its workers), the rest on a thread, each molecule with its cost
+        estimate. Returns one :class:`Estimated` per item, in order. Cancelled, it drops the pool tasks that have
+        not started."""
         loop = asyncio.get_running_loop()
         heavy = [(i, d) for i, d in enumerate(items) if input_kind(d) in EMBEDDING_KINDS]
         light = [(i, d) for i, d in enumerate(items) if input_kind(d) not in EMBEDDING_KINDS]
-        jobs: list[Awaitable[list[Parsed]]] = []
+        jobs: list[Awaitable[list[Estimated]]] = []
         if light:
-            jobs.append(loop.run_in_executor(None, parse_items, light, self.limits))
+            jobs.append(loop.run_in_executor(None, read_items, light, self.limits, self.costs))
         if heavy:
-            n = min(self.settings.workers_embed, len(heavy))
+            n = max(min(self.settings.workers_embed, len(heavy)), math.ceil(len(heavy) / EMBED_TASK_ITEMS))
             jobs.extend(self._run_pool(heavy[k::n]) for k in range(n))
-        parsed = [p for chunk in await asyncio.gather(*jobs) for p in chunk]
-        for p in parsed:
-            if input_kind(items[p.index]) in EMBEDDING_KINDS:
-                self.metrics.embedding.observe(p.seconds)
-        return sorted(parsed, key=lambda p: p.index)
+        read = [e for chunk in await asyncio.gather(*jobs) for e in chunk]
+        for e in read:
+            if input_kind(items[e.parsed.index]) in EMBEDDING_KINDS:
+                self.metrics.embedding.observe(e.parsed.seconds)
+        return sorted(read, key=lambda e: e.parsed.index)
 
     async def predict(self, items: list[dict], columns: list[Column],
                       priority: Priority = Priority.INTERACTIVE, context: ResultContext | None = None,
                       geometry: bool = False) -> list[dict]:
         """Results for REST items, in order (raises QueueFull / BatcherClosed); ``context``: another coverage than
-        the model's default (:meth:`ResultContext.of`); ``geometry``: ok results carry the predicted geometry."""
+        the model's default (:meth:`ResultContext.of`); ``geometry``: ok results carry the predicted geometry.
+
+        Molecules over the cost limits get ``too_expensive`` (:mod:`lieprop.service.admission`). Cancelling the
+        awaiting task (a timeout, a disconnected client) drops the work not yet started: embedding-pool tasks
+        and molecules waiting for the model."""
         self.parsing += 1
         try:
-            parsed = await self.parse(items)
+            admitted = admit(await self.parse(items), self.cost_limits)
         finally:
             self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
-        outcomes = [p.outcome for p in parsed]
+        outcomes = admitted.outcomes
         valid = [o for o in outcomes if isinstance(o, Molecule)]
-        future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority)
+        future = self.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority, admitted.costs)
         rows = await asyncio.wrap_future(future)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
         return build_results(outcomes, ids, rows, columns, self.bundle.model.targets, context or self.context,

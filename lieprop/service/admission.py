@@ -1,0 +1,104 @@
+"""Cost-based admission: which molecules of a request the model thread takes, decided before any model work.
+
+Every valid molecule gets its estimated model time (:mod:`lieprop.model.cost`, reference milliseconds: frames x
+evaluations x the cost of a frame of its size), computed where the molecule was read (:func:`read_items`: on a
+thread for XYZ and arrays, in the embedding pool for SMILES and MOL blocks), so the estimate costs no extra hop. A
+molecule over ``max_molecule_cost_ms`` is refused with the item error ``too_expensive``; so are the molecules that
+would take the request's total past ``max_request_cost_ms`` (counted in request order) (:func:`admit`). The rest of
+the request is served. The defaults refuse no QM9 molecule and admit a full request of them (docs/API.md, "Limits").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lieprop.data.items import Parsed, parse_items
+from lieprop.data.molecule import Molecule
+from lieprop.data.validation import MoleculeError, ValidationLimits
+from lieprop.model.cost import Cost, CostModel
+
+#: A forward pass of a heavy molecule's frames costs about ``max_batch_cost_ms / FORWARD_SHARE`` (8 frames at least):
+#: about the longest a light request waits for heavy work to let it in.
+FORWARD_SHARE = 10
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """The limits of :func:`admit`, in reference milliseconds (None: no limit)."""
+
+    molecule: float | None = None
+    request: float | None = None
+
+
+@dataclass(frozen=True)
+class Estimated:
+    """One read item: :func:`parse_items`' answer, and the molecule's cost (None when it is an error)."""
+
+    parsed: Parsed
+    cost: Cost | None
+
+
+def read_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits, costs: CostModel) -> list[Estimated]:
+    """Read ``(index, item)`` pairs (:func:`~lieprop.data.items.parse_items`) and estimate each molecule's cost: one
+    task for a thread or a pool worker (picklable arguments and results)."""
+    return [Estimated(p, costs.estimate(p.outcome.numbers, p.outcome.positions)
+                      if isinstance(p.outcome, Molecule) else None) for p in parse_items(items, limits)]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Each item's outcome after admission (a :class:`Molecule` or the error it met, ``too_expensive`` included),
+    and the estimated cost of each admitted molecule, in the order of the admitted molecules."""
+
+    outcomes: list[Any]
+    costs: list[float]
+
+
+def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
+    """Refuse the molecules over ``limits`` (see the module doc); errors pass through. ``estimated`` in request
+    order. Cheap: no molecule is looked at again."""
+    out: list[Any] = []
+    costs: list[float] = []
+    total = 0.0
+    for e in estimated:
+        outcome, cost = e.parsed.outcome, e.cost
+        if cost is None or not isinstance(outcome, Molecule):
+            out.append(outcome)
+            continue
+        if limits.molecule is not None and cost.ms > limits.molecule:
+            out.append(MoleculeError("too_expensive", f"this molecule would take an estimated {cost.ms:,.0f} ms of "
+                                     f"model time ({cost.frames} frames of {outcome.n_atoms} atoms: a symmetric "
+                                     f"molecule is seen in many frames); the limit per molecule is "
+                                     f"{limits.molecule:,.0f} ms"))
+            continue
+        if limits.request is not None and total + cost.ms > limits.request:
+            out.append(MoleculeError("too_expensive", f"the molecules before this one use the request's budget of "
+                                     f"model time ({total:,.0f} of {limits.request:,.0f} ms; this one needs "
+                                     f"{cost.ms:,.0f} ms): send it in another request"))
+            continue
+        total += cost.ms
+        out.append(outcome)
+        costs.append(cost.ms)
+    return Admitted(out, costs)
+
+
+def forward_frames(costs: CostModel, n_atoms: int, max_frames: int, forward_ms: float) -> int:
+    """Frames per forward pass for molecules of up to ``n_atoms`` atoms: as many as cost ``forward_ms`` per network
+    evaluation, between 8 and ``max_frames``. Small molecules get full chunks; a heavy molecule's frames are cut
+    into short passes, so the work waiting between them (:meth:`DynamicBatcher.between_chunks`) waits little."""
+    return int(np.clip(forward_ms // max(costs.frame_cost(n_atoms), 1e-9), min(8, max_frames), max_frames))
+
+
+def chunked_predict(model: Any, costs: CostModel, max_frames: int, forward_ms: float
+                    ) -> Callable[..., Any]:
+    """``model.predictions`` with forward passes of :func:`forward_frames` frames, taking ``between_chunks``: the
+    model thread's predict function."""
+    def predict(numbers: list[np.ndarray], positions: list[np.ndarray], between_chunks: Any = None) -> Any:
+        frames = forward_frames(costs, max((len(z) for z in numbers), default=1), max_frames, forward_ms)
+        return model.predictions(numbers, positions, batch_size=frames, between_chunks=between_chunks)
+
+    return predict

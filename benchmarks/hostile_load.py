@@ -25,7 +25,6 @@ percentiles; then the cancelled-molecule counters from ``/metrics``. First it pr
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import multiprocessing
 import os
@@ -43,23 +42,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from attacks import c24_cage  # noqa: E402  (tests/attacks.py: the red-team catalogue's molecules)
+
 WATER = {"numbers": [8, 1, 1], "positions": [[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]]}
 POLYYNE_28 = "C1#C" + "C#C" * 13 + "1"
 CUBANE = "C12C3C4C1C5C2C3C45"
-
-
-def c24_cage(jitter: float, seed: int = 0) -> dict:
-    """A truncated octahedron of 24 carbons (edges 1.41 Å), each atom moved by ``jitter`` Å (seeded): the less
-    jitter, the more symmetric, the more frames (288 up to ~1e-3 Å, 135 at 1e-2 Å)."""
-    vertices = set()
-    for p in itertools.permutations([0.0, 1.0, 2.0]):
-        for s1, s2 in itertools.product((1, -1), repeat=2):
-            v = np.array(p)
-            v[v == 1.0] *= s1
-            v[v == 2.0] *= s2
-            vertices.add(tuple(v))
-    x = np.array(sorted(vertices)) + np.random.default_rng(seed).normal(size=(24, 3)) * jitter
-    return {"numbers": [6] * 24, "positions": x.round(6).tolist()}
 
 
 def percentile(values: list[float], q: float) -> float:

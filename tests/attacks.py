@@ -13,9 +13,12 @@ contract: ``--max-body-bytes 200000``, ``--max-molecules 64``, an API key, small
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 #: The API key of the server the catalogue is written for.
 API_KEY = "reliability-key"
@@ -31,10 +34,30 @@ WATER_ATOMS = {"numbers": [8, 1, 1], "positions": [[0.0, 0.0, 0.1173], [0.0, 0.7
                                                    [0.0, -0.7572, -0.4692]]}
 
 
+#: The per-molecule cost limit of that server (reference ms, lieprop.model.cost): the 288-frame cage is over it.
+MAX_MOLECULE_COST_MS = 500
+
+
+def c24_cage(jitter: float, seed: int = 0) -> dict:
+    """A truncated octahedron of 24 carbons (edges 1.41 Å), each atom moved by ``jitter`` Å (seeded): the less
+    jitter, the more symmetric, the more frames (288 up to ~1e-3 Å, 135 at 1e-2 Å). ~100 KB for 64 copies, hours of
+    model time without cost admission (tests/test_hostile_input.py, benchmarks/hostile_load.py)."""
+    vertices = set()
+    for p in itertools.permutations([0.0, 1.0, 2.0]):
+        for s1, s2 in itertools.product((1, -1), repeat=2):
+            v = np.array(p)
+            v[v == 1.0] *= s1
+            v[v == 2.0] *= s2
+            vertices.add(tuple(v))
+    x = np.array(sorted(vertices)) + np.random.default_rng(seed).normal(size=(24, 3)) * jitter
+    return {"numbers": [6] * 24, "positions": x.round(6).tolist()}
+
+
 def server_args() -> list[str]:
     """``lieprop serve`` flags of the server the expectations below hold for (plus --model, --port, --data-dir)."""
     return ["--max-body-bytes", str(MAX_BODY_BYTES), "--max-molecules", str(MAX_MOLECULES),
-            "--job-max-rows", str(JOB_MAX_ROWS), "--job-max-decompressed-bytes", str(JOB_MAX_DECOMPRESSED_BYTES)]
+            "--job-max-rows", str(JOB_MAX_ROWS), "--job-max-decompressed-bytes", str(JOB_MAX_DECOMPRESSED_BYTES),
+            "--max-molecule-cost-ms", str(MAX_MOLECULE_COST_MS)]
 
 
 def server_env() -> dict[str, str]:
@@ -140,6 +163,8 @@ ATTACKS: list[Attack] = [
              ("too_many_atoms", None), timeout=5),
     _predict("a slow-failing polyyne ring beside water", "items", [{"smiles": _POLYYNE}, WATER_ATOMS],
              ("embedding_timeout", None), timeout=20),
+    _predict("a symmetric 24-carbon cage (288 frames) beside water", "items", [c24_cage(1e-4), WATER_ATOMS],
+             ("too_expensive", None), timeout=5),
     _predict("an unparsable SMILES", "items", [{"smiles": "C1CC(("}, {"smiles": "CCO"}], ("invalid_smiles", None)),
     _predict("atomic number 0 and 200", "items",
              [{"numbers": [0, 1], "positions": [[0, 0, 0], [0, 0, 1]]},

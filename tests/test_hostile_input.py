@@ -6,7 +6,6 @@ Each test is one rule: what the attack is, what lieprop does about it, and how f
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import resource
 import threading
@@ -17,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from attacks import c24_cage
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from test_service import Server, make_tiny_bundle, start_server
@@ -46,20 +46,6 @@ POLYYNE_28 = "C1#C" + "C#C" * 13 + "1"
 CUBANE = "C12C3C4C1C5C2C3C45"
 #: The bundled ensemble's cost model (3 networks, neighbourhoods of 100 atoms).
 BUNDLED_COSTS = CostModel(evaluations=3, nbhd=100)
-
-
-def c24_cage(jitter: float, seed: int = 0) -> dict:
-    """A truncated octahedron of 24 carbons (edges 1.41 Å), each atom moved by ``jitter`` Å: 288 frames up to
-    ~1e-3 Å, 135 at 1e-2 Å (benchmarks/hostile_load.py uses the same cages)."""
-    vertices = set()
-    for p in itertools.permutations([0.0, 1.0, 2.0]):
-        for s1, s2 in itertools.product((1, -1), repeat=2):
-            v = np.array(p)
-            v[v == 1.0] *= s1
-            v[v == 2.0] *= s2
-            vertices.add(tuple(v))
-    x = np.array(sorted(vertices)) + np.random.default_rng(seed).normal(size=(24, 3)) * jitter
-    return {"numbers": [6] * 24, "positions": x.round(6).tolist()}
 
 
 def _peak_rss_mb() -> float:

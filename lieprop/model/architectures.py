@@ -35,6 +35,7 @@ DEFAULT_ARCHITECTURE = "lieconv"
 #: Registered families: name -> the module that defines its ``ARCHITECTURE``.
 MODULES: dict[str, str] = {
     "lieconv": "lieprop.model.network",
+    "steerable": "lieprop.model.steerable",
 }
 
 

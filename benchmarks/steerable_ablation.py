@@ -108,7 +108,8 @@ def main() -> None:
     print(f"# budget: {args.minutes} min of training per variant and seed, {args.threads} torch thread(s), "
           f"{args.parallel} run(s) at once on this CPU; HOMO only; test MAE on the first {args.test} test molecules."
           f"\n# paper: one model per target, 100 epochs on a GPU (Zhdanov, Hoffmann, Cesa 2023).")
-    print("| variant | kernel / edge attributes | params | steps | epochs | train mol/s | HOMO MAE (meV) | paper (meV) |")
+    print("| variant | kernel / edge attributes | params | steps | epochs | train mol/s | HOMO MAE (meV) | "
+          "paper (meV) |")
     print("|---|---|---|---|---|---|---|---|")
     for v in args.variants:
         rows = []

@@ -190,7 +190,8 @@ def test_steerable_trains_saves_loads_and_serves(tmp_path, qm9_head, capsys):
 
     cfg = load_config("tiny", overrides={"architecture": "steerable", "network": {**SMALL, "depth": 1},
                                          "orientation": "none", "targets": ["homo", "u0"],
-                                         "out_dir": str(tmp_path / "run"), "epochs": 1, "limit_train": 128})
+                                         "out_dir": str(tmp_path / "run"), "epochs": 1, "limit_train": 64,
+                                         "limit_valid": 32})
     tr = train(cfg, data=qm9_head, log=lambda *_: None)
     bundle = load_bundle(tr.out / "best.pt")
     assert bundle.architecture == "steerable" and bundle.model.cfg.scalars == 8
@@ -199,7 +200,7 @@ def test_steerable_trains_saves_loads_and_serves(tmp_path, qm9_head, capsys):
                                "bonds+types") and card["targets"] == ["homo", "u0"]
     z, x = qm9_head.molecule(30)
     direct = bundle.model.predict([z], [x])[0]
-    result = lieprop.predict({"numbers": z.tolist(), "positions": x.tolist()}, model=tr.out / "best.pt")
+    result = lieprop.predict({"numbers": z.tolist(), "positions": x.tolist()}, model=bundle)
     values = result["results"][0]["properties"]
     assert values["homo"]["value"] == pytest.approx(direct[0], rel=1e-6)
     assert main(["info", str(tr.out / "best.pt")]) == 0

@@ -146,7 +146,7 @@ def main() -> None:
     if args.steerable:
         for bs in (1, 32):
             for mode in ("predict", "forward", "train"):
-                for model, width in (("T3", 256), ("steerable", 0)):
+                for model, width in (("T3", 256), ("steerable", "default")):
                     specs.append({"model": model, "width": width, "batch": bs, "mode": mode, "threads": 1})
         run_specs(specs, reps)
         return

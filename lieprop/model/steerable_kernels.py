@@ -18,10 +18,10 @@ the angular part fixed to the spherical harmonics Y of the direction, the radial
 Gaussian basis of |r| (and of the invariant edge attributes, when the network is given any), then an equivariant
 linear map mixes channels. The kernel basis is analytic; only radial profiles are learned.
 
-**Implicit** (:class:`ImplicitKernel`; the paper's method). The paper's Lemma: if phi is a G-equivariant MLP from
-the representation of r (and of invariant or steerable edge attributes z) to the representation
-Hom(rho_in, rho_out) = rho_in* x rho_out, then K(r) = unvec(phi(r, z)) is G-steerable, and every steerable kernel is
-of that form. Here phi is an e3nn equivariant MLP whose input is the irreps Y_0..Y_L(r / |r|) together with scalars
+**Implicit** (:class:`ImplicitKernel`; the paper's method). The steerability constraint says exactly that
+r -> K(r) is an equivariant map into Hom(rho_in, rho_out) = rho_in* x rho_out; so (the paper's lemma) if phi is a
+G-equivariant MLP from the representation of r (and of invariant or steerable edge attributes z) to that
+representation, K(r) = unvec(phi(r, z)) is G-steerable. Here phi is an e3nn equivariant MLP whose input is the irreps Y_0..Y_L(r / |r|) together with scalars
 (the Gaussian basis of |r| and the edge attributes z), whose layers are equivariant linear maps (``o3.Linear``)
 followed by gated nonlinearities (``e3nn.nn.Gate``: SiLU on scalars, each l > 0 channel multiplied by a sigmoid of
 its own scalar gate), and whose last linear layer gives ``channels`` copies of each irrep l_k = 0..L (the parity

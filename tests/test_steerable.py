@@ -174,6 +174,8 @@ def test_bad_options_are_refused_by_name():
 
     with pytest.raises(ValueError, match="unknown kernel 'fourier'; known: implicit, standard"):
         SteerableConfig(kernel="fourier")
+    with pytest.raises(ValueError, match="lmax must be between 0 and 3, got 4"):
+        SteerableConfig(lmax=4)
     with pytest.raises(ValueError, match="unknown edge_attributes 'bonds\\+charges'"):
         load_config("tiny", overrides={"architecture": "steerable", "network.edge_attributes": "bonds+charges"})
     with pytest.raises(ValueError, match="unknown network keys \\['width'\\] for architecture steerable"):

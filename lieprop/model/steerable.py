@@ -79,7 +79,8 @@ class SteerableConfig:
             raise ValueError(f"unknown edge_attributes {self.edge_attributes!r}; known: "
                              f"{', '.join(EDGE_ATTRIBUTES)}")
         for key, low, high in (("lmax", 0, 3), ("kernel_lmax", 1, 3), ("scalars", 1, 4096), ("channels", 1, 4096),
-                               ("radial_basis", 1, 1024)):
+                               ("radial_basis", 1, 1024), ("depth", 1, 64), ("kernel_hidden", 1, 4096),
+                               ("kernel_channels", 1, 4096), ("kernel_layers", 0, 16)):
             if not low <= getattr(self, key) <= high:
                 raise ValueError(f"{key} must be between {low} and {high}, got {getattr(self, key)}")
         if not (self.cutoff > 0 and self.neighbours > 0):

@@ -18,15 +18,16 @@ the angular part fixed to the spherical harmonics Y of the direction, the radial
 Gaussian basis of |r| (and of the invariant edge attributes, when the network is given any), then an equivariant
 linear map mixes channels. The kernel basis is analytic; only radial profiles are learned.
 
-**Implicit** (:class:`ImplicitKernel`; the paper's method). The steerability constraint says exactly that
-r -> K(r) is an equivariant map into Hom(rho_in, rho_out) = rho_in* x rho_out; so (the paper's lemma) if phi is a
+**Implicit** (:class:`ImplicitKernel`; the paper's method). The steerability constraint says exactly that r -> K(r)
+is an equivariant map into Hom(rho_in, rho_out) = rho_in* x rho_out; so (the paper's lemma) if phi is a
 G-equivariant MLP from the representation of r (and of invariant or steerable edge attributes z) to that
-representation, K(r) = unvec(phi(r, z)) is G-steerable. Here phi is an e3nn equivariant MLP whose input is the irreps Y_0..Y_L(r / |r|) together with scalars
-(the Gaussian basis of |r| and the edge attributes z), whose layers are equivariant linear maps (``o3.Linear``)
-followed by gated nonlinearities (``e3nn.nn.Gate``: SiLU on scalars, each l > 0 channel multiplied by a sigmoid of
-its own scalar gate), and whose last linear layer gives ``channels`` copies of each irrep l_k = 0..L (the parity
-(-1)^l of a function of one vector). Decomposing Hom(rho_in, rho_out) into irreps by CG, its coefficient for the
-path (u in l_in) x l_k -> (w in l_out) is an equivariant linear function of phi, sum_v W_{path,u,v,w} phi_v; so
+representation, K(r) = unvec(phi(r, z)) is G-steerable. Here phi is an e3nn equivariant MLP whose input is the
+irreps Y_0..Y_L(r / |r|) together with scalars (the Gaussian basis of |r| and the edge attributes z), whose layers
+are equivariant linear maps (``o3.Linear``) followed by gated nonlinearities (``e3nn.nn.Gate``: SiLU on scalars,
+each l > 0 channel multiplied by a sigmoid of its own scalar gate), and whose last linear layer gives ``channels``
+copies of each irrep l_k = 0..L (the parity (-1)^l of a function of one vector). Decomposing Hom(rho_in, rho_out)
+into irreps by CG, its coefficient for the path (u in l_in) x l_k -> (w in l_out) is an equivariant linear function
+of phi, sum_v W_{path,u,v,w} phi_v; so
 
     K(r) f = sum_paths sum_{u,v,w} W_{path,u,v,w} CG(f_u, phi_v(r, z)) -> channel w,
 

@@ -5,7 +5,7 @@ Each atom carries features that are a direct sum of O(3) irreps: ``scalars`` x 0
 l = 1..``lmax`` irrep in both parities (the default, 32x0e + 8x1o + 8x1e). A block is a residual steerable
 convolution over the radius graph (:mod:`lieprop.model.molecular_graph`)::
 
-    h_i <- h_i + Gate( sum_{j: |r_ij| < cutoff} K(r_ij, z_ij) h_j / neighbours + Linear(h_i) )
+    h_i <- h_i + Gate( sum_{j: |r_ij| < cutoff} K(r_ij, z_ij) h_j / sqrt(neighbours) + Linear(h_i) )
 
 with K the standard or the implicit steerable kernel of :mod:`lieprop.model.steerable_kernels` (the module doc
 there explains both and how the implicit MLP's output reaches the kernel's blocks through Clebsch-Gordan
@@ -68,7 +68,7 @@ class SteerableConfig:
     edge_attributes: str = "bonds+types"  # "none", "bonds" or "bonds+types" (lieprop.model.molecular_graph)
     radial_basis: int = 16  # Gaussians of |r| on [0, cutoff]
     cutoff: float = 5.0  # Å
-    neighbours: float = 12.0  # messages are summed and divided by this constant (about QM9's mean neighbour count)
+    neighbours: float = 12.0  # messages are summed and divided by its square root (about QM9's mean neighbour count)
     targets: list[str] = field(default_factory=lambda: ["homo"])
     pooling: list[str] | None = None  # default: sum for extensive properties (energies, alpha, ...), else mean
 
@@ -121,7 +121,8 @@ def make_kernel(cfg: SteerableConfig, irreps_in: o3.Irreps, irreps_out: o3.Irrep
 
 
 class SteerableBlock(nn.Module):
-    """h <- h + Gate(conv(h) / neighbours + Linear(h)): a residual steerable convolution (see the module doc)."""
+    """h <- h + Gate(conv(h) / sqrt(neighbours) + Linear(h)): a residual steerable convolution (see the module
+    doc)."""
 
     def __init__(self, cfg: SteerableConfig) -> None:
         super().__init__()
@@ -129,13 +130,13 @@ class SteerableBlock(nn.Module):
         self.gate = gated_irreps(irreps)
         self.kernel = make_kernel(cfg, irreps, self.gate.irreps_in)
         self.self_interaction = o3.Linear(irreps, self.gate.irreps_in)
-        self.neighbours = cfg.neighbours
+        self.norm = cfg.neighbours ** -0.5
 
     def convolve(self, h: torch.Tensor, edges: Edges, e: EdgeInputs) -> torch.Tensor:
-        """(nodes, dim) -> (nodes, dim of the gate's input): sum_j K(r_ij) h_j / neighbours."""
+        """(nodes, dim) -> (nodes, dim of the gate's input): sum_j K(r_ij) h_j / sqrt(neighbours)."""
         messages = self.kernel(h[edges.src], e)
         total = messages.new_zeros(h.shape[0], messages.shape[1]).index_add_(0, edges.dst, messages)
-        return self.kernel.finish(total / self.neighbours)
+        return self.kernel.finish(total * self.norm)
 
     def forward(self, h: torch.Tensor, edges: Edges, e: EdgeInputs) -> torch.Tensor:
         return h + self.gate(self.convolve(h, edges, e) + self.self_interaction(h))
@@ -150,6 +151,7 @@ class SteerableNet(nn.Module):
         self.pool = TargetPooling(cfg.pooling, len(cfg.targets))
         self.cfg = cfg
         self.embed = nn.Linear(N_FEATURES, cfg.scalars)
+        nn.init.normal_(self.embed.weight)  # scalars of order 1, as e3nn's normalised layers expect
         self.blocks = nn.ModuleList(SteerableBlock(cfg) for _ in range(cfg.depth))
         self.head = nn.Sequential(nn.Linear(cfg.scalars, cfg.scalars), nn.SiLU(), nn.Linear(cfg.scalars,
                                                                                             len(cfg.targets)))

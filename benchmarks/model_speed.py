@@ -88,10 +88,15 @@ def run_one(spec: dict) -> dict:
         from lieprop.model.predictor import PropertyModel
 
         g = spec["model"]
-        extra = {"fill": 0.5, "nbhd": 25, "lift_samples": 4} if g == "SE3" else {}
-        cfg = NetworkConfig(group=g, width=spec["width"], depth=6, targets=list(PROPERTY_NAMES),
-                            kernel_norm=spec.get("kernel_norm", True), **extra)
-        model = PropertyModel(cfg)
+        if g == "steerable":  # the steerable architecture's default config (implicit kernel, bonds + types)
+            from lieprop.model.steerable import SteerableConfig
+
+            model = PropertyModel(SteerableConfig(targets=list(PROPERTY_NAMES)), architecture="steerable")
+        else:
+            extra = {"fill": 0.5, "nbhd": 25, "lift_samples": 4} if g == "SE3" else {}
+            cfg = NetworkConfig(group=g, width=spec["width"], depth=6, targets=list(PROPERTY_NAMES),
+                                kernel_norm=spec.get("kernel_norm", True), **extra)
+            model = PropertyModel(cfg)
         net = model.net
         prepared = []
         for b in batches:
@@ -129,6 +134,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer configurations and repetitions")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steerable", action="store_true",
+                    help="only the steerable architecture (default config) beside LieConv T3 k=256, one thread")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -136,6 +143,13 @@ def main() -> None:
         return
     reps = 3 if args.quick else args.reps
     specs = []
+    if args.steerable:
+        for bs in (1, 32):
+            for mode in ("predict", "forward", "train"):
+                for model, width in (("T3", 256), ("steerable", "default")):
+                    specs.append({"model": model, "width": width, "batch": bs, "mode": mode, "threads": 1})
+        run_specs(specs, reps)
+        return
     for bs in ((1, 32) if args.quick else (1, 32, 256)):
         for mode in ("forward", "train", "predict"):
             specs.append({"model": "T3", "width": 256, "batch": bs, "mode": mode})
@@ -150,6 +164,20 @@ def main() -> None:
     for bs in ((32,) if args.quick else (32, 256)):
         specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "forward"})
         specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "train"})
+    results = run_specs(specs, reps)
+    print("\nRatios (LieConv T3 k=256 / SchNet, same batch):")
+    by = {(r["model"], r["width"], r["batch"], r["mode"]): r["mol_s"] for r in results if r.get("threads", 2) == 2}
+    for bs in sorted({r["batch"] for r in results}):
+        for mode in ("forward", "predict", "train"):
+            ours = by.get(("T3", 256, bs, mode))
+            ref = by.get(("schnet", 128, bs, "train" if mode == "train" else "forward"))
+            if ours and ref:
+                note = " (vs SchNet forward)" if mode == "predict" else ""
+                print(f"  batch {bs:>3} {mode:>8}: {ours / ref:.2f}x{note}")
+
+
+def run_specs(specs: list[dict], reps: int) -> list[dict]:
+    """Run every spec in its own process and print the table row by row; returns the results."""
     print(f"# {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')})")
     mm = matmul_gflops()
@@ -171,15 +199,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['width']} | {r['batch']} | {r.get('threads', 2)} | {r['mode']} | "
               f"{r['mol_s']:.0f} | {gf} | {pct} | "
               f"{r['params_m']:.2f} | {r['peak_rss_mb']:.0f} |", flush=True)
-    print("\nRatios (LieConv T3 k=256 / SchNet, same batch):")
-    by = {(r["model"], r["width"], r["batch"], r["mode"]): r["mol_s"] for r in results if r.get("threads", 2) == 2}
-    for bs in sorted({r["batch"] for r in results}):
-        for mode in ("forward", "predict", "train"):
-            ours = by.get(("T3", 256, bs, mode))
-            ref = by.get(("schnet", 128, bs, "train" if mode == "train" else "forward"))
-            if ours and ref:
-                note = " (vs SchNet forward)" if mode == "predict" else ""
-                print(f"  batch {bs:>3} {mode:>8}: {ours / ref:.2f}x{note}")
+    return results
 
 
 if __name__ == "__main__":

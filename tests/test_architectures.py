@@ -25,7 +25,7 @@ def toy_registered(monkeypatch):
 def test_lieconv_is_the_registered_default():
     arch = get_architecture(architectures.DEFAULT_ARCHITECTURE)
     assert arch.name == "lieconv" and arch.config is NetworkConfig and arch.invariance == "frames"
-    with pytest.raises(ValueError, match="unknown architecture 'nope'; known: lconv, lieconv"):
+    with pytest.raises(ValueError, match="unknown architecture 'nope'; known: lconv, lieconv, steerable"):
         get_architecture("nope")
 
 

@@ -17,6 +17,11 @@ SYMBOLS: tuple[str, ...] = tuple(_SYMBOL_TEXT.split())
 ELEMENT_INDEX: np.ndarray = np.full(len(SYMBOLS), -1, dtype=np.int64)
 ELEMENT_INDEX[list(QM9_ELEMENTS)] = np.arange(len(QM9_ELEMENTS))
 
+#: Single-bond covalent radii (Å) of the QM9 elements, in feature order (H, C, N, O, F; Cordero et al., Dalton
+#: Trans. 2008, C sp3): the sum of two is a typical single-bond length, the scale of the steerable network's
+#: geometric bond attributes (lieprop.model.molecular_graph).
+COVALENT_RADII: tuple[float, ...] = (0.31, 0.76, 0.71, 0.66, 0.57)
+
 #: QM9 domain limits (docs/QM9.md): at most 9 heavy atoms and 29 atoms in all.
 QM9_MAX_HEAVY_ATOMS = 9
 QM9_MAX_ATOMS = 29

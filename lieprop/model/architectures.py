@@ -36,6 +36,7 @@ DEFAULT_ARCHITECTURE = "lieconv"
 MODULES: dict[str, str] = {
     "lieconv": "lieprop.model.network",
     "lconv": "lieprop.model.lconv_network",
+    "steerable": "lieprop.model.steerable",
 }
 
 

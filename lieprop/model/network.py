@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
-from lieprop.data.properties import BY_NAME
 from lieprop.model.architectures import Architecture
 from lieprop.model.groups import get_group
 from lieprop.model.lieconv import LieConv, Neighbourhood, neighbourhood
 from lieprop.model.norm import NORMS, make_norm
+from lieprop.model.pooling import TargetPooling, default_pooling
 
 
 @dataclass
@@ -44,7 +44,7 @@ class NetworkConfig:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known: {sorted(NORMS)}")
         if self.pooling is None:
-            self.pooling = ["sum" if BY_NAME[t].extensive else "mean" for t in self.targets]
+            self.pooling = default_pooling(self.targets)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,10 +87,7 @@ class LieResNet(nn.Module):
 
     def __init__(self, cfg: NetworkConfig):
         super().__init__()
-        if len(cfg.pooling) != len(cfg.targets):
-            raise ValueError("pooling needs one entry per target")
-        if any(p not in ("sum", "mean") for p in cfg.pooling):
-            raise ValueError(f"pooling must be 'sum' or 'mean', got {cfg.pooling}")
+        self.pool = TargetPooling(cfg.pooling, len(cfg.targets))  # validates the pooling rule first
         self.cfg = cfg
         self.group = get_group(cfg.group)
         d_embed = self.group.lie_dim + 2 * self.group.orbit_dim + int(cfg.distance_feature) + cfg.radial_basis
@@ -100,7 +97,6 @@ class LieResNet(nn.Module):
         self.bn_out = make_norm(cfg.norm, cfg.width)
         self.head = nn.Linear(cfg.width, len(cfg.targets))
         self.act = nn.SiLU()
-        self.register_buffer("sum_pool", torch.tensor([p == "sum" for p in cfg.pooling]), persistent=False)
 
     def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
@@ -126,10 +122,7 @@ class LieResNet(nn.Module):
         for block in self.blocks:
             h = block(h, mask, nb)
         y = self.head(self.act(self.bn_out(h, mask)))  # (B, M, T)
-        m = mask[..., None].to(y.dtype)
-        total = (y * m).sum(1)  # (B, T)
-        n_points = m.sum(1).clamp_min(1)
-        return torch.where(self.sum_pool, total / lifts, total / n_points)
+        return self.pool(y, mask, copies=lifts)
 
 
 def _summary(cfg: NetworkConfig) -> str:

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
-from lieprop.data.properties import BY_NAME
 from lieprop.model.architectures import Architecture
 from lieprop.model.lconv import Generators, InvariantLConv, gradient_operator, named_generators
 from lieprop.model.norm import make_norm
+from lieprop.model.pooling import TargetPooling, default_pooling
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LConvConfig:
         if self.cutoff <= 0 or self.ridge <= 0:
             raise ValueError(f"cutoff and ridge must be positive, got {self.cutoff} and {self.ridge}")
         if self.pooling is None:
-            self.pooling = ["sum" if BY_NAME[t].extensive else "mean" for t in self.targets]
+            self.pooling = default_pooling(self.targets)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +71,8 @@ class LConvNet(nn.Module):
 
     def __init__(self, cfg: LConvConfig):
         super().__init__()
-        if len(cfg.pooling) != len(cfg.targets) or any(p not in ("sum", "mean") for p in cfg.pooling):
-            raise ValueError(f"pooling needs 'sum' or 'mean' per target, got {cfg.pooling}")
         self.cfg = cfg
+        self.pool = TargetPooling(cfg.pooling, len(cfg.targets))
         a, b = named_generators(cfg.generators, cfg.n_generators, cfg.seed)
         self.generators = Generators(a, b, learn=cfg.learn_generators)
         self.embed = nn.Linear(N_FEATURES, cfg.width)
@@ -84,7 +83,6 @@ class LConvNet(nn.Module):
         self.norm_out = make_norm("layer", cfg.width)
         self.head = nn.Linear(cfg.width, len(cfg.targets))
         self.act = nn.SiLU()
-        self.register_buffer("sum_pool", torch.tensor([p == "sum" for p in cfg.pooling]), persistent=False)
 
     def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, *,
                 generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
@@ -95,9 +93,7 @@ class LConvNet(nn.Module):
         h = self.embed(features) * m
         for norm, conv, out in zip(self.norms, self.convs, self.outs, strict=True):
             h = h + out(self.act(conv(norm(h, mask), positions, mask, operator))) * m
-        y = self.head(self.act(self.norm_out(h, mask))) * m  # (B, N, T)
-        total = y.sum(1)
-        return torch.where(self.sum_pool, total, total / m.sum(1).clamp_min(1))
+        return self.pool(self.head(self.act(self.norm_out(h, mask))), mask)  # (B, N, T) -> (B, T)
 
 
 def _summary(cfg: LConvConfig) -> str:

@@ -26,6 +26,7 @@ from lieprop.data.batch import Batch, featurize, size_bucketed_batches
 from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
 from lieprop.data.qm9_conformers import load_conformers
+from lieprop.model.architectures import get_architecture
 from lieprop.model.bundle import load_bundle, save_bundle
 from lieprop.model.device import pick_device
 from lieprop.model.norm import fold_batch_norm
@@ -153,7 +154,10 @@ class Trainer:
                                                               cfg.targets, conformers))
             self.valid_ff = split_data(qm9, valid_rows[conformers.available(valid_rows)], cfg.targets, conformers)
         self.small = split_data(qm9, small_molecules(qm9), cfg.targets)  # sanity set, logged, not selected on
-        if cfg.orientation == "frames":
+        # an intrinsically invariant network sees each molecule as it is: frames (or rotations) would only cost time
+        intrinsic = get_architecture(cfg.architecture).invariance == "intrinsic"
+        self.orientation = "none" if intrinsic and cfg.orientation == "frames" else cfg.orientation
+        if self.orientation == "frames":
             self.train.compute_frames(cfg.fix_signs)
         self.log(f"data: {len(self.train)} train / {len(self.valid)} valid molecules ({time.time() - t0:.1f} s)")
         self.model = PropertyModel(network_config(cfg), fix_signs=cfg.fix_signs, architecture=cfg.architecture)
@@ -254,7 +258,7 @@ class Trainer:
         batch's mean loss (over every rank's molecules)."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, 1_000_003, self.state.step])
-        b = self.train.batch(idx, cfg.orientation, rng)  # the whole batch: every rank draws what one process would
+        b = self.train.batch(idx, self.orientation, rng)  # the whole batch: every rank draws what one process would
         rows, weight = self.cluster.share(len(idx)), 1.0
         if len(rows) == 0:  # fewer molecules than ranks: one at weight 0 keeps this rank in the gradient exchange
             rows, weight = np.arange(1), 0.0

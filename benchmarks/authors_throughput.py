@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lieprop.model.device import pick_device
+
 ENV_VAR = "LIEPROP_AUTHORS_LIECONV"
 SPECIES = (1, 6, 7, 8, 9)  # the authors' QM9 one-hot order (H, C, N, O, F); their charge scale is 9
 Molecule = tuple[np.ndarray, np.ndarray]
@@ -150,8 +152,7 @@ def authors_row(checkout: str | None, batches: Sequence[np.ndarray], warmup: int
     row that says why it was skipped."""
     name = "authors' LieConv (T(3), k=256)"
     try:
-        step = authors_step(checkout, torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                                   else "cpu" if device == "auto" else device))
+        step = authors_step(checkout, pick_device(device))
     except AuthorsSkipped as why:
         return {"model": name, "batches": "random", "mol_s": None, "steps": 0, "skipped": str(why)}
     tr = make_trainer("default", pool, batch, device, data)  # the same pool and molecules as lieprop's rows

@@ -114,7 +114,7 @@ def test_autocast_flag_changes_nothing_on_the_cpu(tmp_path, qm9_head):
         tr = Trainer(cfg, data=qm9_head, log=logs.append)
         assert not tr.autocast
         batch = tr._epoch_batches(0)[0]
-        losses.append([tr.train_step(batch) for _ in range(2)])
+        losses.append(tr.train_step(batch))
     assert losses[0] == losses[1]
     assert any("autocast_bf16: off on cpu" in m for m in logs)
 
@@ -127,3 +127,23 @@ def test_the_gpu_check_fails_fast_without_cuda():
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 2
     assert "no CUDA device" in out.stderr and "torch.cuda.is_available() is False" in out.stderr
+
+
+def test_the_gpu_checks_steps_run_here_on_the_cpu(tmp_path, qm9_head):
+    # the functions the script runs on CUDA, on the CPU with a tiny preset: the script arrives on a GPU working
+    import importlib.util
+
+    from lieprop.model.loading import load_model
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    cpu = torch.device("cpu")
+    train = gpu_check.train_throughput(0.0, True, 1, str(tmp_path / "t"), cpu, preset="tiny", data=qm9_head,
+                                       limit_train=64)
+    assert train["steps"] == 1 and train["mol_s"] > 0 and train["mode"] == "train tiny (float32)"
+    mols = [qm9_head.molecule(i) for i in range(100, 104)]
+    rows = gpu_check.predict_throughput(load_model().model, mols, [1, 4], autocast=False)
+    assert [(r["batch"], r["steps"]) for r in rows] == [(1, 4), (4, 1)] and all(r["mol_s"] > 0 for r in rows)
+    text = gpu_check.table([train, *rows], "cpu")
+    assert text.count("\n| ") == 4 and "| predict (float32) | 4 | 1 |" in text

@@ -114,12 +114,17 @@ def so3_log(r: Tensor) -> Tensor:
     return torch.where(near_pi, w_pi, w_generic)
 
 
+def draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | None:
+    """Where a random draw with ``generator`` must happen: the generator's own device (torch refuses to fill a tensor
+    on another device with it), else ``device``. Callers move the draw to ``device`` afterwards."""
+    return generator.device if generator is not None else (torch.device(device) if device is not None else None)
+
+
 def random_rotations(n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                      device: torch.device | str | None = None) -> Tensor:
     """``n`` rotations drawn from the Haar measure on SO(3) (normalised Gaussian quaternions)."""
     # drawn where the generator lives (a CUDA generator cannot fill a CPU tensor), then moved to ``device``
-    q = torch.randn(n, 4, generator=generator, dtype=torch.float64,
-                    device=generator.device if generator is not None else device)
+    q = torch.randn(n, 4, generator=generator, dtype=torch.float64, device=draw_device(generator, device))
     q = q / q.norm(dim=-1, keepdim=True)
     a, b, c, d = q.unbind(-1)
     r = torch.stack([
@@ -289,7 +294,8 @@ class SO3(Group):
         unit = torch.where(s > 1e-9, axis / s.clamp_min(1e-12), torch.zeros_like(axis) + ez.roll(-2, -1))
         base = so3_exp(unit * ang)  # (..., N, 3, 3)
         shape = (x.shape[-2], n_samples) if per_position else (*x.shape[:-1], n_samples)
-        phi = torch.rand(*shape, generator=generator, dtype=x.dtype, device=generator.device if generator else None)
+        # drawn where the generator lives (a CUDA generator cannot fill a CPU tensor, nor a CPU one a CUDA tensor)
+        phi = torch.rand(*shape, generator=generator, dtype=x.dtype, device=draw_device(generator, x.device))
         phi = phi.to(x.device).expand(*x.shape[:-1], n_samples)
         stab = so3_exp(torch.stack([torch.zeros_like(phi), torch.zeros_like(phi), 2 * math.pi * phi - math.pi], -1))
         g = base[..., None, :, :] @ stab  # (..., N, L, 3, 3)

@@ -13,6 +13,7 @@ from torch import nn
 
 from lieprop.data.batch import N_FEATURES
 from lieprop.model.architectures import Architecture
+from lieprop.model.device import full_precision
 from lieprop.model.groups import get_group
 from lieprop.model.lieconv import LieConv, Neighbourhood, neighbourhood
 from lieprop.model.norm import NORMS, make_norm
@@ -98,19 +99,28 @@ class LieResNet(nn.Module):
         self.head = nn.Linear(cfg.width, len(cfg.targets))
         self.act = nn.SiLU()
 
+    def pair_geometry(self, positions: torch.Tensor, generator: torch.Generator | None = None,
+                      deterministic: bool = False) -> torch.Tensor:
+        """The lifted pairs' embeddings (B, M, M, d), M = atoms x lift samples, computed in the
+        positions' precision even under autocast: exp, log and the products of group elements in bfloat16 would
+        lose the geometry (8 bits of mantissa), and they cost little next to the kernel network that autocast
+        speeds up."""
+        if deterministic:
+            generator = torch.Generator().manual_seed(0)
+        with full_precision(positions.device):
+            g, orbits = self.group.lift(positions, self.cfg.lift_samples, generator, per_position=deterministic)
+            return self.group.pair_embedding(g, orbits)
+
     def forward(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
         """``deterministic``: stabiliser samples fixed per atom position (seed 0), for inference on canonically
         ordered atoms; otherwise fresh Haar samples from ``generator``."""
         lifts = self.cfg.lift_samples
-        if deterministic:
-            generator = torch.Generator().manual_seed(0)
-        g, orbits = self.group.lift(positions, lifts, generator, per_position=deterministic)
+        emb = self.pair_geometry(positions, generator, deterministic).to(features.dtype)
+        dist = self.group.distance(emb)
         if lifts > 1:
             features = features.repeat_interleave(lifts, dim=1)
             mask = mask.repeat_interleave(lifts, dim=1)
-        emb = self.group.pair_embedding(g, orbits).to(features.dtype)
-        dist = self.group.distance(emb)
         extra = [dist[..., None]] if self.cfg.distance_feature else []
         if self.cfg.radial_basis:
             width = 8.0 / max(1, self.cfg.radial_basis - 1)

@@ -28,7 +28,7 @@ from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_i
 from lieprop.data.qm9_conformers import load_conformers
 from lieprop.model.architectures import get_architecture
 from lieprop.model.bundle import load_bundle, save_bundle
-from lieprop.model.device import pick_device
+from lieprop.model.device import bf16_autocast, pick_device, uses_bf16_autocast
 from lieprop.model.norm import fold_batch_norm
 from lieprop.model.predictor import PropertyModel
 from lieprop.training import distributed
@@ -172,6 +172,9 @@ class Trainer:
         self.state = RunState()
         self.weights = torch.tensor([cfg.target_weights.get(t, 1.0) for t in cfg.targets], device=self.device)
         self.steps_per_epoch = len(self._epoch_batches(0))
+        self.autocast = uses_bf16_autocast(self.device, cfg.autocast_bf16)  # the training steps' forward pass
+        if cfg.autocast_bf16 and not self.autocast:
+            self.log(f"autocast_bf16: off on {self.device.type} (bfloat16 autocast is for CUDA); training in float32")
         self._tb = None  # TensorBoard writer, opened at the first epoch's end (False: not installed)
 
     def _parallel(self, net: torch.nn.Module) -> torch.nn.Module:
@@ -269,7 +272,9 @@ class Trainer:
         target = self.model.standardise(y, b.numbers).to(torch.float32)
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)) + self.cluster.rank)
         self.model.train()
-        out = self.net(featurize(b.numbers).to(self.device), b.positions, b.mask, generator=gen)
+        with bf16_autocast(self.device, self.autocast):
+            out = self.net(featurize(b.numbers).to(self.device), b.positions, b.mask, generator=gen)
+        out = out.float()  # the loss in float32 whatever the forward pass ran in
         per_molecule = ((out - target).abs() * self.weights).sum(1)
         if self.cluster.distributed:  # DDP averages over ranks: scaled so, the average is the global batch's mean
             loss = per_molecule.sum() * (weight * self.cluster.world / len(idx)) / self.weights.sum()
@@ -374,7 +379,8 @@ class Trainer:
         meta = {"training": {"config": self.cfg.model_dump(), "epoch": self.state.epoch, "step": self.state.step,
                              "minutes": round(self.state.elapsed / 60, 2), "device": str(self.device),
                              "threads": torch.get_num_threads(), "valid_mae": valid_mae,
-                             "n_valid": len(self.valid), "processes": self.cluster.world},
+                             "n_valid": len(self.valid), "processes": self.cluster.world,
+                             "autocast_bf16": self.autocast},
                 "split": self.cfg.split}
         if self.parent:
             meta["training"]["warm_start_from"] = self.parent

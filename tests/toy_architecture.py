@@ -7,18 +7,18 @@ molecule as given, without frames. tests/test_architectures.py registers it unde
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
 from lieprop.data.properties import BY_NAME
-from lieprop.model.architectures import Architecture
+from lieprop.model.architectures import Architecture, DictConfig
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(DictConfig):
     width: int = 16
     cutoff: float = 5.0  # Å
     targets: list[str] = field(default_factory=lambda: ["homo"])
@@ -28,15 +28,6 @@ class ToyConfig:
         if self.pooling is None:
             self.pooling = ["sum" if BY_NAME[t].extensive else "mean" for t in self.targets]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ToyConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown toy config keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class ToyNet(nn.Module):

@@ -1,7 +1,7 @@
 """The architecture registry: which networks lieprop can build, train, save, load and serve.
 
 An :class:`Architecture` names a network family and says how to make it: its config class (a dataclass with
-``targets``, ``pooling``, ``to_dict`` and ``from_dict``), a function building the network from a config, and how
+``targets`` and ``pooling``, deriving from :class:`DictConfig` for ``to_dict`` and ``from_dict``), a function building the network from a config, and how
 its predictions are made invariant: ``"frames"`` (the network sees the molecule in its weighted canonical frames,
 :mod:`lieprop.model.frames`) or ``"intrinsic"`` (the network is invariant by construction and sees the input
 coordinates once).
@@ -22,6 +22,7 @@ family never loads another's code.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,22 @@ class ArchitectureConfig(Protocol):
     pooling: list[str] | None
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+class DictConfig:
+    """``to_dict`` / ``from_dict`` for an architecture's config dataclass (a base class: ``@dataclass class
+    MyConfig(DictConfig)``); ``from_dict`` refuses unknown keys, naming them and the known ones."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {known}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)

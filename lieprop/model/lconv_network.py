@@ -17,20 +17,20 @@ span stays closed under conjugation, and nothing in training enforces that. The 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
-from lieprop.model.architectures import Architecture
+from lieprop.model.architectures import Architecture, DictConfig
 from lieprop.model.lconv import Generators, InvariantLConv, gradient_operator, named_generators
 from lieprop.model.norm import make_norm
 from lieprop.model.pooling import TargetPooling, default_pooling
 
 
 @dataclass
-class LConvConfig:
+class LConvConfig(DictConfig):
     """Sizes and choices of an :class:`LConvNet` (module doc)."""
 
     width: int = 64  # channels of the residual stream
@@ -55,15 +55,6 @@ class LConvConfig:
         if self.pooling is None:
             self.pooling = default_pooling(self.targets)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LConvConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown lconv config keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class LConvNet(nn.Module):

@@ -6,13 +6,13 @@ by weighted frames."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
-from lieprop.model.architectures import Architecture
+from lieprop.model.architectures import Architecture, DictConfig
 from lieprop.model.device import full_precision
 from lieprop.model.groups import get_group
 from lieprop.model.lieconv import LieConv, Neighbourhood, neighbourhood
@@ -21,7 +21,7 @@ from lieprop.model.pooling import TargetPooling, default_pooling
 
 
 @dataclass
-class NetworkConfig:
+class NetworkConfig(DictConfig):
     """Sizes and choices of a :class:`LieResNet`. ``pooling[t]`` is ``"sum"`` or ``"mean"`` per target (by default
     sum for extensive properties, whose values add up over atoms, and mean for intensive ones like HOMO)."""
 
@@ -47,16 +47,9 @@ class NetworkConfig:
         if self.pooling is None:
             self.pooling = default_pooling(self.targets)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict) -> NetworkConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown network config keys {sorted(unknown)}")
-        return cls(**{"norm": "batch", **d})  # the first bundles predate the key and used batch norm
+        return super().from_dict({"norm": "batch", **d})  # the first bundles predate the key and used batch norm
 
 
 class Bottleneck(nn.Module):

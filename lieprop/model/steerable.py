@@ -22,14 +22,14 @@ symmetric geometries. It is continuous in the coordinates (smooth cutoff; tests/
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from e3nn import o3
 from torch import nn
 
 from lieprop.data.batch import N_FEATURES
-from lieprop.model.architectures import Architecture
+from lieprop.model.architectures import Architecture, DictConfig
 from lieprop.model.molecular_graph import (
     EDGE_ATTRIBUTES,
     Edges,
@@ -53,7 +53,7 @@ KERNELS = ("implicit", "standard")
 
 
 @dataclass
-class SteerableConfig:
+class SteerableConfig(DictConfig):
     """Sizes and choices of a :class:`SteerableNet` (defaults: the configuration the docs describe)."""
 
     scalars: int = 32  # 0e channels of the atom features
@@ -100,15 +100,6 @@ class SteerableConfig:
     def n_edge_scalars(self) -> int:
         return self.radial_basis + attribute_size(self.edge_attributes)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SteerableConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown steerable network config keys {sorted(unknown)}")
-        return cls(**d)
 
 
 def make_kernel(cfg: SteerableConfig, irreps_in: o3.Irreps, irreps_out: o3.Irreps) -> Kernel:

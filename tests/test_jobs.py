@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from crashing_parser import parse_or_crash
-from test_service import make_tiny_bundle, start_server
+from test_service import Server, make_tiny_bundle, start_server
 
 import lieprop
 from lieprop.cli import main as cli
@@ -443,6 +443,13 @@ def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle
     score_file(source, whole, ScoreOptions(chunk_size=5, properties=("homo", "gap")), model=bundle_path, workers=1)
     args = ("--data-dir", str(tmp_path / "data"), "--job-workers", "1", "--job-nice", "0")
     job = kill_9_during_a_job(tmp_path, bundle_path, source, args)
+    second = finish_after_restart(tmp_path, bundle_path, job, whole, args)
+    assert any(e.get("msg") == "resuming jobs" for e in second.logs())
+
+
+def finish_after_restart(tmp_path: Path, bundle_path: Path, job: dict, whole: Path, args: tuple[str, ...]) -> Server:
+    """Start a server with ``args`` after a kill -9 during ``job`` (100 rows): the job succeeds on its second attempt
+    with the same results as the uninterrupted run ``whole``. Returns the (stopped) server, for its logs."""
     second = start_server(tmp_path, bundle_path, *args)
     try:
         with httpx.Client(base_url=second.base_url, timeout=60) as client:
@@ -452,7 +459,7 @@ def test_a_server_killed_during_a_job_finishes_it_after_restart(tmp_path, bundle
     finally:
         second.stop()
     assert_same_csv(results, whole.read_bytes())
-    assert any(e.get("msg") == "resuming jobs" for e in second.logs())
+    return second
 
 
 def process_table() -> dict[int, tuple[int, str]]:
@@ -504,15 +511,8 @@ def test_kill_9_leaves_no_pool_process_and_the_job_resumes_from_a_moved_data_dir
     moved.parent.mkdir()
     shutil.copytree(tmp_path / "data", moved)  # a copy: new paths, new modification times
     shutil.rmtree(tmp_path / "data")
-    second = start_server(tmp_path, bundle_path, "--data-dir", str(moved), "--job-workers", "1", "--job-nice", "0")
-    try:
-        with httpx.Client(base_url=second.base_url, timeout=60) as client:
-            done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
-            assert done["attempts"] == 2 and done["counts"]["rows"] == 100
-            results = client.get(done["links"]["results"], params={"format": "csv"}).content
-    finally:
-        second.stop()
-    assert_same_csv(results, whole.read_bytes())
+    finish_after_restart(tmp_path, bundle_path, job, whole, ("--data-dir", str(moved), "--job-workers", "1",
+                                                             "--job-nice", "0"))
 
 
 def test_a_cli_run_resumes_after_its_folder_moved_but_not_after_its_input_changed(tmp_path, bundle_path):

@@ -143,7 +143,7 @@ class PropertyModel(nn.Module):
         """What the network must see for these molecules (their frames, or the molecules themselves)."""
         return expand(numbers, positions, self.arch.invariance, self.fix_signs)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, frames: FrameBatch, batch_size: int = 128, autocast_bf16: bool = False,
                  between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """(n_molecules, T) physical values of expanded molecules: the network in eval mode on every frame, the

@@ -60,6 +60,7 @@ class Cell:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float  # the server process's CPU time (all its threads) per answered request
 
 
 class Server:
@@ -91,6 +92,14 @@ class Server:
             time.sleep(0.2)
         self.stop()
         raise SystemExit("the server did not become ready within 180 s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far, all threads (from /proc; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -124,13 +133,13 @@ def table(cells: list[Cell]) -> str:
     """Markdown: one row per (source, concurrency, batching), with the on/off ratio on the batching-on rows."""
     off = {(c.source, c.concurrency): c for c in cells if not c.batching}
     sources = list(dict.fromkeys(c.source for c in cells))
-    rows = ["| code | concurrency | batching | requests | errors | req/s | p50 ms | p99 ms | on/off |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| code | concurrency | batching | requests | errors | req/s | p50 ms | p99 ms | server CPU ms/req "
+            "| on/off |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c.concurrency, not c.batching, sources.index(c.source))):
         base = off.get((c.source, c.concurrency))
         ratio = f"{c.rps / base.rps:.2f}x" if c.batching and base is not None and base.rps else ""
         rows.append(f"| {c.source} | {c.concurrency} | {'on' if c.batching else 'off'} | {c.requests} | {c.errors} "
-                    f"| {c.rps:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {ratio} |")
+                    f"| {c.rps:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.cpu_ms:.1f} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -169,10 +178,13 @@ def main() -> int:
                     if not args.no_warmup:
                         run_hey(server.url, body, 8, 1)
                     for c in args.concurrency:
+                        cpu = server.cpu_seconds()
                         n, errors, rps, p50, p99 = run_hey(server.url, body, c, args.seconds)
-                        cells.append(Cell(label, batching, c, n, errors, rps, p50, p99))
+                        cpu_ms = 1000 * (server.cpu_seconds() - cpu) / max(n - errors, 1)
+                        cells.append(Cell(label, batching, c, n, errors, rps, p50, p99, cpu_ms))
                         print(f"  {label:>8} batching={'on ' if batching else 'off'} c={c:<3} {rps:7.1f} req/s "
-                              f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  errors {errors}", flush=True)
+                              f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  CPU {cpu_ms:5.1f} ms/req  errors {errors}",
+                              flush=True)
                 finally:
                     server.stop()
     finally:

@@ -154,7 +154,10 @@ class PropertyModel(nn.Module):
         if n_mol == 0:
             return np.zeros((0, len(self.targets)))
         was_training = self.training
-        self.eval()
+        # eval() and train() walk every submodule (a millisecond or more per call): switch only when needed
+        switch = was_training or any(m.training for m in self.modules())
+        if switch:
+            self.eval()
         try:
             outs = torch.zeros(len(frames.owners), len(self.targets), dtype=torch.float64)
             dev = self.device
@@ -173,7 +176,8 @@ class PropertyModel(nn.Module):
             values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
             return np.maximum(values, self._floor)
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                 autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:

@@ -61,6 +61,7 @@ class Cell:
     p50_ms: float
     p99_ms: float
     cpu_ms: float  # the server process's CPU time (all its threads) per answered request
+    loop_ms: float  # of which its main thread (the event loop)
 
 
 class Server:
@@ -93,13 +94,17 @@ class Server:
         self.stop()
         raise SystemExit("the server did not become ready within 180 s")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far, all threads (from /proc; NaN elsewhere)."""
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User + system CPU time of the server process so far: all threads, and its main thread (the event loop)
+        alone (from /proc; NaN elsewhere)."""
+        pid = self.process.pid
         try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            every = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return float("nan"), float("nan")
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(every[11]) + int(every[12])) / tick, (int(main[11]) + int(main[12])) / tick
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -140,12 +145,12 @@ def table(cells: list[Cell]) -> str:
     off = {(c.source, c.concurrency): c for c in cells if not c.batching}
     sources = list(dict.fromkeys(c.source for c in cells))
     rows = ["| code | concurrency | batching | requests | errors | req/s | p50 ms | p99 ms | server CPU ms/req "
-            "| on/off |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| of which event loop | on/off |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c.concurrency, not c.batching, sources.index(c.source))):
         base = off.get((c.source, c.concurrency))
         ratio = f"{c.rps / base.rps:.2f}x" if c.batching and base is not None and base.rps else ""
         rows.append(f"| {c.source} | {c.concurrency} | {'on' if c.batching else 'off'} | {c.requests} | {c.errors} "
-                    f"| {c.rps:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.cpu_ms:.1f} | {ratio} |")
+                    f"| {c.rps:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.cpu_ms:.1f} | {c.loop_ms:.1f} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -184,12 +189,15 @@ def main() -> int:
                     if not args.no_warmup:
                         run_hey(server.url, body, 8, 1)
                     for c in args.concurrency:
-                        cpu = server.cpu_seconds()
+                        cpu, loop = server.cpu_seconds()
                         n, errors, rps, p50, p99 = run_hey(server.url, body, c, args.seconds)
-                        cpu_ms = 1000 * (server.cpu_seconds() - cpu) / max(n - errors, 1)
-                        cells.append(Cell(label, batching, c, n, errors, rps, p50, p99, cpu_ms))
+                        cpu_after, loop_after = server.cpu_seconds()
+                        answered = max(n - errors, 1)
+                        cpu_ms, loop_ms = 1000 * (cpu_after - cpu) / answered, 1000 * (loop_after - loop) / answered
+                        cells.append(Cell(label, batching, c, n, errors, rps, p50, p99, cpu_ms, loop_ms))
                         print(f"  {label:>8} batching={'on ' if batching else 'off'} c={c:<3} {rps:7.1f} req/s "
-                              f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  CPU {cpu_ms:5.1f} ms/req  errors {errors}",
+                              f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  CPU {cpu_ms:5.1f} ms/req (loop {loop_ms:4.1f})  "
+                              f"errors {errors}",
                               flush=True)
                 finally:
                     server.stop()

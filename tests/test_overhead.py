@@ -9,8 +9,8 @@ import typing
 import numpy as np
 import pytest
 import torch
-
 from helpers import untrained_model
+
 from lieprop.inference import parse_item
 from lieprop.service import schemas
 from lieprop.service.state import ServiceDep, default_model_threads

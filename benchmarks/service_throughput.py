@@ -3,6 +3,7 @@
     python benchmarks/service_throughput.py                          # concurrency 1, 8, 32, 64; ~2 minutes
     python benchmarks/service_throughput.py --seconds 3 --concurrency 1 32
     python benchmarks/service_throughput.py --source before=/work/main --source after=.   # two code trees, one run
+    python benchmarks/service_throughput.py --model-only   # the model alone: torch threads x batch size, no server
 
 It installs nothing: ``hey`` must be on the PATH (``apt-get install -y hey``). For each code tree (``--source
 LABEL=DIR``, default: this checkout) and each of batching on / ``--no-batching``, it starts a real ``lieprop serve``
@@ -154,6 +155,43 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(rows)
 
 
+def model_only(model: Path | None, threads: list[int], batches: list[int], seconds: float) -> str:
+    """The served model's ``predictions`` as the service's model thread runs them (the same chunking, on a worker
+    thread with ``torch.set_num_threads``), without a server: wall and CPU milliseconds per molecule."""
+    import threading
+
+    import torch
+
+    from lieprop.inference import load_model, parse_item
+    from lieprop.model.cost import CostModel
+    from lieprop.service.admission import FORWARD_SHARE, chunked_predict
+    from lieprop.service.settings import Settings
+
+    bundle, settings = load_model(model), Settings()
+    predict = chunked_predict(bundle.model, CostModel.of(bundle.model), settings.model_chunk,
+                              settings.max_batch_cost_ms / FORWARD_SHARE)
+    m = parse_item({"xyz": ETHANOL_XYZ}, 0)
+    rows = ["| torch threads | batch | wall ms/molecule | CPU ms/molecule | molecules/s |", "|---|---|---|---|---|"]
+
+    def run(n_threads: int) -> None:
+        torch.set_num_threads(n_threads)
+        for b in batches:
+            numbers, positions = [m.numbers] * b, [m.positions] * b
+            predict(numbers, positions)
+            start, cpu, k = time.perf_counter(), time.thread_time(), 0
+            while time.perf_counter() - start < seconds:
+                predict(numbers, positions)
+                k += 1
+            wall, used = (time.perf_counter() - start) / (k * b), (time.thread_time() - cpu) / (k * b)
+            rows.append(f"| {n_threads} | {b} | {1000 * wall:.2f} | {1000 * used:.2f} | {1 / wall:.0f} |")
+
+    for n in threads:
+        worker = threading.Thread(target=run, args=(n,))
+        worker.start()
+        worker.join()
+    return "\n".join(rows)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="model bundle (default: the bundled model)")
@@ -163,7 +201,14 @@ def main() -> int:
                    help="a code tree to serve from (repeatable; default: this checkout)")
     p.add_argument("--no-warmup", action="store_true", help="skip the 1 s hey run before each server's cells")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for lieprop serve")
+    p.add_argument("--model-only", action="store_true",
+                   help="no server: time the model alone at torch threads 1 and 2, batch 1/16/32")
     args = p.parse_args()
+    if args.model_only:
+        sys.path.insert(0, str(ROOT))
+        print(f"# load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        print(model_only(args.model, [1, 2], [1, 16, 32], args.seconds / 2.5))
+        return 0
     if shutil.which("hey") is None:
         print("service_throughput: needs hey on the PATH (apt-get install -y hey)", file=sys.stderr)
         return 2

@@ -4,7 +4,11 @@ switches a model to eval mode only when some module is training, and leaves ever
 from __future__ import annotations
 
 import inspect
+import shutil
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,3 +57,18 @@ def test_evaluate_gives_the_same_values_in_any_mode_and_restores_it() -> None:
     mixed = model.predict(numbers, positions)
     np.testing.assert_array_equal(mixed, in_eval)
     assert not any(_modes(model))  # restored as train(False) always did: the root's mode, everywhere
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("hey") is None, reason="needs hey on the PATH (apt-get install -y hey)")
+def test_the_throughput_benchmark_drives_a_real_server_with_hey() -> None:
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "service_throughput.py"), "--seconds", "1",
+                          "--concurrency", "1", "4", "--no-warmup"], capture_output=True, text=True, timeout=600,
+                         cwd=root)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| this |")]
+    assert len(rows) == 4  # concurrency 1 and 4, batching on and off
+    for row in rows:
+        requests, errors, rps, cpu = int(row[3]), int(row[4]), float(row[5]), float(row[8])
+        assert requests > 0 and errors == 0 and rps > 0 and cpu > 0

@@ -143,7 +143,7 @@ class PropertyModel(nn.Module):
         """What the network must see for these molecules (their frames, or the molecules themselves)."""
         return expand(numbers, positions, self.arch.invariance, self.fix_signs)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, frames: FrameBatch, batch_size: int = 128, autocast_bf16: bool = False,
                  between_chunks: BetweenChunks | None = None) -> np.ndarray:
         """(n_molecules, T) physical values of expanded molecules: the network in eval mode on every frame, the
@@ -154,7 +154,10 @@ class PropertyModel(nn.Module):
         if n_mol == 0:
             return np.zeros((0, len(self.targets)))
         was_training = self.training
-        self.eval()
+        # eval() and train() walk every submodule (a millisecond or more per call): switch only when needed
+        switch = was_training or any(m.training for m in self.modules())
+        if switch:
+            self.eval()
         try:
             outs = torch.zeros(len(frames.owners), len(self.targets), dtype=torch.float64)
             dev = self.device
@@ -173,7 +176,8 @@ class PropertyModel(nn.Module):
             values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
             return np.maximum(values, self._floor)
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                 autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Dynamic batching: molecules from concurrent requests share model batches, computed on one worker thread.
 
-Why one thread: torch already spreads one forward pass over all cores, and a single consumer keeps the model's
-memory flat and its results independent of scheduling. The event loop only enqueues and awaits; it never runs the
-model.
+Why one thread: torch already spreads one forward pass over its threads (``model_threads``), and a single consumer
+keeps the model's memory flat and its results independent of scheduling. The event loop only enqueues and awaits; it
+never runs the model.
 
 How a batch forms. Molecules wait in one FIFO queue per :class:`Priority`; the worker serves the most urgent
 non-empty queue. When the batch cannot be filled at once, it waits until the queue holds ``max_batch_size``

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     model_threads: int | None = Field(None, ge=1, le=256,
-                                      description="torch threads of the model worker (default: all cores)")
+                                      description="torch threads of the model worker (default: all cores but "
+                                                  "one, at least 1: the event loop and the readers need a core)")
     model_chunk: int = Field(128, ge=1, le=4096,
                              description="frames per forward pass inside a batch (each molecule has 1-8+ frames)")
     max_queue: int = Field(4096, ge=1, description="molecules waiting for the model before new requests get 503")

@@ -93,7 +93,7 @@ class Service:
         self.info = model_info(self.bundle)
         card = model_card(self.bundle)
         self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
-        threads = s.model_threads or os.cpu_count() or 1
+        threads = s.model_threads or default_model_threads()
         self.batcher = DynamicBatcher(
             chunked_predict(self.bundle.model, self.costs, s.model_chunk, s.max_batch_cost_ms / FORWARD_SHARE),
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
@@ -218,6 +218,14 @@ class Service:
                              geometry=geometry)
 
 
+def default_model_threads(cpus: int | None = None) -> int:
+    """Torch threads of the model worker when ``model_threads`` is not set: all cores (``cpus``, default
+    ``os.cpu_count()``) but one, at least 1. The event loop and the reader threads need a core of their own: torch's
+    threads wait for each other at every operation, so one of them descheduled by the event loop (or by another
+    process) stalls the whole forward pass (measured in docs/BENCHMARKS.md, "Service throughput")."""
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) - 1)
+
+
 def _init_model_thread(threads: int) -> None:
     import torch  # heavy: loads with the model worker, not with this module
 
@@ -226,9 +234,14 @@ def _init_model_thread(threads: int) -> None:
 
 
 def get_service(request: Request) -> Service:
-    """The app's :class:`Service` (a FastAPI dependency)."""
+    """The app's :class:`Service`."""
+    return request.app.state.service
+
+
+async def _service_dependency(request: Request) -> Service:
+    # async: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop per request for one lookup
     return request.app.state.service
 
 
 #: A route parameter ``service: ServiceDep`` receives the app's :class:`Service`.
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(_service_dependency)]

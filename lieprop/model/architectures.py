@@ -1,10 +1,10 @@
 """The architecture registry: which networks lieprop can build, train, save, load and serve.
 
 An :class:`Architecture` names a network family and says how to make it: its config class (a dataclass with
-``targets`` and ``pooling``, deriving from :class:`DictConfig` for ``to_dict`` and ``from_dict``), a function building the network from a config, and how
-its predictions are made invariant: ``"frames"`` (the network sees the molecule in its weighted canonical frames,
-:mod:`lieprop.model.frames`) or ``"intrinsic"`` (the network is invariant by construction and sees the input
-coordinates once).
+``targets`` and ``pooling``, deriving from :class:`DictConfig` for ``to_dict`` and ``from_dict``), a function
+building the network from a config, and how its predictions are made invariant: ``"frames"`` (the network sees the
+molecule in its weighted canonical frames, :mod:`lieprop.model.frames`) or ``"intrinsic"`` (the network is invariant
+by construction and sees the input coordinates once).
 
 Every network follows one calling convention, used by training and by inference alike::
 

@@ -47,7 +47,8 @@ def test_inconsistent_autoscaling_settings_are_refused_with_their_names():
 
 def test_replicas_run_without_jobs_and_size_their_threads_to_their_cpus():
     s = replica_settings(Settings(), ReplicaSettings(num_cpus=2))
-    assert not s.jobs and s.model_threads == 2 and s.workers_embed == 2
+    assert not s.jobs and s.model_threads == 1 and s.workers_embed == 2  # one core left for the event loop
+    assert replica_settings(Settings(), ReplicaSettings(num_cpus=4)).model_threads == 3
     explicit = replica_settings(Settings(model_threads=3, workers_embed=1), ReplicaSettings(num_cpus=2))
     assert not explicit.jobs and explicit.model_threads == 3 and explicit.workers_embed == 1
 

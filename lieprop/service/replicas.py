@@ -25,6 +25,7 @@ from typing import Any
 from lieprop.service.app import create_app
 from lieprop.service.logs import configure_logging
 from lieprop.service.settings import ReplicaSettings, Settings
+from lieprop.service.state import default_model_threads
 
 #: The Ray Serve application's name.
 APP_NAME = "lieprop"
@@ -32,12 +33,13 @@ APP_NAME = "lieprop"
 
 def replica_settings(settings: Settings, replicas: ReplicaSettings) -> Settings:
     """The app settings every replica runs with: ``jobs`` off, and unless set explicitly, torch threads and
-    embedding workers sized to the replica's CPUs (not to the whole machine's cores, which replicas share)."""
+    embedding workers sized to the replica's CPUs (not to the whole machine's cores, which replicas share): the
+    model gets all of them but one, as in a plain server (:func:`~lieprop.service.state.default_model_threads`)."""
     cpus = max(1, math.floor(replicas.num_cpus))
     given = settings.model_fields_set
     update: dict[str, Any] = {"jobs": False}
     if "model_threads" not in given:
-        update["model_threads"] = cpus
+        update["model_threads"] = default_model_threads(cpus)
     if "workers_embed" not in given:
         update["workers_embed"] = cpus
     return settings.model_copy(update=update)

@@ -4,6 +4,7 @@ predicts, evaluates and reports itself like LieConv (the toy family of tests/toy
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lieprop.data.properties import PROPERTY_NAMES
 from lieprop.inference import model_card
@@ -49,8 +50,10 @@ def test_a_registered_family_trains_saves_loads_and_predicts_invariantly(tmp_pat
 
     cfg = load_config("tiny", overrides={"architecture": "toy", "network": {"width": 8}, "orientation": "frames",
                                          "targets": ["homo", "u0"], "out_dir": str(tmp_path / "run"),
-                                         "epochs": 1})
+                                         "epochs": 1, "threads": 1})
+    threads = torch.get_num_threads()
     tr = train(cfg, data=qm9_head, log=lambda *_: None)
+    assert torch.get_num_threads() == threads  # the run's thread count does not outlive it
     assert tr.orientation == "none"  # an intrinsically invariant family trains on molecules as they are: no frames
     bundle = load_bundle(tr.out / "best.pt")
     assert bundle.architecture == "toy" and bundle.model.cfg.width == 8

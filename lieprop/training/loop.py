@@ -415,10 +415,14 @@ class Trainer:
 def train(cfg: TrainConfig, resume: bool = False, data=None, log=print) -> Trainer:
     """Run (or resume) a training run; returns the trainer (its ``out_dir`` holds best.pt and log.csv). Under
     torchrun, every rank calls this; they leave the process group together at the end."""
-    tr = Trainer(cfg, data=data, log=log)
-    if resume:
-        tr.resume()
-    tr.fit()
+    threads = torch.get_num_threads()  # cfg.threads is this run's: the caller's setting comes back after it
+    try:
+        tr = Trainer(cfg, data=data, log=log)
+        if resume:
+            tr.resume()
+        tr.fit()
+    finally:
+        torch.set_num_threads(threads)
     distributed.shutdown(tr.cluster)  # (a rank that fails exits instead, and torchrun stops the others)
     return tr
 

@@ -229,7 +229,7 @@ ATTACKS: list[Attack] = [
 
 
 def violations(attack: Attack, status: int, headers: dict[str, str], body: bytes, seconds: float) -> list[str]:
-    """What is wrong with an answer to ``attack`` (empty when it is right)."""
+    """What is wrong with an answer to ``attack`` (empty when it is right). ``headers``: lower-case names."""
     problems: list[str] = []
     if status not in attack.expect:
         problems.append(f"status {status}, expected one of {attack.expect}: {body[:300]!r}")
@@ -250,6 +250,9 @@ def violations(attack: Attack, status: int, headers: dict[str, str], body: bytes
             problems.append(f"a /v1 error without a JSON error code: {body[:200]!r}")
         elif attack.code is not None and code != attack.code:
             problems.append(f"error code {code!r}, expected {attack.code!r}")
+        if isinstance(payload, dict) and (not payload.get("request_id")
+                                          or payload["request_id"] != headers.get("x-request-id")):
+            problems.append("an error without its request id (body and X-Request-ID header)")
     if status == 200 and attack.item_codes is not None and isinstance(payload, dict):
         results = payload.get("results", [])
         if len(results) != len(attack.item_codes):

@@ -60,10 +60,15 @@ async def over_capacity(scope: dict, receive: Any, send: Any) -> None:
 
 
 def _too_large_response(limit: int) -> bytes:
+    """The raw 431 answer (sent before uvicorn has a request to hand to the app): the JSON error body with a request id
+    of its own, as :func:`over_capacity` has."""
+    rid = uuid.uuid4().hex
     body = json.dumps({"error": {"code": "headers_too_large",
-                                 "message": f"the request headers are larger than {limit} bytes"}}).encode()
+                                 "message": f"the request headers are larger than {limit} bytes"},
+                       "request_id": rid}).encode()
     return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            b"x-request-id: " + rid.encode() + b"\r\nconnection: close\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
 def protocol_class(header_timeout_s: float, max_header_bytes: int = 65536) -> type[asyncio.Protocol]:

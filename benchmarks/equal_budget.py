@@ -1,116 +1,72 @@
-"""Equal wall-time budget: lieprop's LieConv against torch_geometric's SchNet on the same QM9 split and targets.
+"""Equal budget, tuned alike: every lieprop architecture and PyG SchNet on the same QM9 split, targets and trainer.
 
-Both train for ``--minutes`` of training-step wall time on the Cormorant-style training split (same standardised
-targets: per-element offsets fitted on the training split, L1 loss, Adam with warm-up + cosine over the budget,
-same thread count; ``--parallel`` runs the two at once in two processes, one thread each, which on a
-2-core machine gives each model one core for the same wall time), then predict the first ``--test``
-molecules of the test split (lieprop with its invariant frame-averaged predict, SchNet plainly: it is
-invariant by construction). lieprop uses its `budget` preset (``--preset``, ``--set KEY=VALUE`` change it).
-Prints test MAE per target side by side in the units of the published tables.
+What is equal for every contender:
+- **the trainer**: lieprop's (:class:`lieprop.training.loop.Trainer`): the Cormorant training split, standardised
+  targets (per-element offsets fitted on the training split), L1 loss, Adam with warm-up and a cosine schedule over
+  the budget, size-bucketed batches, gradient clipping, and EMA of the weights (decay 0.999) for all. SchNet takes
+  part as a registered architecture (``schnet_architecture.py``: torch_geometric's network, lieprop's trainer), so the
+  contenders differ in the network alone.
+- **the budget**: ``--minutes`` of CPU time of the training steps (``budget_clock=cpu``: other work on this shared
+  machine cannot eat into it), one torch thread each, ``--parallel`` runs at once.
+- **the tuning**: the same grid of learning rate x batch size (``--lrs``, ``--batches``) for every contender, each
+  point a pilot of ``--pilot-minutes`` scored on 1,000 validation molecules (the mean over targets of MAE / target
+  scale); the best point is then trained with ``--seeds`` seeds.
+- **the test**: the first ``--test`` molecules of the test split, through each model's invariant predict.
+
+Prints the pilot grid, then test MAE per target as mean ± std over seeds, then MAE by molecule size (heavy atoms).
+Every run's result is kept in OUT (a JSON per run): an interrupted benchmark resumes where it stopped.
 
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
-      .venv/bin/python benchmarks/equal_budget.py --minutes 20 --parallel [--targets homo lumo gap u0 mu]
+      .venv/bin/python benchmarks/equal_budget.py --pilot-minutes 2 --minutes 10 --seeds 0 1 2 --parallel 2
+
+Needs torch_geometric for SchNet (``pip install -e '.[bench]'``); ``--contenders`` leaves any out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import schnet_architecture  # noqa: E402
+
 from lieprop.data.properties import BY_NAME  # noqa: E402
 from lieprop.data.qm9 import load_qm9, split_indices  # noqa: E402
-from lieprop.training.config import load_config, parse_override  # noqa: E402
 from lieprop.training.data import split_data  # noqa: E402
-from lieprop.training.loop import Trainer, fit_normalisation, lr_at  # noqa: E402
+
+#: heavy-atom slices of the size table (QM9 molecules have 1 to 9 heavy atoms)
+SIZE_SLICES: dict[str, tuple[int, int]] = {"1-6": (1, 6), "7": (7, 7), "8": (8, 8), "9": (9, 9)}
 
 
-def train_lieconv(args, log) -> tuple[np.ndarray, dict]:
-    cfg = load_config(args.preset, overrides={
-        **dict(parse_override(kv) for kv in args.set),
-        "targets": args.targets, "max_minutes": args.minutes, "threads": args.threads, "limit_valid": 1000,
-        "out_dir": os.path.join(args.out, "lieconv"), "checkpoint_minutes": 1e9, "name": "equal-budget"})
-    tr = Trainer(cfg, log=log)
-    tr.fit()
-    test = test_split(args.targets, args.test)
-    pred = tr.eval_model().predict(*molecule_lists(test))
-    return pred - test.targets, {"steps": tr.state.step, "epochs": round(tr.state.step / tr.steps_per_epoch, 2)}
+@dataclass(frozen=True)
+class Contender:
+    """A network to compare: a training preset and the keys that pick its architecture and size."""
+
+    label: str
+    preset: str
+    sets: dict = field(default_factory=dict)
 
 
-def train_schnet(args, log) -> tuple[np.ndarray, dict]:
-    from baselines import schnet
-
-    from lieprop.data.batch import size_bucketed_batches
-    from lieprop.model.network import NetworkConfig
-    from lieprop.model.predictor import PropertyModel
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    data = load_qm9()
-    train = split_data(data, split_indices(len(data))["train"], args.targets)
-    pooling = ["sum" if BY_NAME[t].extensive else "mean" for t in args.targets]
-    norm = PropertyModel(NetworkConfig(width=8, depth=1, targets=list(args.targets), pooling=pooling))
-    fit_normalisation(norm, train)  # the same standardised targets as lieprop's
-    net = schnet()
-    net.lin2 = torch.nn.Linear(net.lin2.in_features, len(args.targets))  # one output channel per target
-    mean_cols = torch.tensor([p == "mean" for p in pooling])
-    opt = torch.optim.Adam(net.parameters(), lr=args.schnet_lr)
-    cfg = load_config("default", overrides={"lr": args.schnet_lr, "max_minutes": args.minutes})
-
-    def forward(z_list, x_list):
-        z = torch.from_numpy(np.concatenate(z_list))
-        pos = torch.from_numpy(np.concatenate(x_list)).float()
-        counts = torch.tensor([len(q) for q in z_list])
-        batch = torch.repeat_interleave(torch.arange(len(z_list)), counts)
-        out = net(z, pos, batch)  # 'add' readout: sums over atoms
-        return torch.where(mean_cols, out / counts[:, None], out)
-
-    elapsed, step, epoch = 0.0, 0, 0
-    rng = np.random.default_rng(0)
-    net.train()
-    while elapsed < 60 * args.minutes:
-        for idx in size_bucketed_batches(train.sizes, 32, rng):
-            t = time.perf_counter()
-            zs, xs = zip(*(train.molecule(int(i)) for i in idx), strict=True)
-            zpad = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(z) for z in zs], batch_first=True)
-            target = norm.standardise(torch.from_numpy(train.targets[idx]), zpad).float()
-            loss = (forward(zs, xs) - target).abs().mean()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, elapsed / (60 * args.minutes))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            elapsed += time.perf_counter() - t
-            step += 1
-            if elapsed >= 60 * args.minutes:
-                break
-        epoch += 1
-    net.eval()
-    test = test_split(args.targets, args.test)
-    zs, xs = molecule_lists(test)
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(zs), 256):
-            out = forward(zs[i:i + 256], xs[i:i + 256]).double()
-            zpad = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(z) for z in zs[i:i + 256]], batch_first=True)
-            preds.append(norm.to_physical(out, zpad).numpy())
-    n_epochs = step * 32 / len(train)
-    return np.concatenate(preds) - test.targets, {"steps": step, "epochs": round(n_epochs, 2)}
-
-
-_TEST = {}
+CONTENDERS: dict[str, Contender] = {
+    # the bundled family, at the size its 6-minute pilots chose for short budgets (docs/MODEL_CARD.md)
+    "lieconv": Contender("lieprop LieConv T(3)", "budget"),
+    # the implicit-kernel network with bond and atom-type edge attributes (the paper's best variant), default size
+    "steerable": Contender("lieprop steerable (implicit kernels)", "default", {"architecture": "steerable"}),
+    "lconv": Contender("lieprop L-conv (fixed se(3))", "default", {"architecture": "lconv"}),
+    "schnet": Contender("PyG SchNet", "default", {"architecture": "schnet"}),
+}
 
 
 def test_split(targets, n):
+    """The first ``n`` molecules of the test split (cached per process)."""
     key = (tuple(targets), n)
     if key not in _TEST:
         data = load_qm9()
@@ -118,69 +74,189 @@ def test_split(targets, n):
     return _TEST[key]
 
 
-def molecule_lists(split):
+_TEST: dict = {}
+
+
+def molecule_lists(split) -> tuple[list, list]:
     zs, xs = zip(*(split.molecule(i) for i in range(len(split))), strict=True)
     return list(zs), list(xs)
 
 
-MODELS = {"lieconv": ("lieprop LieConv T(3)", train_lieconv), "schnet": ("PyG SchNet", train_schnet)}
+def run_name(spec: dict) -> str:
+    return f"{spec['contender']}-lr{spec['lr']:g}-b{spec['batch']}-s{spec['seed']}-m{spec['minutes']:g}"
 
 
-def run_one(args, key: str) -> None:
-    """Train and test one model; its MAE per target and run facts go to OUT/KEY.json."""
-    name, fn = MODELS[key]
+def run_one(spec: dict, args) -> dict:
+    """Train one contender at one grid point and seed for ``spec['minutes']`` CPU minutes; pilots report the
+    validation score, finals the test MAE per target and per size slice."""
+    import torch
+
+    from lieprop.training.config import load_config
+    from lieprop.training.loop import Trainer
+
+    schnet_architecture.register()
+    c = CONTENDERS[spec["contender"]]
+    final = spec["phase"] == "final"
+    cfg = load_config(c.preset, overrides={
+        **c.sets, "targets": args.targets, "lr": spec["lr"], "batch_size": spec["batch"], "seed": spec["seed"],
+        "max_minutes": spec["minutes"], "budget_clock": "cpu", "threads": 1, "ema_decay": 0.999,
+        "limit_valid": 1000, "checkpoint_minutes": 1e9, "tensorboard": False, "name": "equal-budget",
+        "out_dir": os.path.join(args.out, "runs", spec["phase"], run_name(spec))})
     t = time.time()
-    err, info = fn(args, lambda *_: None)
-    info["wall_minutes"] = round((time.time() - t) / 60, 1)
-    print(f"# {name}: {json.dumps(info)}", flush=True)
-    with open(os.path.join(args.out, f"{key}.json"), "w") as f:
-        json.dump({"mae": np.abs(err).mean(0).tolist(), "info": info}, f)
+    tr = Trainer(cfg, log=lambda *_: None)
+    tr.fit()
+    last = tr.state.history[-1]
+    seen = tr.state.step * cfg.batch_size
+    result = {**spec, "steps": tr.state.step, "epochs": round(tr.state.step / tr.steps_per_epoch, 3),
+              "params": sum(p.numel() for p in tr.model.net.parameters()), "valid_score": last["valid_score"],
+              "train_mol_s": round(seen / (60 * spec["minutes"]), 1), "wall_minutes": round((time.time() - t) / 60, 2),
+              "torch_threads": torch.get_num_threads()}
+    if final:
+        test = test_split(args.targets, args.test)
+        err = np.abs(tr.eval_model().predict(*molecule_lists(test)) - test.targets)  # (molecules, targets)
+        heavy = np.array([int((test.molecule(i)[0] > 1).sum()) for i in range(len(test))])
+        result["mae"] = err.mean(0).tolist()
+        result["by_size"] = {name: {"n": int(((heavy >= lo) & (heavy <= hi)).sum()),
+                                    "mae": err[(heavy >= lo) & (heavy <= hi)].mean(0).tolist()}
+                             for name, (lo, hi) in SIZE_SLICES.items() if ((heavy >= lo) & (heavy <= hi)).any()}
+    return result
+
+
+def result_path(args, spec: dict) -> str:
+    return os.path.join(args.out, spec["phase"], run_name(spec) + ".json")
+
+
+def load(args, spec: dict) -> dict | None:
+    path = result_path(args, spec)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_all(args, specs: list[dict]) -> None:
+    """Run every spec without a result yet, ``--parallel`` processes at a time, one torch thread each."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="4294967296",
+               MALLOC_TRIM_THRESHOLD_="4294967296")
+    queue = [s for s in specs if load(args, s) is None]
+    running: list[tuple[subprocess.Popen, dict]] = []
+    while queue or running:
+        while queue and len(running) < args.parallel:
+            spec = queue.pop(0)
+            print(f"# {time.strftime('%H:%M:%S')} start {spec['phase']} {run_name(spec)}", flush=True)
+            cmd = [sys.executable, __file__, "--one", json.dumps(spec), "--out", args.out,
+                   "--targets", *args.targets, "--test", str(args.test)]
+            running.append((subprocess.Popen(cmd, env=env), spec))
+        time.sleep(2)
+        for p, spec in [r for r in running if r[0].poll() is not None]:
+            running.remove((p, spec))
+            if p.returncode:
+                print(f"# run failed ({p.returncode}): {run_name(spec)}", flush=True)
+
+
+def chosen_point(args, name: str) -> tuple[float, int] | None:
+    """The grid point with the best pilot validation score for contender ``name``."""
+    pilots = [r for r in (load(args, s) for s in pilot_specs(args, name)) if r is not None]
+    if not pilots:
+        return None
+    best = min(pilots, key=lambda r: r["valid_score"])
+    return best["lr"], best["batch"]
+
+
+def pilot_specs(args, name: str) -> list[dict]:
+    return [{"phase": "pilot", "contender": name, "lr": lr, "batch": b, "seed": 0, "minutes": args.pilot_minutes}
+            for lr in args.lrs for b in args.batches]
+
+
+def final_specs(args, name: str) -> list[dict]:
+    point = chosen_point(args, name)
+    if point is None:
+        return []
+    return [{"phase": "final", "contender": name, "lr": point[0], "batch": point[1], "seed": s,
+             "minutes": args.minutes} for s in args.seeds]
+
+
+def mean_std(values: list[float], fmt: str) -> str:
+    v = np.array(values)
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
+
+
+def print_tables(args) -> None:
+    names = args.contenders
+    print(f"\n# {' '.join(sys.argv)}")
+    print(f"# pilots: {len(args.lrs)} x {len(args.batches)} grid, {args.pilot_minutes} CPU min each; finals: "
+          f"{args.minutes} CPU min per seed; 1 torch thread per run, {args.parallel} runs at once; EMA 0.999 for all")
+    print("\n| pilot validation score (lower is better) | " + " | ".join(f"b{b}" for b in args.batches) + " |")
+    print("|---|" + "---|" * len(args.batches))
+    for name in names:
+        for lr in args.lrs:
+            cells = []
+            for b in args.batches:
+                r = load(args, {"phase": "pilot", "contender": name, "lr": lr, "batch": b, "seed": 0,
+                                "minutes": args.pilot_minutes})
+                cells.append(f"{r['valid_score']:.3f}" if r else "-")
+            print(f"| {name} lr {lr:g} | " + " | ".join(cells) + " |")
+    finals = {n: [r for r in (load(args, s) for s in final_specs(args, n)) if r] for n in names}
+    print(f"\n# test MAE on the first {args.test} test molecules, mean ± std over seeds")
+    print("| target | unit | " + " | ".join(CONTENDERS[n].label for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for j, t in enumerate(args.targets):
+        p = BY_NAME[t]
+        fmt = ".3f" if p.paper_unit == "D" else ".1f"
+        cells = [mean_std([r["mae"][j] * p.to_paper for r in finals[n]], fmt) if finals[n] else "-" for n in names]
+        print(f"| {t} | {p.paper_unit} | " + " | ".join(cells) + " |")
+    facts = {
+        "seeds": lambda rs: str(len(rs)),
+        "chosen lr, batch": lambda rs: f"{rs[0]['lr']:g}, {rs[0]['batch']}",
+        "parameters": lambda rs: f"{rs[0]['params']:,}",
+        "epochs": lambda rs: mean_std([r["epochs"] for r in rs], ".3g"),
+        "train mol/s (CPU)": lambda rs: f"{np.mean([r['train_mol_s'] for r in rs]):.0f}",
+    }
+    for fact, fn in facts.items():
+        print(f"| {fact} | | " + " | ".join(fn(finals[n]) if finals[n] else "-" for n in names) + " |")
+    for t in [t for t in ("homo", "u0") if t in args.targets]:
+        j, p = args.targets.index(t), BY_NAME[t]
+        print(f"\n# {t} test MAE ({p.paper_unit}) by heavy atoms, mean over seeds")
+        print("| heavy atoms | molecules | " + " | ".join(CONTENDERS[n].label for n in names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for s in SIZE_SLICES:
+            some = next((r for n in names for r in finals[n] if s in r["by_size"]), None)
+            if some is None:
+                continue
+            digits = 3 if p.paper_unit == "D" else 1
+            cells = [f"{np.mean([r['by_size'][s]['mae'][j] * p.to_paper for r in finals[n]]):.{digits}f}"
+                     if finals[n] else "-" for n in names]
+            print(f"| {s} | {some['by_size'][s]['n']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--minutes", type=float, default=10.0, help="CPU minutes of training per final run")
+    ap.add_argument("--pilot-minutes", type=float, default=2.0, help="CPU minutes per pilot")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
+    ap.add_argument("--batches", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--targets", nargs="+", default=["homo", "lumo", "gap", "u0", "mu"])
+    ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     ap.add_argument("--test", type=int, default=3000, help="first N molecules of the test split")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both models")
-    ap.add_argument("--schnet-lr", type=float, default=5e-4)
-    ap.add_argument("--preset", default="budget", help="lieprop training preset (see lieprop.training.config)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a lieprop TrainConfig key (value parsed as JSON when it parses)")
-    ap.add_argument("--parallel", action="store_true", help="train both at once, one process and thread each")
-    ap.add_argument("--only", choices=list(MODELS), help=argparse.SUPPRESS)  # a --parallel child
-    ap.add_argument("--out", default="runs/equal_budget")
+    ap.add_argument("--parallel", type=int, default=2, help="runs at once (one torch thread each)")
+    ap.add_argument("--tables", action="store_true", help="print the tables of the results so far and stop")
+    ap.add_argument("--out", default=os.path.expanduser("~/.cache/lieprop/equal_budget"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # a child: one run's JSON spec
     args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    if args.only:
-        run_one(args, args.only)
+    if args.one:
+        spec = json.loads(args.one)
+        result = run_one(spec, args)
+        os.makedirs(os.path.dirname(result_path(args, spec)), exist_ok=True)
+        tmp = result_path(args, spec) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+        os.replace(tmp, result_path(args, spec))
         return
-    if args.parallel:
-        args.threads = 1
-        children = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--only", key],
-                                     env=dict(os.environ, OMP_NUM_THREADS="1")) for key in MODELS]
-        if any(c.wait() for c in children):
-            raise SystemExit("a --parallel child failed")
-    else:
-        for key in MODELS:
-            run_one(args, key)
-    results = {}
-    for key, (name, _) in MODELS.items():
-        with open(os.path.join(args.out, f"{key}.json")) as f:
-            r = json.load(f)
-        results[name] = (np.array(r["mae"]), r["info"])
-    how = "at once" if args.parallel else "one after the other"
-    print(f"\n# {' '.join(sys.argv)}: {args.minutes} min each ({how}), {args.threads} thread(s) each, "
-          f"test MAE on the first {args.test} test molecules")
-    names = list(results)
-    print("| target | unit | " + " | ".join(names) + " | ratio |")
-    print("|---|---|" + "---|" * (len(names) + 1))
-    for j, t in enumerate(args.targets):
-        p = BY_NAME[t]
-        vals = [results[n][0][j] * p.to_paper for n in names]
-        ratio = vals[0] / vals[1] if vals[1] > 0 else math.nan
-        print(f"| {t} | {p.paper_unit} | " + " | ".join(f"{v:.4g}" for v in vals) + f" | {ratio:.2f} |")
-    print("| epochs | | " + " | ".join(str(results[n][1]["epochs"]) for n in names) + " | |")
+    if not args.tables:
+        run_all(args, [s for n in args.contenders for s in pilot_specs(args, n)])
+        run_all(args, [s for n in args.contenders for s in final_specs(args, n)])
+    print_tables(args)
 
 
 if __name__ == "__main__":

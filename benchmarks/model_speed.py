@@ -136,6 +136,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steerable", action="store_true",
                     help="only the steerable architecture (default config) beside LieConv T3 k=256, one thread")
+    ap.add_argument("--predict-vs-schnet", action="store_true",
+                    help="only lieprop's invariant predict (T3 k=256) against SchNet's forward, batch 1 and 32, at 1 "
+                         "and 2 torch threads (the service's model worker uses all cores but one: 1 here)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -143,6 +146,20 @@ def main() -> None:
         return
     reps = 3 if args.quick else args.reps
     specs = []
+    if args.predict_vs_schnet:
+        for threads in (1, 2):
+            for bs in (1, 32):
+                specs.append({"model": "T3", "width": 256, "batch": bs, "mode": "predict", "threads": threads})
+                specs.append({"model": "schnet", "width": 128, "batch": bs, "mode": "forward", "threads": threads})
+        results = run_specs(specs, reps)
+        print("\nlieprop predict / SchNet forward (molecules/s, same batch and threads):")
+        by = {(r["model"], r["batch"], r["threads"]): r["mol_s"] for r in results}
+        for threads in (1, 2):
+            for bs in (1, 32):
+                ours, ref = by.get(("T3", bs, threads)), by.get(("schnet", bs, threads))
+                if ours and ref:
+                    print(f"  {threads} thread(s), batch {bs:>2}: {ours / ref:.2f}x")
+        return
     if args.steerable:
         for bs in (1, 32):
             for mode in ("predict", "forward", "train"):

@@ -17,6 +17,7 @@ cells are interleaved per configuration so that a change in the machine's load h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: A QM9 molecule (ethanol, 9 atoms), the body of every request.
+#: Ethanol (9 atoms) in a hand-made, nearly mirror-symmetric geometry: the default body of every request. Its
+#: principal axes are nearly degenerate, so the model sees it in 5 weighted frames (lieprop.model.frames); a
+#: typical QM9 molecule has 1.2 (``--molecule typical``).
 ETHANOL_XYZ = """9
 ethanol
 C -0.0127 1.0858 0.0080
@@ -68,12 +71,14 @@ class Cell:
 class Server:
     """``lieprop serve`` from the code tree ``source`` in a subprocess on a free local port."""
 
-    def __init__(self, source: Path, model: Path | None, batching: bool, extra: list[str]) -> None:
+    def __init__(self, source: Path, model: Path | None, batching: bool, extra: list[str],
+                 settings: dict[str, str] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(source)}
+        env = {**os.environ, "PYTHONPATH": str(source),
+               **{f"LIEPROP_{k.upper()}": v for k, v in (settings or {}).items()}}
         cmd = [sys.executable, "-m", "lieprop.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--log-level", "warning", "--batching" if batching else "--no-batching", *extra]
         if model is not None:
@@ -96,16 +101,26 @@ class Server:
         raise SystemExit("the server did not become ready within 180 s")
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """User + system CPU time of the server process so far: all threads, and its main thread (the event loop)
-        alone (from /proc; NaN elsewhere)."""
+        """User + system CPU time so far of the server and its child processes (the model process, the embedding
+        pool): all threads, and the server's main thread (the event loop) alone (from /proc; NaN elsewhere)."""
         pid = self.process.pid
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def fields(path: str) -> list[str]:
+            return Path(path).read_text().rsplit(")", 1)[1].split()
+
         try:
-            every = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            main = fields(f"/proc/{pid}/task/{pid}/stat")
+            total = 0
+            for p in [pid, *_children(pid)]:
+                try:
+                    f = fields(f"/proc/{p}/stat")
+                except OSError:  # exited meanwhile
+                    continue
+                total += int(f[11]) + int(f[12])
         except OSError:
             return float("nan"), float("nan")
-        tick = os.sysconf("SC_CLK_TCK")
-        return (int(every[11]) + int(every[12])) / tick, (int(main[11]) + int(main[12])) / tick
+        return total / tick, (int(main[11]) + int(main[12])) / tick
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -115,6 +130,31 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         Path(self.log).unlink(missing_ok=True)
+
+
+def typical_xyz() -> str:
+    """XYZ of the first QM9 test-split molecule with 18 atoms (QM9's mean size) and a single frame."""
+    sys.path.insert(0, str(ROOT))
+    from lieprop.data.elements import SYMBOLS
+    from lieprop.data.qm9 import load_qm9, split_indices
+    from lieprop.model.frames import molecule_frames
+
+    data = load_qm9()
+    for i in split_indices(len(data))["test"]:
+        z, x = data.molecule(int(i))
+        if len(z) == 18 and len(molecule_frames(z, x)) == 1:
+            lines = [f"{SYMBOLS[int(a)]} {p[0]:.6f} {p[1]:.6f} {p[2]:.6f}" for a, p in zip(z, x, strict=True)]
+            return f"{len(z)}\nQM9 molecule {int(i)}\n" + "\n".join(lines) + "\n"
+    raise SystemExit("no 18-atom single-frame molecule in the test split")
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (from /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
 
 
 def _seconds(text: str, pattern: str) -> float:
@@ -199,6 +239,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="hey's duration per cell (default 5)")
     p.add_argument("--source", action="append", default=None, metavar="LABEL=DIR",
                    help="a code tree to serve from (repeatable; default: this checkout)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+                   help="a server setting to compare (repeatable; each variant serves this checkout with those "
+                        "settings, e.g. --variant process=model_process=true --variant thread=model_process=false)")
+    p.add_argument("--molecule", choices=["ethanol", "typical"], default="ethanol",
+                   help="the request's molecule: the hand-made ethanol (5 frames), or a typical QM9 molecule (the "
+                        "first of the test split with 18 atoms and one frame; needs the QM9 cache)")
     p.add_argument("--no-warmup", action="store_true", help="skip the 1 s hey run before each server's cells")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for lieprop serve")
     p.add_argument("--model-only", action="store_true",
@@ -212,24 +258,31 @@ def main() -> int:
     if shutil.which("hey") is None:
         print("service_throughput: needs hey on the PATH (apt-get install -y hey)", file=sys.stderr)
         return 2
-    sources: list[tuple[str, Path]] = []
-    for spec in args.source or [f"this={ROOT}"]:
+    sources: list[tuple[str, Path, dict[str, str]]] = []
+    for spec in args.source or ([] if args.variant else [f"this={ROOT}"]):
         label, sep, directory = spec.partition("=")
         if not sep or not Path(directory).is_dir():
             print(f"service_throughput: --source wants LABEL=DIR, got {spec!r}", file=sys.stderr)
             return 2
-        sources.append((label, Path(directory).resolve()))
+        sources.append((label, Path(directory).resolve(), {}))
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        pairs = [kv.partition("=") for kv in rest.split(",") if kv]
+        if not label or any(not sep for _, sep, _ in pairs):
+            print(f"service_throughput: --variant wants LABEL=KEY=VALUE[,KEY=VALUE], got {spec!r}", file=sys.stderr)
+            return 2
+        sources.append((label, ROOT, {k: v for k, _, v in pairs}))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
           f", load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     fd, name = tempfile.mkstemp(suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump({"molecules": [{"xyz": ETHANOL_XYZ}]}, f)
+        json.dump({"molecules": [{"xyz": ETHANOL_XYZ if args.molecule == "ethanol" else typical_xyz()}]}, f)
     body = Path(name)
     cells: list[Cell] = []
     try:
         for batching in (True, False):
-            for label, source in sources:
-                server = Server(source, args.model, batching, args.serve_arg)
+            for label, source, settings in sources:
+                server = Server(source, args.model, batching, args.serve_arg, settings)
                 try:
                     if not args.no_warmup:
                         run_hey(server.url, body, 8, 1)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     model_threads: int | None = Field(None, ge=1, le=256,
                                       description="torch threads of the model worker (default: all cores but "
                                                   "one, at least 1: the event loop and the readers need a core)")
+    model_process: bool = Field(True, description="run the networks' forward passes in a child process of their "
+                                "own (lieprop/service/model_process.py): off the GIL that the event loop and the "
+                                "readers share; false: in the model worker thread")
     model_chunk: int = Field(128, ge=1, le=4096,
                              description="frames per forward pass inside a batch (each molecule has 1-8+ frames)")
     max_queue: int = Field(4096, ge=1, description="molecules waiting for the model before new requests get 503")

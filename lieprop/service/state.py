@@ -47,6 +47,7 @@ from lieprop.service.admission import FORWARD_SHARE, CostLimits, Estimated, admi
 from lieprop.service.batcher import DynamicBatcher, Priority
 from lieprop.service.job_runner import JobManager
 from lieprop.service.metrics import ServiceMetrics
+from lieprop.service.model_process import NetworkProcess
 from lieprop.service.settings import Settings
 
 log = logging.getLogger("lieprop.service")
@@ -69,6 +70,7 @@ class Service:
         self.detail: str | None = None
         self.bundle: Any = None
         self.batcher: DynamicBatcher | None = None
+        self.network_process: NetworkProcess | None = None  # the networks' own process (settings.model_process)
         self.pool: ProcessPoolExecutor | None = None
         self.info: dict[str, str] = {}
         self.context = ResultContext()  # the model's result warnings and intervals (lieprop.inference)
@@ -89,15 +91,20 @@ class Service:
         self.bundle = await asyncio.to_thread(load_model, s.model)  # ModelNotFoundError / BundleError stop start-up
         self.context = ResultContext.of(self.bundle)
         self.costs = CostModel.of(self.bundle.model)
-        self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
+        threads = s.model_threads or default_model_threads()
+        if s.model_process:  # the networks compute in their own process, on the device; the rest stays on the CPU
+            self.network_process = await asyncio.to_thread(NetworkProcess, self.bundle.model, threads, s.device)
+            self.network_process.attach(self.bundle.model)
+        else:
+            self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
         self.info = model_info(self.bundle)
         card = model_card(self.bundle)
         self.cards = {"card": {**card, "default": True}, "properties": card["properties"]}
-        threads = s.model_threads or default_model_threads()
         self.batcher = DynamicBatcher(
             chunked_predict(self.bundle.model, self.costs, s.model_chunk, s.max_batch_cost_ms / FORWARD_SHARE),
             max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, batching=s.batching,
-            max_queue=s.max_queue, initializer=functools.partial(_init_model_thread, threads),
+            max_queue=s.max_queue,
+            initializer=functools.partial(_init_model_thread, 1 if self.network_process else threads),
             on_batch=self.metrics.observe_batch, incoming=lambda: self.parsing,
             max_batch_cost=s.max_batch_cost_ms, chunked=True, on_cancel=self.metrics.cancelled.labels("model").inc,
         ).start()
@@ -124,6 +131,8 @@ class Service:
             await asyncio.to_thread(self.jobs.stop, timeout)
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.close, True, timeout)
+        if self.network_process is not None:
+            await asyncio.to_thread(self.network_process.close, timeout)
         if self.pool is not None:
             await asyncio.to_thread(self.pool.shutdown, True, cancel_futures=True)
         log.info("stopped")

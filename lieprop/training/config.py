@@ -58,7 +58,10 @@ class TrainConfig(BaseModel):
     lr: float = 3e-3
     warmup_fraction: float = 0.03
     epochs: int = 500
-    max_minutes: float | None = None  # wall-time budget; with it the cosine schedule spans the budget
+    max_minutes: float | None = None  # time budget of the training steps; with it the cosine schedule spans it
+    # what max_minutes counts: "wall" seconds, or "cpu" seconds of this process (every thread), which other work on a
+    # shared machine cannot eat into: equal CPU budgets for runs side by side (benchmarks/equal_budget.py)
+    budget_clock: Literal["wall", "cpu"] = "wall"
     grad_clip: float = 10.0
     ema_decay: float = 0.999  # 0 disables the exponential moving average of weights
     weight_decay: float = 0.0

@@ -323,6 +323,7 @@ class Trainer:
         cfg = self.cfg
         last_ck = time.time()
         show = sys.stderr.isatty() and self.cluster.main
+        clock = time.process_time if cfg.budget_clock == "cpu" else time.time
         bar = tqdm(total=self.steps_per_epoch, disable=not show, dynamic_ncols=True)
         while not self.done():
             batches = self._epoch_batches(self.state.epoch)
@@ -332,9 +333,9 @@ class Trainer:
             losses, n_mol, t_epoch = [], 0, time.time()
             while self.state.batch_in_epoch < len(batches) and not self.done():
                 idx = batches[self.state.batch_in_epoch]
-                t = time.time()
+                t = clock()
                 losses.append(self.train_step(idx))
-                self.state.elapsed += self.cluster.from_main(time.time() - t, self.device)  # one budget
+                self.state.elapsed += self.cluster.from_main(clock() - t, self.device)  # one budget
                 self.state.batch_in_epoch += 1
                 n_mol += len(idx)
                 bar.update(1)

@@ -86,7 +86,7 @@ class Server:
         fd, self.log = tempfile.mkstemp(prefix="lieprop-serve-", suffix=".log")
         self.process = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env, cwd=source)
         os.close(fd)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 900  # a compiled model (model_compile) compiles during warm-up
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SystemExit(f"the server exited with {self.process.returncode}: {Path(self.log).read_text()}")
@@ -98,7 +98,7 @@ class Server:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise SystemExit("the server did not become ready within 180 s")
+        raise SystemExit("the server did not become ready within 900 s")
 
     def cpu_seconds(self) -> tuple[float, float]:
         """User + system CPU time so far of the server and its child processes (the model process, the embedding

@@ -132,6 +132,7 @@ def test_a_rest_job_on_an_ensemble_returns_values_and_spreads(tmp_path, ensemble
         lines = client.get(f"/v1/jobs/{job['id']}/results").text.splitlines()
         table = client.get(f"/v1/jobs/{job['id']}/results", params={"format": "csv"}).text
     first = json.loads(lines[0])
+    assert "properties" in first, first
     assert set(first["properties"]["gap"]) == {"value", "unit", "std"}
     header = table.splitlines()[0].split(",")
     assert header[4:8] == ["homo [eV]", "homo_std [eV]", "gap [eV]", "gap_std [eV]"]

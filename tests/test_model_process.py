@@ -123,3 +123,19 @@ def test_the_server_answers_again_after_its_model_process_is_killed(server) -> N
         assert after.json()["results"][0]["properties"] == before.json()["results"][0]["properties"]
         assert client.get("/healthz").status_code == 200
     assert any(r.get("msg") == "model process restarting" for r in server.logs())
+
+
+@pytest.mark.slow
+def test_a_compiled_model_process_gives_the_uncompiled_values_to_float32_rounding(qm9_head, ensemble) -> None:
+    numbers, positions = _molecules(qm9_head, 6)
+    here = ensemble.predictions(numbers, positions)
+    process = NetworkProcess(ensemble, compile_=True)  # torch.compile: minutes on a CPU
+    try:
+        process.attach(ensemble)
+        there = ensemble.predictions(numbers, positions)
+        again = ensemble.predictions(numbers[:1], positions[:1])  # a new batch shape: recompiled, still right
+    finally:
+        detach(ensemble)
+        process.close()
+    np.testing.assert_allclose(there.value, here.value, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(again.value, here.value[:1], rtol=1e-4, atol=1e-5)

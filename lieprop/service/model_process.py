@@ -43,7 +43,7 @@ def _members(model: Any) -> list[Any]:
     return list(model.members) if hasattr(model, "members") else [model]
 
 
-def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device: str) -> None:
+def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device: str, compile_: bool) -> None:
     """The child's loop: build the networks, then answer (member, features, positions, mask, autocast) requests
     with (True, output) or (False, exception) until told to stop (None) or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which stops this process itself
@@ -57,7 +57,8 @@ def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device:
         arch = get_architecture(name)
         net = arch.build(arch.make_config(cfg))
         net.load_state_dict(state)
-        nets.append(net.to(dev).eval())
+        net = net.to(dev).eval()
+        nets.append(torch.compile(net, dynamic=True) if compile_ else net)  # compiled at each net's first calls
     conn.send(("ready", torch.get_num_threads()))
     while True:
         try:
@@ -82,12 +83,14 @@ def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device:
 
 class NetworkProcess:
     """A child process holding the networks of ``model`` (a PropertyModel or an ensemble), with ``threads`` torch
-    threads, on ``device`` ("auto", "cpu", "cuda", ...). One caller at a time (a lock serialises calls)."""
+    threads, on ``device`` ("auto", "cpu", "cuda", ...), compiled by ``torch.compile`` when ``compile_`` (each network
+    at its first calls, for every new kind of shape: minutes on a CPU). One caller at a time (a lock serialises
+    calls)."""
 
-    def __init__(self, model: Any, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, model: Any, threads: int = 1, device: str = "cpu", compile_: bool = False) -> None:
         self.specs = [(m.architecture, m.cfg.to_dict(), {k: v.detach().cpu() for k, v in m.net.state_dict().items()})
                       for m in _members(model)]
-        self.threads, self.device = threads, device
+        self.threads, self.device, self.compile = threads, device, compile_
         self.starts = 0
         self._lock = threading.Lock()
         self._proc: Any = None
@@ -97,7 +100,7 @@ class NetworkProcess:
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_child, args=(child, self.specs, self.threads, self.device),
+        proc = ctx.Process(target=_child, args=(child, self.specs, self.threads, self.device, self.compile),
                            name="lieprop-model-process", daemon=True)
         proc.start()
         child.close()

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     model_process: bool = Field(True, description="run the networks' forward passes in a child process of their "
                                 "own (lieprop/service/model_process.py): off the GIL that the event loop and the "
                                 "readers share; false: in the model worker thread")
+    model_compile: bool = Field(False, description="torch.compile the networks in the model process (dynamic "
+                                "shapes): faster forward passes after a start-up of minutes (compiled during warm-up); "
+                                "values differ from the uncompiled model by float32 rounding. Needs model_process")
     model_chunk: int = Field(128, ge=1, le=4096,
                              description="frames per forward pass inside a batch (each molecule has 1-8+ frames)")
     max_queue: int = Field(4096, ge=1, description="molecules waiting for the model before new requests get 503")
@@ -144,6 +147,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _keys_are_valid(self) -> Settings:
         self.tenant_keys()  # a malformed api_keys / api_keys_file stops start-up with the reason
+        if self.model_compile and not self.model_process:
+            raise ValueError("model_compile compiles the networks in the model process: it needs model_process")
         return self
 
     def tenant_keys(self) -> list[tuple[bytes, str]]:

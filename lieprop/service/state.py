@@ -93,7 +93,8 @@ class Service:
         self.costs = CostModel.of(self.bundle.model)
         threads = s.model_threads or default_model_threads()
         if s.model_process:  # the networks compute in their own process, on the device; the rest stays on the CPU
-            self.network_process = await asyncio.to_thread(NetworkProcess, self.bundle.model, threads, s.device)
+            self.network_process = await asyncio.to_thread(NetworkProcess, self.bundle.model, threads, s.device,
+                                                           s.model_compile)
             self.network_process.attach(self.bundle.model)
         else:
             self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict

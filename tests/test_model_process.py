@@ -122,6 +122,7 @@ def test_the_server_answers_again_after_its_model_process_is_killed(server) -> N
         assert after.status_code == 200, after.text
         assert after.json()["results"][0]["properties"] == before.json()["results"][0]["properties"]
         assert client.get("/healthz").status_code == 200
+        assert "lieprop_model_process_starts 2.0" in client.get("/metrics").text
     assert any(r.get("msg") == "model process restarting" for r in server.logs())
 
 

@@ -41,6 +41,9 @@ class ServiceMetrics:
         self.cancelled = Counter("lieprop_cancelled_molecules",
                                  "Molecules whose request timed out or was disconnected, dropped before their work "
                                  "(stage: embedding, model)", ["stage"], registry=r)
+        self.model_process_starts = Gauge("lieprop_model_process_starts",
+                                          "Times the model process was started (1 when it never died; "
+                                          "lieprop/service/model_process.py)", registry=r)
         self.embedding = Histogram("lieprop_embedding_duration_seconds",
                                    "Time to build one 3D conformer from a SMILES or 2D MOL block (seconds)",
                                    buckets=_LATENCY_BUCKETS, registry=r)

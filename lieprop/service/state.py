@@ -96,6 +96,8 @@ class Service:
             self.network_process = await asyncio.to_thread(NetworkProcess, self.bundle.model, threads, s.device,
                                                            s.model_compile)
             self.network_process.attach(self.bundle.model)
+            process = self.network_process
+            self.metrics.model_process_starts.set_function(lambda: float(process.starts))
         else:
             self.bundle.model.to(pick_device(s.device))  # batches are moved to the model's device by predict
         self.info = model_info(self.bundle)

@@ -325,7 +325,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from lieprop.data.elements import QM9_MAX_ATOMS
     from lieprop.inference import ModelNotFoundError, UnknownPropertyError, load_model
     from lieprop.model.bundle import BundleError
-    from lieprop.scoring.options import JobOptions
+    from lieprop.scoring.options import REST_ONLY, JobOptions
     from lieprop.scoring.output import NothingToResume, OutputError
     from lieprop.scoring.pipeline import score_file
 
@@ -334,7 +334,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        given = {name: getattr(args, name) for name in JobOptions.model_fields if getattr(args, name, None) is not None}
+        given = {name: getattr(args, name) for name in JobOptions.model_fields
+                 if name not in REST_ONLY and getattr(args, name, None) is not None}  # --model here is a path
         options = JobOptions.parse(given).score_options(model_batch=args.model_batch,
                                                         max_atoms=args.max_atoms or QM9_MAX_ATOMS)
         if args.workers is not None and args.workers < 1:

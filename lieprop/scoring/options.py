@@ -29,8 +29,9 @@ from lieprop.scoring.pipeline import DEFAULT_CHUNK_SIZE, ScoreOptions
 #: The largest ``chunk_size``: a chunk's rows are held in memory until it is committed.
 MAX_CHUNK_SIZE = 100_000
 #: Options only a REST upload has (``lieprop predict`` reads the file name from its INPUT argument).
-REST_ONLY = ("filename",)
-#: Options kept in a REST job's record under ``options`` (``format`` and ``filename`` have their own columns).
+REST_ONLY = ("filename", "model")
+#: Options kept in a REST job's record under ``options`` (``format`` and ``filename`` have their own columns; the
+#: model, by name, is the record's ``model``).
 RECORDED = ("smiles_column", "id_column", "properties", "chunk_size", "coverage")
 
 
@@ -54,6 +55,9 @@ class JobOptions(BaseModel):
                                            "(default 0.9)")
     filename: str | None = Field(
         None, description="the upload's file name, when the body does not carry one (its extension tells the format)")
+    model: str | None = Field(
+        None, max_length=256, description="the served model to score with, by name (GET /v1/models; default: the "
+                                          "server's default model)")
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> JobOptions:

@@ -78,15 +78,16 @@ def _iso(t: float | None) -> str | None:
 class JobManager:
     """The job store, the job files and the runner thread of one service.
 
-    It gets what it uses: the settings, the metrics, the loaded model bundle and the batcher whose model thread
-    runs the model.
+    It gets what it uses: the settings, the metrics, and ``models``, which gives the served model a job names (its
+    record's ``model.name``; None: the default) as (bundle, the batcher whose model thread runs it), or None when this
+    server does not serve it.
     """
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, bundle: Bundle, batcher: DynamicBatcher) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics,
+                 models: Callable[[str | None], tuple[Bundle, DynamicBatcher] | None]) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.bundle = bundle
-        self.batcher = batcher
+        self.models = models
         self.root = Path(self.settings.data_dir)
         self._store: JobStore | None = None
         self._store_lock = threading.Lock()
@@ -275,8 +276,15 @@ class JobManager:
             model_batch=s.max_batch_size, frame_batch=s.model_chunk, max_atoms=s.max_atoms,
             max_rows=s.job_max_rows, max_decompressed_bytes=s.job_max_decompressed_bytes)
         should_stop = functools.partial(self._should_stop, job_id)
-        engine = LocalEngine(self._background_predict(should_stop), s.job_workers, nice=s.job_nice, in_process=False,
-                             should_stop=should_stop)
+        name = (job.get("model") or {}).get("name")
+        served = self.models(name)
+        if served is None:  # the server was started again without it
+            self._fail(job_id, f"the job's model {name!r} is not served by this server any more; submit the file "
+                               "again, naming a served model (GET /v1/models)")
+            return
+        bundle, batcher = served
+        engine = LocalEngine(self._background_predict(should_stop, bundle, batcher), s.job_workers,
+                             nice=s.job_nice, in_process=False, should_stop=should_stop)
         log.info("job started", extra={"job": job_id, "attempt": job["attempts"]})
         written = {"ok": None, "errors": None}
 
@@ -294,7 +302,7 @@ class JobManager:
             written.update(ok=counts.ok, errors=dict(counts.errors))
 
         try:
-            summary = score_file(folder / input_name(folder), folder / RESULTS, options, model=self.bundle,
+            summary = score_file(folder / input_name(folder), folder / RESULTS, options, model=bundle,
                                  engine=engine, resume=True, should_stop=should_stop, on_chunk=on_chunk,
                                  sidecar=True)  # verified before it finishes; its manifest lets the route verify
             complete = summary.complete
@@ -348,9 +356,9 @@ class JobManager:
         problem = exc.problem.replace(f"{folder}/", "").replace(str(folder), "the job's folder")
         return f"{problem}; the job cannot continue: submit the file again as a new job"
 
-    def _background_predict(self, should_stop: Callable[[], bool]
+    def _background_predict(self, should_stop: Callable[[], bool], bundle: Bundle, batcher: DynamicBatcher
                             ) -> Callable[[list[np.ndarray], list[np.ndarray]], Predictions]:
-        model, metrics, batcher = self.bundle.model, self.metrics, self.batcher
+        model, metrics = bundle.model, self.metrics
         frame_batch = self.settings.model_chunk
 
         def predict(numbers: list[np.ndarray], positions: list[np.ndarray]) -> Predictions:

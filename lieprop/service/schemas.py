@@ -45,7 +45,8 @@ class PredictRequest(BaseModel):
     properties: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=64,
         description="property names (e.g. homo, u0, u0_atomization); default: all, with atomization energies")
-    model: str | None = Field(None, max_length=256, description="model name; default: the served model")
+    model: str | None = Field(None, max_length=256,
+                              description="the name of a served model (GET /v1/models); default: the default model")
     coverage: float | None = Field(
         None, ge=0.5, le=0.99, description="level of each property's prediction `interval` (default 0.9); only for "
                                            "a model with calibrated uncertainty (see GET /v1/models)")

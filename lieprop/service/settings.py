@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     model: Path = Field(default_factory=default_model_path,
                         description="model bundle to serve (default: the bundled lieprop/models/lieprop-qm9.pt)")
+    extra_models: list[Path] = Field(default_factory=list,
+                                     description="more model bundles to serve beside `model`, each with its own model "
+                                                 "worker; a request chooses one by its name (\"model\": NAME); "
+                                                 "batch jobs and the web page use `model`")
 
     # dynamic batching and the model worker
     batching: bool = Field(True, description="merge concurrent requests' molecules into shared model batches")

@@ -200,9 +200,15 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
             return stored
         options = JobOptions.from_strings(values, {"chunk_size": service.settings.job_chunk_size},
                                           ignore=(FILE_FIELD,))
-        columns = select_properties(service.bundle.model.targets, options.properties)
-        ResultContext.of(service.bundle, options.coverage)  # ValueError when the model has no intervals
-        intervals = service.bundle.calibration is not None
+        served = service.served(options.model)
+        if served is None:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            names = ", ".join(repr(n) for n in service.models)
+            return error_response(422, "unknown_model", f"model {options.model!r} is not served; this server serves "
+                                  f"{names} (GET /v1/models)")
+        columns = select_properties(served.bundle.model.targets, options.properties)
+        ResultContext.of(served.bundle, options.coverage)  # ValueError when the model has no intervals
+        intervals = served.bundle.calibration is not None
         filename, size = stored
         suffix = input_suffix(options.filename or filename, options.format)
         if suffix is None:
@@ -230,8 +236,8 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
         return refused
     job = {"id": job_id, "filename": (options.filename or filename or "")[:256] or None,
            "format": source.format, "input_bytes": size, "options": options.record(),
-           "columns": [[c.name, c.unit, service.bundle.has_spread, intervals] for c in columns],
-           "model": service.info, "tenant": tenant_of(request)}
+           "columns": [[c.name, c.unit, served.bundle.has_spread, intervals] for c in columns],
+           "model": served.info, "tenant": tenant_of(request)}
     try:
         created = await _db(service, "create", job)
     except JobsUnavailable:

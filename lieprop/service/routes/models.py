@@ -15,8 +15,9 @@ router = APIRouter(prefix="/v1", dependencies=[API_KEY], tags=["models"], respon
 
 @router.get("/models", response_model=schemas.ModelsResponse)
 async def models(service: ServiceDep) -> Response:
-    """The served model: name, version, sha256, targets, properties with units and test MAE, training facts."""
-    return JSONResponse({"models": [service.cards["card"]]})
+    """The served models, the default first (``"default": true``): name, version, sha256, architecture, targets,
+    properties with units and test MAE, training facts. A predict request chooses one by its name."""
+    return JSONResponse({"models": [m.card for m in service.models.values()]})
 
 
 @router.get("/properties", response_model=schemas.PropertiesResponse)

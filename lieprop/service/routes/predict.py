@@ -94,21 +94,23 @@ async def predict(service: ServiceDep, request: Request,
     s = service.settings
     if len(body.molecules) > s.max_molecules:
         return _too_many(len(body.molecules), s.max_molecules)
-    if body.model is not None and body.model != service.info["name"]:
+    served = service.served(body.model)
+    if served is None:
+        names = ", ".join(repr(n) for n in service.models)
         return error_response(422, "unknown_model", f"model {body.model!r} is not served; this server serves "
-                              f"{service.info['name']!r}")
+                              f"{names} (GET /v1/models)")
     try:
-        columns = select_properties(service.bundle.model.targets, body.properties)
+        columns = select_properties(served.bundle.model.targets, body.properties)
     except UnknownPropertyError as exc:
         return error_response(422, "unknown_property", str(exc), [{"unknown": exc.names}])
     try:
-        context = ResultContext.of(service.bundle, body.coverage) if body.coverage is not None else None
+        context = ResultContext.of(served.bundle, body.coverage) if body.coverage is not None else None
     except ValueError as exc:
         return error_response(422, "invalid_request", f"coverage: {exc}")
     items = [m.model_dump(exclude_none=True) for m in body.molecules]
     try:
         results = await until_done_or_gone(service.predict(items, columns, context=context,
-                                                           geometry=body.return_geometry), request,
+                                                           geometry=body.return_geometry, model=served), request,
                                            s.request_timeout_s)
     except TimeoutError:
         return error_response(504, "timeout", f"the request took longer than {s.request_timeout_s} s; its work "
@@ -120,4 +122,4 @@ async def predict(service: ServiceDep, request: Request,
     except BatcherClosed:
         return error_response(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"})
     service.metrics.count_results(results)
-    return JSONResponse({"model": service.info, "results": results})
+    return JSONResponse({"model": served.info, "results": results})

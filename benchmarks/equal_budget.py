@@ -209,7 +209,7 @@ def print_tables(args) -> None:
         "seeds": lambda rs: str(len(rs)),
         "chosen lr, batch": lambda rs: f"{rs[0]['lr']:g}, {rs[0]['batch']}",
         "parameters": lambda rs: f"{rs[0]['params']:,}",
-        "epochs": lambda rs: mean_std([r["epochs"] for r in rs], ".3g"),
+        "epochs": lambda rs: mean_std([r["epochs"] for r in rs], ".2f"),
         "train mol/s (CPU)": lambda rs: f"{np.mean([r['train_mol_s'] for r in rs]):.0f}",
     }
     for fact, fn in facts.items():

@@ -4,6 +4,7 @@ name, and each answers as the library does with that bundle, whatever its archit
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -85,3 +86,21 @@ def test_a_batch_job_scores_with_the_model_it_names(server, bundles, tmp_path):
         np.testing.assert_allclose(row["properties"]["homo"]["value"], mine["properties"]["homo"]["value"],
                                    rtol=1e-5, atol=1e-6)
     assert "'tiny-lconv'" in assert_json_error(refused, 422, "unknown_model")["error"]["message"]
+
+
+#: The L-conv bundle shipped beside the default model (docs/MODEL_CARD.md, "The L-conv bundle").
+LCONV_BUNDLE = Path(lieprop.__file__).parent / "models" / "lieprop-lconv-qm9.pt"
+
+
+def test_the_shipped_lconv_bundle_is_invariant_and_carries_its_test_mae(qm9_head):
+    from helpers import assert_invariant
+
+    from lieprop.inference import load_model, model_card
+
+    bundle = load_model(LCONV_BUNDLE)
+    assert bundle.architecture == "lconv" and bundle.model.targets == list(PROPERTY_NAMES)
+    card = model_card(bundle)
+    by_name = {p["name"]: p for p in card["properties"]}
+    assert by_name["homo"]["test_mae"] is not None and by_name["homo"]["test_mae"] < 0.2  # eV, whole test split
+    molecules = [qm9_head.molecule(i) for i in (2, 23, 100, 399)]
+    assert_invariant(bundle.model.predict, molecules, bundle.model.scale.numpy(), rtol=1e-4)

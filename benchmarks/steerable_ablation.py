@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainConfig key for every variant (value parsed as JSON when it parses)")
     ap.add_argument("--out", default=os.path.expanduser("~/.cache/lieprop/steerable_ablation"))
+    ap.add_argument("--fresh", action="store_true",
+                    help="retrain every run; by default a run whose result is in --out is kept (the benchmark resumes)")
     ap.add_argument("--one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -91,15 +93,20 @@ def main() -> None:
             json.dump(result, f)
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    passthrough = sys.argv[1:]
+    passthrough = [a for a in sys.argv[1:] if a != "--fresh"]
     queue = [(v, s) for v in args.variants for s in args.seeds]
+    done = [(v, s) for v, s in queue if os.path.exists(os.path.join(args.out, f"{v}-seed{s}.json"))]
+    if args.fresh:
+        for v, s in done:
+            os.remove(os.path.join(args.out, f"{v}-seed{s}.json"))
+    else:
+        queue = [run for run in queue if run not in done]
+        if done:
+            print(f"# resuming: {len(done)} run(s) already done in {args.out}", flush=True)
     running: list[subprocess.Popen] = []
     while queue or running:
         while queue and len(running) < args.parallel:
             v, s = queue.pop(0)
-            stale = os.path.join(args.out, f"{v}-seed{s}.json")
-            if os.path.exists(stale):
-                os.remove(stale)
             running.append(subprocess.Popen([sys.executable, __file__, *passthrough, "--one", v, str(s)], env=env))
         time.sleep(1)
         for p in [p for p in running if p.poll() is not None]:

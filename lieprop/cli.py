@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import lieprop
+from lieprop.cli_parser import subcommand
 from lieprop.training.commands import add_calibrate, add_ensemble, add_evaluate, add_train
 from lieprop.training.discover import add_discover
 
 Subparsers = Any  # argparse._SubParsersAction, which argparse does not export
 
-
-def _parser(sub: Subparsers, name: str, help: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, epilog="examples:\n" + examples,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -34,7 +31,7 @@ def _parser(sub: Subparsers, name: str, help: str, examples: str) -> argparse.Ar
 
 
 def add_serve(sub: Subparsers) -> None:
-    p = _parser(sub, "serve", "run the REST prediction service (uvicorn) with the bundled or a given model", """\
+    p = subcommand(sub, "serve", "run the REST prediction service (uvicorn) with the bundled or a given model", """\
   lieprop serve                                   # bundled model on 127.0.0.1:8000
   lieprop serve --host 0.0.0.0 --port 8080 --model runs/best/model.pt
   lieprop serve --max-batch-size 32 --max-wait-ms 2 --workers-embed 2
@@ -116,7 +113,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def add_serve_ray(sub: Subparsers) -> None:
-    p = _parser(sub, "serve-ray", "run the REST service as replicas on Ray Serve, each with its own model and "
+    p = subcommand(sub, "serve-ray", "run the REST service as replicas on Ray Serve, each with its own model and "
                 "dynamic batcher, behind Ray's HTTP proxy (needs pip install 'lieprop[ray]'; docs/SCALING.md)", """\
   lieprop serve-ray --replicas 2                          # two replicas on 127.0.0.1:8000
   lieprop serve-ray --min-replicas 1 --max-replicas 8     # autoscaled on requests in flight per replica
@@ -180,7 +177,7 @@ def run_serve_ray(args: argparse.Namespace) -> int:
 
 
 def add_info(sub: Subparsers) -> None:
-    p = _parser(sub, "info", "print a model bundle's card: name, version, sha256, targets, training, test MAE", """\
+    p = subcommand(sub, "info", "print a model bundle's card: name, version, sha256, targets, training, test MAE", """\
   lieprop info                          # the bundled model
   lieprop info runs/default/model.pt
   lieprop info --json | jq .properties""")
@@ -288,7 +285,7 @@ def add_predict(sub: Subparsers) -> None:
     from lieprop.data import formats
     from lieprop.scoring.pipeline import DEFAULT_MODEL_BATCH
 
-    p = _parser(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", f"""\
+    p = subcommand(sub, "predict", "score a file of molecules: one output row per input row, in order, resumable", f"""\
   lieprop predict library.csv --out scores.csv                 # CSV with a 'smiles' column -> CSV
   lieprop predict library.csv --out scores.parquet --smiles-column SMILES --id-column name
   lieprop predict docked.sdf --out docked.jsonl --properties homo lumo gap

@@ -6,15 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-
-def _parser(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, epilog="examples:\n" + examples,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+from lieprop.cli_parser import subcommand
 
 
 def add_train(sub: Any) -> None:
-    p = _parser(sub, "train", "train a LieConv model on QM9 (needs the training extra: pip install 'lieprop[train]')",
-                """\
+    p = subcommand(sub, "train", "train a model (LieConv, L-conv or steerable) on QM9 (needs the training extra: "
+                   "pip install 'lieprop[train]')", """\
   lieprop train --out runs/homo --set targets='["homo"]' --max-minutes 30
   lieprop train --config my.toml --set width=128 --set lr=1e-3
   lieprop train --preset paper --device cuda --out runs/paper     # the paper's sizes, for a GPU
@@ -87,7 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: Any) -> None:
-    p = _parser(sub, "evaluate", "MAE per target of a model bundle on a QM9 split, next to published numbers", """\
+    p = subcommand(sub, "evaluate", "MAE per target of a model bundle on a QM9 split, next to published numbers", """\
   lieprop evaluate                                   # the bundled model on the full test split
   lieprop evaluate runs/homo/best.pt --split valid --limit 2000 --out reports/homo
   lieprop evaluate runs/main/best.pt --split test --record --out reports/main   # MAE into the bundle's card
@@ -127,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_ensemble(sub: Any) -> None:
-    p = _parser(sub, "ensemble", "combine bundles of one architecture and config into an ensemble bundle, whose "
+    p = subcommand(sub, "ensemble", "combine bundles of one architecture and config into an ensemble bundle, whose "
                 "predictions carry the members' spread (std) for every property", """\
   lieprop train --out runs/s0 --set seed=0 --max-minutes 60
   lieprop train --out runs/s1 --set seed=1 --max-minutes 60
@@ -155,9 +152,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
 
 
 def add_calibrate(sub: Any) -> None:
-    p = _parser(sub, "calibrate", "fit an ensemble's uncertainty (std and 90% intervals) on the validation split, in "
-                "DFT and force-field geometries, and report coverage, width and rank correlation on the test split",
-                """\
+    p = subcommand(sub, "calibrate", "fit an ensemble's uncertainty (std and 90% intervals) on the validation split, "
+                   "in DFT and force-field geometries, and report coverage, width and rank correlation on the test "
+                   "split", """\
   lieprop calibrate models/ens.pt --out reports/ens          # report only: uncertainty.json, reliability.png, ...
   lieprop calibrate models/ens.pt --record                   # store the calibration in the bundle (whole splits)
   lieprop calibrate models/ens.pt --limit 2000               # a quick look on the first 2000 of each split""")

@@ -12,17 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lieprop.cli_parser import subcommand
+
 if TYPE_CHECKING:  # torch is imported when the command runs, so that ``lieprop --help`` stays instant
     from lieprop.model.discovery import Discovery
 
 
-def _parser(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, epilog="examples:\n" + examples,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
 
 def add_discover(sub: Any) -> None:
-    p = _parser(sub, "discover", "learn which infinitesimal transformations (Lie algebra generators) relate pairs "
+    p = subcommand(sub, "discover", "learn which infinitesimal transformations (Lie algebra generators) relate pairs "
                 "of configurations: frames 2i and 2i+1 of a multi-frame XYZ / extxyz file", """\
   lieprop discover pairs.xyz --generators 3 --out report.json            # verdict on stdout, report in the file
   lieprop discover pairs.xyz --generators 1 --out report.json --plot generators.png

@@ -245,6 +245,8 @@ def main() -> int:
     p.add_argument("--molecule", choices=["ethanol", "typical"], default="ethanol",
                    help="the request's molecule: the hand-made ethanol (5 frames), or a typical QM9 molecule (the "
                         "first of the test split with 18 atoms and one frame; needs the QM9 cache)")
+    p.add_argument("--batching", choices=["both", "on", "off"], default="both",
+                   help="serve with dynamic batching on, off, or both (default; the table's ratio needs both)")
     p.add_argument("--no-warmup", action="store_true", help="skip the 1 s hey run before each server's cells")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for lieprop serve")
     p.add_argument("--model-only", action="store_true",
@@ -280,7 +282,7 @@ def main() -> int:
     body = Path(name)
     cells: list[Cell] = []
     try:
-        for batching in (True, False):
+        for batching in {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]:
             for label, source, settings in sources:
                 server = Server(source, args.model, batching, args.serve_arg, settings)
                 try:

@@ -29,6 +29,7 @@ LAYER_OF = {
     "lieprop.cli": "cli",
     "lieprop": "package",  # the top-level package: __version__ and the lazy `lieprop.predict` (inference)
     "lieprop.version": "base",  # the version string, below every layer
+    "lieprop.cli_parser": "base",  # the subcommands' parser helper (argparse only), used by cli and training
 }
 MAY_IMPORT = {
     "base": {"base"},

@@ -130,3 +130,71 @@ def test_sum_aggregation_is_the_mean_times_the_neighbour_count_over_a_constant(f
     assert torch.allclose(sum_layer(v, nb), mean_layer(v, nb) * count / SUM_SCALE, atol=1e-12)
     with pytest.raises(ValueError, match="aggregation"):
         LieConv(8, 8, d_embed=3, aggregation="max")
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum"])
+def test_the_fast_all_pairs_contraction_is_the_layer_formula(aggregation):
+    """With every point a neighbour the layer applies W to the values first and contracts afterwards; it must equal
+    h_i = W vec((1/|N(i)|) sum_j v_j (x) g(a_ij)) + b written out pair by pair, padding included."""
+    from lieprop.model.lieconv import SUM_SCALE
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 3, dtype=F64)
+    v = torch.randn(3, 6, 8, dtype=F64)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 2:] = False
+    emb = x[:, :, None] - x[:, None, :]
+    nb = neighbourhood(emb, emb.norm(dim=-1), mask, 100, 1.0)
+    assert nb.index is None  # the all-pairs path
+    layer = LieConv(8, 5, d_embed=3, kernel_out=4, aggregation=aggregation).double()
+    g = layer.kernel(nb.embedding, nb.mask)  # (B, M, M, cm)
+    expected = torch.zeros(3, 6, 5, dtype=F64)
+    for b in range(3):
+        for i in range(6):
+            js = [j for j in range(6) if mask[b, i] and mask[b, j]]
+            outer = sum((torch.outer(g[b, i, j], v[b, j]) for j in js), torch.zeros(4, 8, dtype=F64))
+            scale = max(len(js), 1) if aggregation == "mean" else SUM_SCALE
+            expected[b, i] = layer.linear.weight @ (outer / scale).reshape(-1) + layer.linear.bias
+    assert torch.allclose(layer(v, nb), expected, atol=1e-12)
+
+
+def test_the_layer_without_gradients_follows_its_weights_when_they_change():
+    """Inference keeps a permuted copy of W; loading other weights (in place) or a new dtype must not reuse it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    v = torch.randn(2, 5, 8, dtype=F64)
+    emb = x[:, :, None] - x[:, None, :]
+    nb = neighbourhood(emb, emb.norm(dim=-1), torch.ones(2, 5, dtype=torch.bool), 100, 1.0)
+    layer, other = LieConv(8, 8, d_embed=3).double(), LieConv(8, 8, d_embed=3).double()
+    with_grad = layer(v, nb)
+    assert with_grad.requires_grad  # with gradients: no copy kept, W's graph is used
+    with torch.inference_mode():
+        assert torch.allclose(layer(v, nb), with_grad, atol=1e-12)
+        layer.load_state_dict(other.state_dict())
+        assert torch.allclose(layer(v, nb), other(v, nb), atol=1e-12)
+    layer.float()
+    with torch.no_grad():
+        nb32 = neighbourhood(emb.float(), emb.float().norm(dim=-1), nb.mask.any(-1), 100, 1.0)
+        assert layer(v.float(), nb32).dtype == torch.float32
+        assert torch.allclose(layer(v.float(), nb32).double(), other(v, nb), atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["affine", "layer", None])
+def test_the_kernel_network_computes_the_same_function_with_and_without_gradients(norm):
+    """Without gradients an affine norm is folded into its Linear and Swish runs in place: same values, and the
+    fold follows the weights when they change."""
+    from lieprop.model.lieconv import KernelMLP
+
+    torch.manual_seed(0)
+    mlp = KernelMLP(5, 8, 4, norm=norm).double()
+    for p in mlp.parameters():  # norms start as the identity: make them count
+        p.data.normal_()
+    a = torch.randn(2, 3, 3, 5, dtype=F64)
+    mask = torch.ones(2, 3, 3, dtype=torch.bool)
+    with_grad = mlp(a, mask)
+    with torch.no_grad():
+        assert torch.allclose(mlp(a, mask), with_grad, atol=1e-12)
+        for p in mlp.parameters():
+            p.mul_(0.5)
+    assert torch.allclose(torch.no_grad()(mlp)(a, mask), mlp(a, mask), atol=1e-12)

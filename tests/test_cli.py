@@ -1,4 +1,5 @@
-"""The command line introduces itself: ``lieprop --help`` and every subcommand's ``--help`` work and list what exists."""
+"""The command line introduces itself: ``lieprop --help`` and every subcommand's ``--help`` work and list what
+exists."""
 
 from __future__ import annotations
 

@@ -342,9 +342,12 @@ def test_molecules_past_the_request_budget_are_too_expensive_and_the_others_serv
     assert admitted.costs == [one, one]
 
 
-def _chunked_fake(log: list[str], chunks: dict[int, int]):
-    """A model whose molecule of n atoms takes ``chunks[n]`` forward passes of 20 ms (default 1)."""
-    def predict(numbers, positions, between_chunks=None):
+def _chunked_fake(log: list[str], chunks: dict[int, int], told: list[bool] | None = None):
+    """A model whose molecule of n atoms takes ``chunks[n]`` forward passes of 20 ms (default 1); ``told`` collects
+    what the batcher said of each batch (light or not)."""
+    def predict(numbers, positions, between_chunks=None, light=False):
+        if told is not None:
+            told.append(light)
         name = "heavy" if any(len(z) in chunks for z in numbers) else "light"
         passes = max(chunks.get(len(z), 1) for z in numbers)
         for k in range(passes):
@@ -362,8 +365,9 @@ def _mol(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_heavy_molecule_runs_alone_and_light_molecules_go_between_its_forward_passes():
     log: list[str] = []
-    batcher = DynamicBatcher(_chunked_fake(log, {20: 10}), max_batch_size=8, max_wait_ms=0, max_batch_cost=100,
-                             chunked=True).start()
+    told: list[bool] = []
+    batcher = DynamicBatcher(_chunked_fake(log, {20: 10}, told), max_batch_size=8, max_wait_ms=0,
+                             max_batch_cost=100, chunked=True).start()
     heavy = batcher.submit_nowait([_mol(20)], costs=[1000])
     while not log:
         time.sleep(0.005)
@@ -374,6 +378,25 @@ def test_a_heavy_molecule_runs_alone_and_light_molecules_go_between_its_forward_
     batcher.close()
     assert log.index("light 0") < log.index("heavy 9")
     assert log.count("light 0") == 1  # both light molecules in one batch, run once
+    assert told == [False, True]  # the model is told which batch is light (it may compute it in one pass)
+
+
+def test_the_model_thread_computes_a_light_batch_in_full_passes_and_a_heavy_one_in_short_ones():
+    from lieprop.model.cost import CostModel
+    from lieprop.service.admission import chunked_predict, forward_frames
+
+    asked: list[int] = []
+
+    class Model:
+        def predictions(self, numbers, positions, batch_size, between_chunks):
+            asked.append(batch_size)
+
+    costs = CostModel(frames=True, evaluations=3)
+    predict = chunked_predict(Model(), costs, max_frames=128, forward_ms=25.0)
+    typical = [np.ones(18, dtype=np.int64)] * 32
+    predict(typical, [np.zeros((18, 3))] * 32, light=True)
+    predict(typical[:1], [np.zeros((18, 3))], light=False)
+    assert asked == [128, forward_frames(costs, 18, 128, 25.0)] and asked[1] < 32
 
 
 def test_a_batch_whose_requests_were_all_cancelled_is_abandoned_at_its_next_forward_pass():

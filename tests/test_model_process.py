@@ -140,3 +140,21 @@ def test_a_compiled_model_process_gives_the_uncompiled_values_to_float32_roundin
         process.close()
     np.testing.assert_allclose(there.value, here.value, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(again.value, here.value[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_an_ensemble_in_one_process_sends_each_forward_pass_once_for_all_members(qm9_head, ensemble) -> None:
+    numbers, positions = _molecules(qm9_head)
+    frames = ensemble.first.expand(numbers, positions)
+    process = NetworkProcess(ensemble)
+    passes: list[list[int]] = []
+    send = process.forward_frames
+    process.forward_frames = lambda members, *rest: (passes.append(list(members)), send(members, *rest))[1]
+    try:
+        process.attach(ensemble)
+        assert ensemble.joint
+        ensemble.predictions(numbers, positions, batch_size=5)
+    finally:
+        detach(ensemble)
+        process.close()
+    assert not ensemble.joint
+    assert passes == [[0, 1]] * -(-len(frames.owners) // 5)  # one round trip per pass of 5 frames, both members

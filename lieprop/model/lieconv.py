@@ -7,8 +7,8 @@ For lifted points u_i with values v_i, LieConv computes
 where g is a small MLP (the kernel) evaluated on the pair embedding. With ``aggregation="sum"`` the
 1/|N(i)| becomes a constant 1/SUM_SCALE, so an atom's message does not shrink as its molecule grows.
 Applying W to the values and contracting with the kernel outputs afterwards (the PointConv trick, in
-the order that suits a CPU) never materialises a per-pair weight matrix. Neighbourhoods are shared by all layers of a network and
-chosen once per forward pass by :func:`neighbourhood`.
+the order that suits a CPU) never materialises a per-pair weight matrix. Neighbourhoods are shared by
+all layers of a network and chosen once per forward pass by :func:`neighbourhood`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ class LieConv(nn.Module):
             # (B*M, c) @ (c, cm*c_out) product, then contract over neighbours and kernel channels with one
             # (B, M, M*cm) @ (B, M*cm, c_out) product. The same sums as the formula above in another order, with
             # no permuted copy of g and long inner dimensions (fast on a CPU); the 1/|N(i)| comes last, on c_out.
-            t = (values.reshape(bsz * m, c) @ self._values_weight()).view(bsz, m * cm, c_out)  # t[b, j*cm + k, o] = (W_k v_j)_o
+            # t[b, j*cm + k, o] = (W_k v_j)_o
+            t = (values.reshape(bsz * m, c) @ self._values_weight()).view(bsz, m * cm, c_out)
             out = torch.bmm(g.reshape(bsz, m, m * cm), t)
         else:
             k = nb.index.shape[-1]

@@ -53,6 +53,15 @@ class FrameBatch:
 #: (the service's model thread serves waiting interactive requests) or raise to abandon the evaluation.
 BetweenChunks = Callable[[], None]
 
+def chunks(frames: FrameBatch, batch_size: int, between_chunks: BetweenChunks | None = None):
+    """The frames' indices in evaluation order, ``batch_size`` at a time (one forward pass each), calling
+    ``between_chunks`` between two of them."""
+    for s in range(0, len(frames.order), batch_size):
+        yield frames.order[s:s + batch_size]
+        if between_chunks is not None and s + batch_size < len(frames.order):
+            between_chunks()
+
+
 #: Seed of the fixed rotations of :func:`fixed_rotations`: the same poses in every process, for every molecule.
 POSE_SEED = 0x905E
 
@@ -107,8 +116,9 @@ class PropertyModel(nn.Module):
         self.register_buffer("offsets", torch.zeros(len(QM9_ELEMENTS), t, dtype=torch.float64))
         #: Poses whose spread is the ``std`` of :meth:`predictions` (0: none); set from the bundle's metadata.
         self.spread_poses = 0
-        #: Where :meth:`evaluate` runs the network, when not in this process: a callable (features, positions, mask,
-        #: autocast_bf16) -> (B, T) output, e.g. the server's model process (lieprop/service/model_process.py).
+        #: Where :meth:`evaluate` runs the network, when not in this process: a callable (atoms per frame, coordinates
+        #: per frame, autocast_bf16) -> (B, T) output, e.g. the server's model process
+        #: (lieprop/service/model_process.py), which pads the frames into a batch itself.
         self.remote: Any = None
 
     @property
@@ -153,8 +163,7 @@ class PropertyModel(nn.Module):
         outputs averaged per molecule with the frames' weights, de-standardised, and properties that cannot be
         negative (``NON_NEGATIVE``) clipped at 0. ``between_chunks`` is called after every forward pass of
         ``batch_size`` frames but the last (it may run other model work on this thread, or raise to stop)."""
-        n_mol = len(frames)
-        if n_mol == 0:
+        if len(frames) == 0:
             return np.zeros((0, len(self.targets)))
         was_training = self.training
         # eval() and train() walk every submodule (a millisecond or more per call): switch only when needed
@@ -163,27 +172,36 @@ class PropertyModel(nn.Module):
             self.eval()
         try:
             outs = torch.zeros(len(frames.owners), len(self.targets), dtype=torch.float64)
-            dev = self.device
-            for s in range(0, len(frames.order), batch_size):
-                sel = frames.order[s:s + batch_size]
-                b = collate([frames.frame_numbers[i] for i in sel], [frames.frame_coords[i] for i in sel]).to(dev)
-                if self.remote is not None:
-                    o = self.remote(featurize(b.numbers), b.positions, b.mask, autocast_bf16)
-                else:
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                        o = self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic=True)
-                outs[torch.as_tensor(sel)] = o.to(torch.float64).cpu()
-                if between_chunks is not None and s + batch_size < len(frames.order):
-                    between_chunks()
-            own = torch.as_tensor(frames.owners)
-            w = torch.from_numpy(frames.weights)[:, None]
-            mean = torch.zeros(n_mol, outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
-            z_pad = collate(frames.numbers, frames.positions).numbers
-            values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
-            return np.maximum(values, self._floor)
+            for sel in chunks(frames, batch_size, between_chunks):
+                outs[torch.as_tensor(sel)] = self.forward_frames([frames.frame_numbers[i] for i in sel],
+                                                                 [frames.frame_coords[i] for i in sel],
+                                                                 autocast_bf16).to(torch.float64).cpu()
+            return self.to_molecules(frames, outs)
         finally:
             if switch:
                 self.train(was_training)
+
+    def forward_frames(self, numbers: list[np.ndarray], coords: list[np.ndarray],
+                       autocast_bf16: bool = False) -> torch.Tensor:
+        """(B, T) network outputs of B frames (atoms, canonical coordinates), padded into one batch: here, or where
+        ``remote`` runs the network."""
+        if self.remote is not None:
+            return self.remote(numbers, coords, autocast_bf16)
+        dev = self.device
+        b = collate(numbers, coords).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            return self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic=True)
+
+    def to_molecules(self, frames: FrameBatch, outs: torch.Tensor) -> np.ndarray:
+        """(F, T) float64 network outputs per frame -> (n_molecules, T) physical values: each molecule's frames
+        averaged with their weights, de-standardised, ``NON_NEGATIVE`` properties clipped at 0."""
+        own = torch.as_tensor(frames.owners)
+        w = torch.from_numpy(frames.weights)[:, None]
+        mean = torch.zeros(len(frames), outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
+        z_pad = collate(frames.numbers, frames.positions).numbers
+        dev = self.device
+        values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
+        return np.maximum(values, self._floor)
 
     def _submodules(self) -> tuple[nn.Module, ...]:
         """Every module of this model, listed once (``modules()`` walks the tree anew at each call: 0.3 ms here)."""
@@ -285,14 +303,37 @@ class EnsembleModel(nn.Module):
         """(M, n_molecules, T): every member's predictions."""
         return self._member_values(self.first.expand(numbers, positions), batch_size, autocast_bf16, between_chunks)
 
+    @property
+    def joint(self) -> bool:
+        """True when every member's network runs in one shared model process (``remote`` with a ``process`` and a
+        ``member`` index, lieprop/service/model_process.py): a forward pass then sends the frames once, and the
+        process evaluates every member on them."""
+        remotes = [m.remote for m in self.members]
+        return all(hasattr(r, "process") for r in remotes) and len({id(r.process) for r in remotes}) == 1
+
     def _member_values(self, frames: FrameBatch, batch_size: int, autocast_bf16: bool,
                        between_chunks: BetweenChunks | None = None) -> np.ndarray:
+        if self.joint and len(frames):
+            return self._joint_values(frames, batch_size, autocast_bf16, between_chunks)
         values = []
         for k, m in enumerate(self.members):
             if k and between_chunks is not None:
                 between_chunks()
             values.append(m.evaluate(frames, batch_size, autocast_bf16, between_chunks))
         return np.stack(values)
+
+    def _joint_values(self, frames: FrameBatch, batch_size: int, autocast_bf16: bool,
+                      between_chunks: BetweenChunks | None) -> np.ndarray:
+        """(M, n_molecules, T) with every forward pass sent once for all members (see :attr:`joint`): the same
+        values as member by member, bit for bit."""
+        process = self.first.remote.process
+        index = [m.remote.member for m in self.members]
+        outs = torch.zeros(len(self.members), len(frames.owners), len(self.targets), dtype=torch.float64)
+        for sel in chunks(frames, batch_size, between_chunks):
+            outs[:, torch.as_tensor(sel)] = process.forward_frames(
+                index, [frames.frame_numbers[i] for i in sel], [frames.frame_coords[i] for i in sel],
+                autocast_bf16).to(torch.float64)
+        return np.stack([m.to_molecules(frames, outs[k]) for k, m in enumerate(self.members)])
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,
                 autocast_bf16: bool = False, between_chunks: BetweenChunks | None = None) -> np.ndarray:

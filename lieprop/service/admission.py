@@ -95,10 +95,16 @@ def forward_frames(costs: CostModel, n_atoms: int, max_frames: int, forward_ms: 
 
 def chunked_predict(model: Any, costs: CostModel, max_frames: int, forward_ms: float
                     ) -> Callable[..., Any]:
-    """``model.predictions`` with forward passes of :func:`forward_frames` frames, taking ``between_chunks``: the
-    model thread's predict function."""
-    def predict(numbers: list[np.ndarray], positions: list[np.ndarray], between_chunks: Any = None) -> Any:
-        frames = forward_frames(costs, max((len(z) for z in numbers), default=1), max_frames, forward_ms)
+    """``model.predictions`` taking ``between_chunks``: the model thread's predict function. A heavy batch runs in
+    forward passes of :func:`forward_frames` frames, so that light work can go in between; a ``light`` one (the
+    batcher's word: within ``max_batch_cost_ms``, so nothing goes in between anyway) in passes of ``max_frames``,
+    as few as possible (a typical batch of 32 QM9 molecules in one). An ensemble evaluated jointly
+    (``EnsembleModel.joint``) runs every member in each pass, so its heavy passes hold fewer frames."""
+    def predict(numbers: list[np.ndarray], positions: list[np.ndarray], between_chunks: Any = None,
+                light: bool = False) -> Any:
+        per_pass = len(model.members) if getattr(model, "joint", False) else 1  # networks evaluated per pass
+        frames = max_frames if light else forward_frames(costs, max((len(z) for z in numbers), default=1),
+                                                         max_frames, forward_ms / per_pass)
         return model.predictions(numbers, positions, batch_size=frames, between_chunks=between_chunks)
 
     return predict

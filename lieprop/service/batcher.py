@@ -17,7 +17,8 @@ Cost. Each molecule may carry its estimated model time (:mod:`lieprop.model.cost
 ``max_batch_cost`` set, a batch holds molecules up to that total (at least one), and a molecule costing more is
 *heavy*: it runs alone, and the oldest *light* molecule anchors a batch before any heavy one. While a heavy
 molecule (or a background call) computes, the model calls :meth:`DynamicBatcher.between_chunks` between forward
-passes (``chunked=True``: ``predict`` takes that keyword); there waiting interactive light molecules get a batch of
+passes (``chunked=True``: ``predict`` takes that keyword, and ``light``, true when the batch is not heavy, so that it
+may compute a light batch in as few passes as it likes); there waiting interactive light molecules get a batch of
 their own, run right away on the worker thread. So one heavy client delays a light request by one forward pass,
 not by its whole work.
 
@@ -379,8 +380,8 @@ class DynamicBatcher:
     def _execute(self, batch: list[_Entry], priority: Priority) -> None:
         start = time.perf_counter()
         waits = [start - e.enqueued for e in batch]
-        predict = (functools.partial(self._predict, between_chunks=self.between_chunks) if self._chunked
-                   else self._predict)
+        predict = (functools.partial(self._predict, between_chunks=self.between_chunks, light=not self._heavy(batch))
+                   if self._chunked else self._predict)
         outer, self._running = self._running, batch
         try:
             outcomes: list[Outcome] = predict_each(

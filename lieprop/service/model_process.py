@@ -9,11 +9,13 @@ everything else it did: frames, batching, cancellation, and the work it runs bet
 
 :class:`NetworkProcess` starts the child (``spawn``: no forked torch state) with each member's architecture, config and
 weights, and :meth:`NetworkProcess.attach` points each :class:`~lieprop.model.predictor.PropertyModel` of the served
-model at it (``PropertyModel.remote``): ``evaluate`` then sends each padded batch (atom features, positions, mask) and
-gets the network's output back. The values are the same as in-process, bit for bit on the CPU (the same weights,
-operations and thread count; tests/test_model_process.py). A child that dies (killed, out of memory) fails the batch
-it was computing with an error naming it and is started again for the next; the child exits when the server does,
-or when its pipe closes because the server died.
+model at it (``PropertyModel.remote``): ``evaluate`` then sends the frames of each forward pass (atoms and canonical
+coordinates, three flat arrays) and gets the network's output back; the child pads them into a batch. An ensemble
+whose members all live in one process sends each forward pass once for all of them
+(``EnsembleModel.joint``): one round trip instead of one per member. The values are the same as in-process, bit for
+bit on the CPU (the same weights, operations and thread count; tests/test_model_process.py). A child that dies
+(killed, out of memory) fails the batch it was computing with an error naming it and is started again for the next;
+the child exits when the server does, or when its pipe closes because the server died.
 """
 
 from __future__ import annotations
@@ -43,10 +45,22 @@ def _members(model: Any) -> list[Any]:
     return list(model.members) if hasattr(model, "members") else [model]
 
 
+def _flat(numbers: list[np.ndarray], coords: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames as three arrays (atoms per frame, all atomic numbers, all coordinates): cheap to pickle."""
+    sizes = np.fromiter((len(z) for z in numbers), dtype=np.int64, count=len(numbers))
+    return sizes, np.concatenate(numbers), np.concatenate(coords)
+
+
+def _unflat(sizes: np.ndarray, numbers: np.ndarray, coords: np.ndarray) -> tuple[list, list]:
+    cut = np.cumsum(sizes)[:-1]
+    return np.split(numbers, cut), np.split(coords, cut)
+
+
 def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device: str, compile_: bool) -> None:
-    """The child's loop: build the networks, then answer (member, features, positions, mask, autocast) requests
-    with (True, output) or (False, exception) until told to stop (None) or the pipe closes."""
+    """The child's loop: build the networks, then answer (members, sizes, numbers, coordinates, autocast) requests
+    with (True, (len(members), B, T) outputs) or (False, exception) until told to stop (None) or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which stops this process itself
+    from lieprop.data.batch import collate, featurize
     from lieprop.model.architectures import get_architecture
     from lieprop.model.device import pick_device
 
@@ -67,12 +81,14 @@ def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device:
             return
         if msg is None:
             return
-        k, features, positions, mask, autocast = msg
+        members, sizes, numbers, coords, autocast = msg
         try:
+            b = collate(*_unflat(sizes, numbers, coords)).to(dev)  # what PropertyModel.forward_frames does here
+            features = featurize(b.numbers).to(dev)
             with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                out = nets[k](torch.from_numpy(features).to(dev), torch.from_numpy(positions).to(dev),
-                              torch.from_numpy(mask).to(dev), deterministic=True)
-            reply: tuple[bool, Any] = (True, out.float().cpu().numpy())
+                out = torch.stack([nets[k](features, b.positions, b.mask, deterministic=True).float()
+                                   for k in members])
+            reply: tuple[bool, Any] = (True, out.cpu().numpy())
         except Exception as exc:  # the server's model thread raises it for the batch
             reply = (False, exc)
         try:
@@ -123,10 +139,11 @@ class NetworkProcess:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
-    def forward(self, member: int, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                autocast_bf16: bool = False) -> torch.Tensor:
-        """Member ``member``'s network on one padded batch, in the child: (B, T) float32 output."""
-        msg = (member, features.cpu().numpy(), positions.cpu().numpy(), mask.cpu().numpy(), autocast_bf16)
+    def forward_frames(self, members: list[int], numbers: list[np.ndarray], coords: list[np.ndarray],
+                       autocast_bf16: bool = False) -> torch.Tensor:
+        """The networks ``members`` on one forward pass of frames (atoms, canonical coordinates), in the child:
+        (len(members), B, T) float32 outputs."""
+        msg = (list(members), *_flat(numbers, coords), autocast_bf16)
         with self._lock:
             if not self.alive():
                 self._restart("it had exited")
@@ -174,14 +191,14 @@ class NetworkProcess:
 
 
 class RemoteNetwork:
-    """A member's network as seen from the server: called like the network in ``PropertyModel.evaluate``."""
+    """A member's network as seen from the server: called like ``PropertyModel.forward_frames``."""
 
     def __init__(self, process: NetworkProcess, member: int) -> None:
         self.process, self.member = process, member
 
-    def __call__(self, features: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+    def __call__(self, numbers: list[np.ndarray], coords: list[np.ndarray],
                  autocast_bf16: bool = False) -> torch.Tensor:
-        return self.process.forward(self.member, features, positions, mask, autocast_bf16)
+        return self.process.forward_frames([self.member], numbers, coords, autocast_bf16)[0]
 
     def __deepcopy__(self, memo: dict) -> None:  # a copied model computes in-process
         return None

@@ -6,8 +6,19 @@ repository, T(3), k = 256) and of lieprop's ``default`` and ``budget`` presets, 
 
 The authors' code is not a dependency of lieprop: give a local checkout of https://github.com/mfinzi/LieConv with
 ``--authors PATH`` (or the environment variable ``LIEPROP_AUTHORS_LIECONV``) in an environment where its own
-requirements import (``pip install -e PATH`` brings them: snake-oil-ml, h5py, torchdiffeq). Without a checkout, or
+requirements import (``pip install -e PATH`` brings them: olive-oil-ml, h5py, torchdiffeq). Without a checkout, or
 when it does not import, its row says why it was skipped and lieprop's rows are measured all the same.
+
+Their trainer package (olive-oil-ml, ``oil``) imports torchvision at import time for its image code. When torchvision
+cannot load beside this torch build (PyPI's torchvision wheel and the CPU torch of this machine do not match), a
+placeholder stands in for it (:func:`torchvision_placeholder`): importing works, and any use of a torchvision name
+raises. The QM9 model uses none; the report says when the placeholder was used. How it was run here, with
+``oil`` and the pure-Python requirements beside the checkout (docs/BENCHMARKS.md):
+
+    pip install --target ~/.cache/lieprop/authors/site --no-deps dill natsort torchcontrib torchdiffeq h5py \
+        scikit-learn threadpoolctl joblib cloudpickle narwhals
+    PYTHONPATH=~/.cache/lieprop/authors/oil-src:~/.cache/lieprop/authors/site \
+        python benchmarks/authors_throughput.py --authors ~/.cache/lieprop/authors/LieConv
 
 What is timed, per model, after ``--warmup`` untimed steps: ``--steps`` full training steps (forward, L1 loss on the
 standardised HOMO, backward, optimiser step; lieprop's steps also sample a frame per molecule, clip gradients and
@@ -49,6 +60,53 @@ class AuthorsSkipped(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- the authors' side
+#: Set when :func:`torchvision_placeholder` stood in for torchvision (the report says so).
+PLACEHOLDERS: list[str] = []
+
+
+def torchvision_placeholder() -> None:
+    """Make ``import torchvision`` (and its submodules) succeed with placeholders when the real one cannot load:
+    every name in them is a class whose construction raises. Only for the authors' trainer package, which imports
+    torchvision for image code that the QM9 model never runs."""
+    import importlib.abc
+    import importlib.machinery
+    import types
+
+    try:
+        import torchvision  # noqa: F401
+        return
+    except Exception as exc:  # a missing or mismatched build: either way it cannot run here
+        PLACEHOLDERS.append(f"torchvision ({type(exc).__name__}: {str(exc)[:80]})")
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+
+    class Absent(types.ModuleType):
+        def __getattr__(self, name: str) -> type:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            where = f"{self.__name__}.{name}"
+
+            def absent(*args, **kwargs):
+                raise RuntimeError(f"{where}: torchvision cannot load here (a placeholder stands in for it)")
+            return type(name, (), {"__init__": absent})  # a class: callable, and a base for subclasses
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path, target=None):
+            if fullname == "torchvision" or fullname.startswith("torchvision."):
+                return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+            return None
+
+        def create_module(self, spec):
+            module = Absent(spec.name)
+            module.__path__ = []
+            return module
+
+        def exec_module(self, module) -> None:
+            pass
+
+    sys.meta_path.insert(0, Finder())
+
+
 def authors_step(checkout: str | Path | None, device: torch.device, k: int = 256,
                  lr: float = 3e-3) -> Callable[[Sequence[Molecule], np.ndarray], None]:
     """One training step of the authors' T(3) QM9 model on a list of molecules and their standardised targets.
@@ -61,6 +119,7 @@ def authors_step(checkout: str | Path | None, device: torch.device, k: int = 256
     if not (root / "lie_conv" / "moleculeTrainer.py").is_file():
         raise AuthorsSkipped(f"{root} is not a checkout of github.com/mfinzi/LieConv (no lie_conv/moleculeTrainer.py)")
     sys.path.insert(0, str(root))
+    torchvision_placeholder()
     try:
         from lie_conv.lieGroups import T
         from lie_conv.moleculeTrainer import MolecLieResNet
@@ -176,6 +235,8 @@ def table(rows: Sequence[dict], batch: int, pool: int, device: str) -> str:
             continue
         ratio = f"{r['mol_s'] / base:.2f}x" if base else ""
         lines.append(f"| {r['model']} | {r['batches']} | {r['steps']} | {r['mol_s']:.0f} | {ratio} |")
+    if PLACEHOLDERS:
+        lines += ["", f"# placeholder for the authors' imports (unused by their QM9 model): {', '.join(PLACEHOLDERS)}"]
     return "\n".join(lines)
 
 

@@ -64,3 +64,33 @@ def test_lieprops_side_is_measured_and_tabled_without_the_authors(bench, qm9_hea
         cells = [c.strip() for c in line.split("|")]
         assert cells[3] == "1" and float(cells[4]) > 0
     assert "| authors' LieConv (T(3), k=256) | random | - | skipped: no checkout" in out.out
+
+
+def test_the_torchvision_placeholder_lets_imports_work_and_every_use_raise():
+    """When torchvision cannot load here, the authors' trainer package still imports (it only uses torchvision for
+    image code); any use of a torchvision name raises, so nothing measured can silently depend on it."""
+    import subprocess
+
+    code = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("bench", {str(SCRIPT)!r})
+bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+sys.modules["torchvision"] = None  # as if it could not load
+bench.torchvision_placeholder()
+import torchvision.utils as vutils
+from torchvision.models.inception import inception_v3
+import torchvision.datasets as ds
+class CIFAR(ds.CIFAR10):
+    pass
+for use in (lambda: inception_v3(pretrained=True), lambda: CIFAR("data"), lambda: vutils.make_grid([])):
+    try:
+        use()
+    except RuntimeError as exc:
+        assert "placeholder" in str(exc), exc
+    else:
+        raise SystemExit("a placeholder did not raise")
+assert bench.PLACEHOLDERS and bench.PLACEHOLDERS[0].startswith("torchvision")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -20,6 +20,7 @@ from lieprop.inference import parse_item
 from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import EnsembleModel, PropertyModel
 from lieprop.service import schemas
+from lieprop.service.admission import networks_per_pass
 from lieprop.service.model_process import ModelProcessError, NetworkProcess, detach
 
 
@@ -151,10 +152,10 @@ def test_an_ensemble_in_one_process_sends_each_forward_pass_once_for_all_members
     process.forward_frames = lambda members, *rest: (passes.append(list(members)), send(members, *rest))[1]
     try:
         process.attach(ensemble)
-        assert ensemble.joint
+        assert ensemble.joint and networks_per_pass(ensemble) == 2  # passes are sized for both networks
         ensemble.predictions(numbers, positions, batch_size=5)
     finally:
         detach(ensemble)
         process.close()
-    assert not ensemble.joint
+    assert not ensemble.joint and networks_per_pass(ensemble) == 1
     assert passes == [[0, 1]] * -(-len(frames.owners) // 5)  # one round trip per pass of 5 frames, both members

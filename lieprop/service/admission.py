@@ -93,6 +93,13 @@ def forward_frames(costs: CostModel, n_atoms: int, max_frames: int, forward_ms: 
     return int(np.clip(forward_ms // max(costs.frame_cost(n_atoms), 1e-9), min(8, max_frames), max_frames))
 
 
+def networks_per_pass(model: Any) -> int:
+    """Networks one forward pass of ``model`` evaluates: all of an ensemble's members when they are evaluated jointly
+    (``EnsembleModel.joint``: one model process for all of them), else one. A pass that should take about as long
+    as one network on F frames holds F / this."""
+    return len(model.members) if getattr(model, "joint", False) else 1
+
+
 def chunked_predict(model: Any, costs: CostModel, max_frames: int, forward_ms: float
                     ) -> Callable[..., Any]:
     """``model.predictions`` taking ``between_chunks``: the model thread's predict function. A heavy batch runs in
@@ -102,9 +109,8 @@ def chunked_predict(model: Any, costs: CostModel, max_frames: int, forward_ms: f
     (``EnsembleModel.joint``) runs every member in each pass, so its heavy passes hold fewer frames."""
     def predict(numbers: list[np.ndarray], positions: list[np.ndarray], between_chunks: Any = None,
                 light: bool = False) -> Any:
-        per_pass = len(model.members) if getattr(model, "joint", False) else 1  # networks evaluated per pass
         frames = max_frames if light else forward_frames(costs, max((len(z) for z in numbers), default=1),
-                                                         max_frames, forward_ms / per_pass)
+                                                         max_frames, forward_ms / networks_per_pass(model))
         return model.predictions(numbers, positions, batch_size=frames, between_chunks=between_chunks)
 
     return predict

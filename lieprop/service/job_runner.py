@@ -53,7 +53,6 @@ from lieprop.model.prediction import Predictions
 from lieprop.scoring.options import JobOptions
 from lieprop.scoring.output import NothingToResume, OutputError, manifest_path, verify_finished
 from lieprop.scoring.pipeline import LocalEngine, RunInterrupted, Summary, score_file
-from lieprop.service.admission import networks_per_pass
 from lieprop.service.batcher import BatcherClosed, BatchStats, DynamicBatcher, Priority
 from lieprop.service.job_store import FINAL_STATES, JobStore, JobsUnavailable
 from lieprop.service.metrics import ServiceMetrics
@@ -360,8 +359,10 @@ class JobManager:
     def _background_predict(self, should_stop: Callable[[], bool], bundle: Bundle, batcher: DynamicBatcher
                             ) -> Callable[[list[np.ndarray], list[np.ndarray]], Predictions]:
         model, metrics = bundle.model, self.metrics
-        # interactive work goes in between passes: keep a pass as long as model_chunk frames of one network
-        frame_batch = max(1, self.settings.model_chunk // networks_per_pass(model))
+        # model_chunk frames per pass, as `lieprop predict` evaluates them: the job's file is then the CLI's, byte for
+        # byte (docs/JOBS.md). With an ensemble evaluated jointly a pass runs every member, so interactive requests
+        # wait up to that long between two passes.
+        frame_batch = self.settings.model_chunk
 
         def predict(numbers: list[np.ndarray], positions: list[np.ndarray]) -> Predictions:
             batch = functools.partial(model.predictions, numbers, positions, batch_size=frame_batch,

@@ -70,6 +70,21 @@ def run_one(args, variant: str, seed: int) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """What a result depends on besides its variant and seed: a result is reused only under the same settings."""
+    return {"minutes": args.minutes, "test": args.test, "threads": args.threads, "set": sorted(args.set)}
+
+
+def reusable(path: str, args: argparse.Namespace) -> bool:
+    """A finished result at ``path`` made under the current settings (results written before settings were
+    recorded are taken as they are)."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        recorded = json.load(f).get("settings")
+    return recorded is None or recorded == settings(args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=5.0, help="training CPU minutes per variant and seed")
@@ -88,14 +103,16 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     if args.one:
         variant, seed = args.one[0], int(args.one[1])
-        result = run_one(args, variant, seed)
-        with open(os.path.join(args.out, f"{variant}-seed{seed}.json"), "w") as f:
+        result = {**run_one(args, variant, seed), "settings": settings(args)}
+        path = os.path.join(args.out, f"{variant}-seed{seed}.json")
+        with open(path + ".part", "w") as f:  # a run killed while writing leaves no result behind
             json.dump(result, f)
+        os.replace(path + ".part", path)
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     passthrough = [a for a in sys.argv[1:] if a != "--fresh"]
     queue = [(v, s) for v in args.variants for s in args.seeds]
-    done = [(v, s) for v, s in queue if os.path.exists(os.path.join(args.out, f"{v}-seed{s}.json"))]
+    done = [(v, s) for v, s in queue if reusable(os.path.join(args.out, f"{v}-seed{s}.json"), args)]
     if args.fresh:
         for v, s in done:
             os.remove(os.path.join(args.out, f"{v}-seed{s}.json"))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -147,3 +148,14 @@ def test_the_gpu_checks_steps_run_here_on_the_cpu(tmp_path, qm9_head):
     assert [(r["batch"], r["steps"]) for r in rows] == [(1, 4), (4, 1)] and all(r["mol_s"] > 0 for r in rows)
     text = gpu_check.table([train, *rows], "cpu")
     assert text.count("\n| ") == 4 and "| predict (float32) | 4 | 1 |" in text
+
+
+def test_atom_features_are_computed_on_the_cpu_and_moved_to_the_model_device():
+    """featurize reads atomic numbers with numpy: it must see them before they move to a GPU ("meta" stands in)."""
+    from lieprop.model.predictor import padded_inputs
+
+    z = [np.array([8, 1, 1]), np.array([6, 1, 1, 1, 1])]
+    x = [np.zeros((3, 3)), np.zeros((5, 3))]
+    features, positions, mask = padded_inputs(z, x, torch.device("meta"))
+    assert {t.device.type for t in (features, positions, mask)} == {"meta"}
+    assert features.shape == (2, 5, 15) and mask.shape == (2, 5)

@@ -198,3 +198,25 @@ def test_the_kernel_network_computes_the_same_function_with_and_without_gradient
         for p in mlp.parameters():
             p.mul_(0.5)
     assert torch.allclose(torch.no_grad()(mlp)(a, mask), mlp(a, mask), atol=1e-12)
+
+
+def test_a_layer_built_in_inference_mode_runs_and_caches_can_be_forgotten():
+    """Parameters made under inference_mode have no version counter: the layer folds anew instead of caching. A
+    write through ``.data`` is invisible to version counters: ``forget_caches`` drops what was kept."""
+    from lieprop.model.lieconv import forget_caches
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    v = torch.randn(2, 5, 8)
+    emb = x[:, :, None] - x[:, None, :]
+    nb = neighbourhood(emb, emb.norm(dim=-1), torch.ones(2, 5, dtype=torch.bool), 100, 1.0)
+    with torch.inference_mode():
+        built_here = LieConv(8, 8, d_embed=3, kernel_norm="affine")
+        assert built_here(v, nb).shape == (2, 5, 8)
+    layer = LieConv(8, 8, d_embed=3, kernel_norm="affine")
+    with torch.no_grad():
+        layer(v, nb)
+        layer.linear.weight.data.mul_(2.0)
+        layer.kernel.bn1.weight.data.mul_(3.0)
+        forget_caches(layer)
+        assert torch.allclose(layer(v, nb), torch.enable_grad()(layer)(v, nb), atol=1e-5)

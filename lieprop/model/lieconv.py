@@ -57,12 +57,25 @@ def neighbourhood(embedding: torch.Tensor, distance: torch.Tensor, mask: torch.T
     return Neighbourhood(emb, nbr_mask, index)
 
 
+#: The attributes where layers without gradients keep weights derived from their parameters.
+CACHES = ("_cached_values_weight", "_folded")
+
+
+def forget_caches(module: nn.Module) -> None:
+    """Drop the derived weights that the layers of ``module`` keep for inference (needed only after writing to
+    parameters through ``.data``, which no version counter sees)."""
+    for m in module.modules():
+        for name in CACHES:
+            m.__dict__.pop(name, None)
+
+
 class KernelMLP(nn.Module):
     """g: pair embedding (d) -> ``cmco`` kernel channels, Linear-norm-Swish twice then Linear.
 
     ``norm`` names the normalisation (:mod:`lieprop.model.norm`), or is None for none. Without gradients (inference)
     a per-channel affine norm is folded into the Linear before it, and Swish works in place: the same function with
-    two passes fewer over the (B, M, K, hidden) pair tensors, which dominate the layer's cost."""
+    two passes fewer over the (B, M, K, hidden) pair tensors, which dominate the layer's cost. The folded weights are
+    kept until a parameter changes, as :meth:`LieConv._values_weight` says."""
 
     def __init__(self, d_in: int, hidden: int = 32, out: int = 16, norm: str | None = "layer"):
         super().__init__()
@@ -88,8 +101,10 @@ class KernelMLP(nn.Module):
         if not isinstance(norm, ChannelAffine):
             h = lin(x)
             return norm(h, mask) if norm is not None else h
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (lin.weight, lin.bias, norm.weight,
-                                                                             norm.bias))
+        params = (lin.weight, lin.bias, norm.weight, norm.bias)
+        if any(t.is_inference() for t in params):  # no version counter to follow: fold anew (a few hundred numbers)
+            return nn.functional.linear(x, lin.weight * norm.weight[:, None], lin.bias * norm.weight + norm.bias)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
         cache: dict = self.__dict__.setdefault("_folded", {})
         folded = cache.get(id(lin))
         if folded is None or folded[0] != key:  # y = (W x + b) * s + t = (s W) x + (s b + t)
@@ -138,10 +153,12 @@ class LieConv(nn.Module):
 
     def _values_weight(self) -> torch.Tensor:
         """W as a (c, cm * c_out) matrix acting on values: ``[v, k * c_out + o] = W[o, k * c + v]``. Without
-        gradients it is kept until W changes (the permuted copy costs more than the layer at batch 1)."""
+        gradients it is kept until W changes (the permuted copy costs more than the layer at batch 1): a change is
+        seen by its storage or version counter, which every optimiser step, ``load_state_dict``, ``.to`` and in-place
+        update of the parameter moves; writes through ``weight.data`` are not seen (call :func:`forget_caches`)."""
         w = self.linear.weight
         c_out, cm = self.linear.out_features, self.kernel_out
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or w.is_inference():  # inference tensors have no version counter
             return w.view(c_out, cm, -1).permute(2, 1, 0).reshape(-1, cm * c_out)
         key = (w.data_ptr(), w._version, w.dtype, w.device)
         cached = self.__dict__.get("_cached_values_weight")

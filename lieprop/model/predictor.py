@@ -53,6 +53,14 @@ class FrameBatch:
 #: (the service's model thread serves waiting interactive requests) or raise to abandon the evaluation.
 BetweenChunks = Callable[[], None]
 
+def padded_inputs(numbers: Sequence[np.ndarray], coords: Sequence[np.ndarray],
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network's inputs for frames (atoms, coordinates), padded into one batch on ``device``: atom features
+    (computed on the CPU, then moved), positions and mask."""
+    b = collate(numbers, coords)
+    return featurize(b.numbers).to(device), b.positions.to(device), b.mask.to(device)
+
+
 def chunks(frames: FrameBatch, batch_size: int, between_chunks: BetweenChunks | None = None):
     """The frames' indices in evaluation order, ``batch_size`` at a time (one forward pass each), calling
     ``between_chunks`` between two of them."""
@@ -188,9 +196,9 @@ class PropertyModel(nn.Module):
         if self.remote is not None:
             return self.remote(numbers, coords, autocast_bf16)
         dev = self.device
-        b = collate(numbers, coords).to(dev)
+        features, positions, mask = padded_inputs(numbers, coords, dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            return self.net(featurize(b.numbers).to(dev), b.positions, b.mask, deterministic=True)
+            return self.net(features, positions, mask, deterministic=True)
 
     def to_molecules(self, frames: FrameBatch, outs: torch.Tensor) -> np.ndarray:
         """(F, T) float64 network outputs per frame -> (n_molecules, T) physical values: each molecule's frames

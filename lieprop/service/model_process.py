@@ -60,9 +60,9 @@ def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device:
     """The child's loop: build the networks, then answer (members, sizes, numbers, coordinates, autocast) requests
     with (True, (len(members), B, T) outputs) or (False, exception) until told to stop (None) or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which stops this process itself
-    from lieprop.data.batch import collate, featurize
     from lieprop.model.architectures import get_architecture
     from lieprop.model.device import pick_device
+    from lieprop.model.predictor import padded_inputs
 
     torch.set_num_threads(threads)
     dev = pick_device(device)
@@ -83,10 +83,9 @@ def _child(conn: Any, specs: list[tuple[str, dict, dict]], threads: int, device:
             return
         members, sizes, numbers, coords, autocast = msg
         try:
-            b = collate(*_unflat(sizes, numbers, coords)).to(dev)  # what PropertyModel.forward_frames does here
-            features = featurize(b.numbers).to(dev)
+            features, positions, mask = padded_inputs(*_unflat(sizes, numbers, coords), dev)  # as in-process
             with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                out = torch.stack([nets[k](features, b.positions, b.mask, deterministic=True).float()
+                out = torch.stack([nets[k](features, positions, mask, deterministic=True).float()
                                    for k in members])
             reply: tuple[bool, Any] = (True, out.cpu().numpy())
         except Exception as exc:  # the server's model thread raises it for the batch
@@ -141,8 +140,10 @@ class NetworkProcess:
 
     def forward_frames(self, members: list[int], numbers: list[np.ndarray], coords: list[np.ndarray],
                        autocast_bf16: bool = False) -> torch.Tensor:
-        """The networks ``members`` on one forward pass of frames (atoms, canonical coordinates), in the child:
-        (len(members), B, T) float32 outputs."""
+        """The networks ``members`` on one forward pass of frames (atoms, canonical coordinates; at least one
+        frame), in the child: (len(members), B, T) float32 outputs."""
+        if not numbers:
+            raise ValueError("a forward pass needs at least one frame")
         msg = (list(members), *_flat(numbers, coords), autocast_bf16)
         with self._lock:
             if not self.alive():

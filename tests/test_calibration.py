@@ -66,3 +66,16 @@ def test_spearman_is_rank_correlation():
     assert spearman(x, x**3) == pytest.approx(1.0)
     assert spearman(x, -x) == pytest.approx(-1.0)
     assert spearman(np.array([1, 1, 2, 2.0]), np.array([1, 2, 3, 4.0])) == pytest.approx(0.894427, rel=1e-5)
+
+
+def test_an_interval_of_a_property_that_cannot_be_negative_stops_at_zero():
+    """Methane's dipole is about 0: its interval must not reach below 0 D (it would claim the impossible); HOMO's
+    interval is symmetric however low it goes."""
+    values, spread, truth = synthetic(2000, seed=6)
+    cal = fit_calibration(values, spread, truth, ["mu", "homo"])
+    near_zero = Predictions(np.array([[0.02, -10.5], [3.0, -7.0]]), np.array([[0.5, 0.5], [0.5, 0.5]]))
+    got = cal.apply(near_zero, 0.9)
+    assert got.lower[0, 0] == 0.0 and got.lower[1, 0] > 0.0  # mu: stops at 0 only where it would cross it
+    half = got.upper - got.value
+    assert np.allclose(got.value[:, 1] - got.lower[:, 1], half[:, 1])  # homo: symmetric
+    assert np.all(got.lower <= got.value) and np.all(got.value <= got.upper)

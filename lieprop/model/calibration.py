@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from lieprop.data.properties import NON_NEGATIVE
 from lieprop.model.prediction import Prediction, Predictions
 
 #: Coverage levels whose conformal quantiles a calibration stores (others interpolate between them).
@@ -76,14 +77,17 @@ class Calibration:
     def apply(self, predictions: Predictions | Prediction, level: float = DEFAULT_LEVEL,
               quantile: np.ndarray | None = None) -> Any:
         """``predictions`` (a batch or one molecule) with ``std`` calibrated and an interval at ``level`` (value ±
-        quantile * std; pass ``quantile``, :meth:`quantile` of ``level``, to skip the interpolation)."""
+        quantile * std; pass ``quantile``, :meth:`quantile` of ``level``, to skip the interpolation). For a property
+        that cannot be negative (``NON_NEGATIVE``: mu, alpha, gap, ...) the interval stops at 0: it holds every value
+        it held before, so its coverage is the same, and it never claims the impossible."""
         if predictions.std is None:
             raise ValueError("calibration needs a spread: only ensembles give one")
         sigma = self.sigma(predictions.std)
         half = (self.quantile(level) if quantile is None else quantile) * sigma
+        floor = np.array([0.0 if t in NON_NEGATIVE else -np.inf for t in self.targets])
         kind = Predictions if isinstance(predictions, Predictions) else Prediction
-        return kind(predictions.value, sigma, predictions.value - half, predictions.value + half, level,
-                    predictions.members)
+        return kind(predictions.value, sigma, np.maximum(predictions.value - half, floor), predictions.value + half,
+                    level, predictions.members)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for a bundle's metadata."""

@@ -15,6 +15,7 @@ calls with the members' mean, its ``predictions`` also with their spread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,15 @@ class FrameBatch:
 
     def __len__(self) -> int:
         return len(self.numbers)
+
+    def select(self, sel: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The atoms and canonical coordinates of the frames ``sel`` (one forward pass)."""
+        return [self.frame_numbers[i] for i in sel], [self.frame_coords[i] for i in sel]
+
+    @functools.cached_property
+    def padded_numbers(self) -> torch.Tensor:
+        """(n_molecules, N) atomic numbers of the molecules, padded with 0 (their per-element baselines)."""
+        return collate(self.numbers, self.positions).numbers
 
 
 #: Called between two forward passes of a long evaluation (``between_chunks``): a scheduler may run other work there
@@ -181,9 +191,8 @@ class PropertyModel(nn.Module):
         try:
             outs = torch.zeros(len(frames.owners), len(self.targets), dtype=torch.float64)
             for sel in chunks(frames, batch_size, between_chunks):
-                outs[torch.as_tensor(sel)] = self.forward_frames([frames.frame_numbers[i] for i in sel],
-                                                                 [frames.frame_coords[i] for i in sel],
-                                                                 autocast_bf16).to(torch.float64).cpu()
+                outs[torch.as_tensor(sel)] = self.forward_frames(*frames.select(sel), autocast_bf16).to(
+                    torch.float64).cpu()
             return self.to_molecules(frames, outs)
         finally:
             if switch:
@@ -206,9 +215,8 @@ class PropertyModel(nn.Module):
         own = torch.as_tensor(frames.owners)
         w = torch.from_numpy(frames.weights)[:, None]
         mean = torch.zeros(len(frames), outs.shape[1], dtype=torch.float64).index_add_(0, own, outs * w)
-        z_pad = collate(frames.numbers, frames.positions).numbers
         dev = self.device
-        values = self.to_physical(mean.to(dev), z_pad.to(dev)).cpu().numpy()
+        values = self.to_physical(mean.to(dev), frames.padded_numbers.to(dev)).cpu().numpy()
         return np.maximum(values, self._floor)
 
     def _submodules(self) -> tuple[nn.Module, ...]:
@@ -338,9 +346,8 @@ class EnsembleModel(nn.Module):
         index = [m.remote.member for m in self.members]
         outs = torch.zeros(len(self.members), len(frames.owners), len(self.targets), dtype=torch.float64)
         for sel in chunks(frames, batch_size, between_chunks):
-            outs[:, torch.as_tensor(sel)] = process.forward_frames(
-                index, [frames.frame_numbers[i] for i in sel], [frames.frame_coords[i] for i in sel],
-                autocast_bf16).to(torch.float64)
+            outs[:, torch.as_tensor(sel)] = process.forward_frames(index, *frames.select(sel),
+                                                                   autocast_bf16).to(torch.float64)
         return np.stack([m.to_molecules(frames, outs[k]) for k, m in enumerate(self.members)])
 
     def predict(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], batch_size: int = 128,

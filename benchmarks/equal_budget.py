@@ -12,6 +12,10 @@ What is equal for every contender:
   point a pilot of ``--pilot-minutes`` scored on 1,000 validation molecules (the mean over targets of MAE / target
   scale); the best point is then trained with ``--seeds`` seeds.
 - **the test**: the first ``--test`` molecules of the test split, through each model's invariant predict.
+- **the arithmetic**: subnormal floats flushed to zero in every run (``torch.set_flush_denormal``), unless
+  ``--keep-denormals``. A CPU computes on subnormals on a slow path; PyG SchNet's Gaussian distance expansion makes
+  many, which cut its training steps to a third (docs/BENCHMARKS.md, "Subnormal floats"). Runs with the flush are
+  kept apart from runs without it (``-ftz`` in their names).
 
 Prints the pilot grid, then test MAE per target as mean ± std over seeds, then MAE by molecule size (heavy atoms).
 Every run's result is kept in OUT (a JSON per run): an interrupted benchmark resumes where it stopped.
@@ -83,7 +87,8 @@ def molecule_lists(split) -> tuple[list, list]:
 
 
 def run_name(spec: dict) -> str:
-    return f"{spec['contender']}-lr{spec['lr']:g}-b{spec['batch']}-s{spec['seed']}-m{spec['minutes']:g}"
+    ftz = "-ftz" if spec.get("ftz") else ""
+    return f"{spec['contender']}-lr{spec['lr']:g}-b{spec['batch']}-s{spec['seed']}-m{spec['minutes']:g}{ftz}"
 
 
 def run_one(spec: dict, args) -> dict:
@@ -95,6 +100,7 @@ def run_one(spec: dict, args) -> dict:
     from lieprop.training.loop import Trainer
 
     schnet_architecture.register()
+    torch.set_flush_denormal(bool(spec.get("ftz")))
     c = CONTENDERS[spec["contender"]]
     final = spec["phase"] == "final"
     cfg = load_config(c.preset, overrides={
@@ -164,8 +170,12 @@ def chosen_point(args, name: str) -> tuple[float, int] | None:
 
 
 def pilot_specs(args, name: str) -> list[dict]:
-    return [{"phase": "pilot", "contender": name, "lr": lr, "batch": b, "seed": 0, "minutes": args.pilot_minutes}
-            for lr in args.lrs for b in args.batches]
+    return [pilot_spec(args, name, lr, b) for lr in args.lrs for b in args.batches]
+
+
+def pilot_spec(args, name: str, lr: float, batch: int) -> dict:
+    return {"phase": "pilot", "contender": name, "lr": lr, "batch": batch, "seed": 0, "minutes": args.pilot_minutes,
+            **({"ftz": True} if not args.keep_denormals else {})}
 
 
 def final_specs(args, name: str) -> list[dict]:
@@ -173,7 +183,7 @@ def final_specs(args, name: str) -> list[dict]:
     if point is None:
         return []
     return [{"phase": "final", "contender": name, "lr": point[0], "batch": point[1], "seed": s,
-             "minutes": args.minutes} for s in args.seeds]
+             "minutes": args.minutes, **({"ftz": True} if not args.keep_denormals else {})} for s in args.seeds]
 
 
 def mean_std(values: list[float], fmt: str) -> str:
@@ -185,15 +195,15 @@ def print_tables(args) -> None:
     names = args.contenders
     print(f"\n# {' '.join(sys.argv)}")
     print(f"# pilots: {len(args.lrs)} x {len(args.batches)} grid, {args.pilot_minutes} CPU min each; finals: "
-          f"{args.minutes} CPU min per seed; 1 torch thread per run, {args.parallel} runs at once; EMA 0.999 for all")
+          f"{args.minutes} CPU min per seed; 1 torch thread per run, {args.parallel} runs at once; EMA 0.999 for all; "
+          f"subnormals {'kept' if args.keep_denormals else 'flushed to zero'}")
     print("\n| pilot validation score (lower is better) | " + " | ".join(f"b{b}" for b in args.batches) + " |")
     print("|---|" + "---|" * len(args.batches))
     for name in names:
         for lr in args.lrs:
             cells = []
             for b in args.batches:
-                r = load(args, {"phase": "pilot", "contender": name, "lr": lr, "batch": b, "seed": 0,
-                                "minutes": args.pilot_minutes})
+                r = load(args, pilot_spec(args, name, lr, b))
                 cells.append(f"{r['valid_score']:.3f}" if r else "-")
             print(f"| {name} lr {lr:g} | " + " | ".join(cells) + " |")
     finals = {n: [r for r in (load(args, s) for s in final_specs(args, n)) if r] for n in names}
@@ -240,6 +250,8 @@ def main() -> None:
     ap.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     ap.add_argument("--test", type=int, default=3000, help="first N molecules of the test split")
     ap.add_argument("--parallel", type=int, default=2, help="runs at once (one torch thread each)")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="compute on subnormal floats (the runs before 2026-11-30 session 8)")
     ap.add_argument("--tables", action="store_true", help="print the tables of the results so far and stop")
     ap.add_argument("--out", default=os.path.expanduser("~/.cache/lieprop/equal_budget"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # a child: one run's JSON spec

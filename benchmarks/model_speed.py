@@ -5,6 +5,12 @@ allocator settings. "forward" is eval mode under no_grad; "train" is forward + L
 is lieprop's invariant inference (frames, canonical order, frame averaging) on a list of molecules.
 Achieved GFLOP/s (counted by torch's FlopCounterMode) is printed next to a plain 2048x2048 matmul.
 
+Every configuration runs with subnormal floats flushed to zero (``torch.set_flush_denormal(True)``) unless
+``--keep-denormals``: a CPU computes on subnormals on a slow path, and PyG SchNet's Gaussian distance expansion makes
+many of them (exp of -87 to -103 in float32), which made its forward pass 1.5-2x and its training step 3.6x slower
+here (docs/BENCHMARKS.md, "Subnormal floats"). LieConv's radial basis stops short of them by itself, so the flush
+is what makes the comparison fair, not what makes lieprop fast.
+
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
       .venv/bin/python benchmarks/model_speed.py [--quick]
 """
@@ -56,6 +62,7 @@ def count_flops(fn) -> float:
 
 def run_one(spec: dict) -> dict:
     torch.set_num_threads(spec.get("threads", 2))
+    torch.set_flush_denormal(spec.get("flush_denormal", True))
     mols = molecules()
     bs, mode, reps = spec["batch"], spec["mode"], spec["reps"]
     batches = [mols[i:i + bs] for i in range(0, len(mols) - bs + 1, bs)][: max(reps + 2, 3)]
@@ -139,11 +146,16 @@ def main() -> None:
     ap.add_argument("--predict-vs-schnet", action="store_true",
                     help="only lieprop's invariant predict (T3 k=256) against SchNet's forward, batch 1 and 32, at 1 "
                          "and 2 torch threads (the service's model worker uses all cores but one: 1 here)")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="compute on subnormal floats instead of flushing them to zero (how this script measured "
+                         "before 2026-11-30 session 8)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
+    global FLUSH_DENORMAL
+    FLUSH_DENORMAL = not args.keep_denormals
     reps = 3 if args.quick else args.reps
     specs = []
     if args.predict_vs_schnet:
@@ -193,10 +205,15 @@ def main() -> None:
                 print(f"  batch {bs:>3} {mode:>8}: {ours / ref:.2f}x{note}")
 
 
+#: Whether every configuration flushes subnormal floats to zero (``--keep-denormals`` turns it off).
+FLUSH_DENORMAL = True
+
+
 def run_specs(specs: list[dict], reps: int) -> list[dict]:
     """Run every spec in its own process and print the table row by row; returns the results."""
     print(f"# {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')})")
+          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}, "
+          f"subnormals {'flushed to zero' if FLUSH_DENORMAL else 'kept'})")
     mm = matmul_gflops()
     print(f"plain matmul 2048x2048: {mm:.0f} GFLOP/s\n")
     print("| model | width | batch | threads | mode | mol/s | GFLOP/s | % of matmul | params (M) | peak RSS (MB) |")
@@ -204,6 +221,7 @@ def run_specs(specs: list[dict], reps: int) -> list[dict]:
     results = []
     for spec in specs:
         spec["reps"] = reps
+        spec["flush_denormal"] = FLUSH_DENORMAL
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"| {spec['model']} | {spec['width']} | {spec['batch']} | {spec['mode']} | failed: "

@@ -66,3 +66,28 @@ def test_a_cpu_budget_counts_the_processes_cpu_seconds_and_ends_the_run(tmp_path
     used = time.process_time() - cpu
     assert 0.6 <= tr.state.elapsed <= used  # the budget (0.6 s) was spent in CPU seconds of this process
     assert tr.state.epoch < 10_000 and (tmp_path / "run" / "best.pt").exists()
+
+
+def _subnormal_fraction(x: torch.Tensor) -> float:
+    tiny = torch.finfo(x.dtype).tiny  # the smallest normal float
+    return float(((x != 0) & (x.abs() < tiny)).float().mean())
+
+
+def test_schnets_distance_expansion_makes_subnormals_and_lieconvs_radial_basis_does_not(qm9_head) -> None:
+    """Why the speed and equal-budget benchmarks flush subnormal floats to zero for every contender: a CPU computes on
+    subnormals on a slow path, and PyG SchNet's Gaussian expansion of its 10 Å radius graph makes them (exp of -87 to
+    -103 in float32) for 3-4% of its entries, which made its training step 3.6x slower (docs/BENCHMARKS.md,
+    "Subnormal floats"). LieConv's radial basis is cut before them (``GAUSSIAN_CUT``), so the flush changes little for
+    lieprop's own networks and much for SchNet."""
+    from baselines import radius_graph, schnet
+
+    from lieprop.model.network import GAUSSIAN_CUT, gaussians
+
+    z, x = qm9_head.molecule(100)
+    pos = torch.from_numpy(x).float()
+    _, lengths = radius_graph(pos, torch.zeros(len(z), dtype=torch.long))
+    expanded = schnet().distance_expansion(lengths)
+    assert _subnormal_fraction(expanded) > 0.01
+    assert GAUSSIAN_CUT <= 60  # exp(-60) = 9e-27: far above float32's smallest normal, 1.2e-38
+    # LieConv's basis as its layers use it (centres over the neighbourhood, narrow Gaussians), on the same pairs
+    assert _subnormal_fraction(gaussians(lengths, torch.linspace(0.0, 10.0, 50), 0.1)) == 0.0

@@ -105,3 +105,47 @@ def test_the_shipped_lconv_bundle_is_invariant_and_carries_its_test_mae(qm9_head
     assert "3-8" in size_warnings(bundle.meta)  # it fails on the smallest molecules, and their results say so
     molecules = [qm9_head.molecule(i) for i in (2, 23, 100, 399)]
     assert_invariant(bundle.model.predict, molecules, bundle.model.scale.numpy(), rtol=1e-4)
+
+
+#: The steerable bundle shipped beside the default model (docs/MODEL_CARD.md, "The steerable bundle").
+STEERABLE_BUNDLE = Path(lieprop.__file__).parent / "models" / "lieprop-steerable-qm9.pt"
+
+
+def test_the_shipped_steerable_bundle_is_invariant_continuous_and_carries_its_test_mae(qm9_head):
+    from helpers import assert_invariant
+
+    from lieprop.inference import load_model, model_card, size_warnings
+
+    bundle = load_model(STEERABLE_BUNDLE)
+    assert bundle.architecture == "steerable" and bundle.model.targets == list(PROPERTY_NAMES)
+    by_name = {p["name"]: p for p in model_card(bundle)["properties"]}
+    assert by_name["homo"]["test_mae"] is not None and by_name["homo"]["test_mae"] < 0.25  # eV, whole test split
+    assert "3-8" in size_warnings(bundle.meta)  # it fails on the smallest molecules, and their results say so
+    scale = bundle.model.scale.numpy()
+    molecules = [qm9_head.molecule(i) for i in (0, 2, 23, 100, 399)]  # methane, water and three larger ones
+    assert_invariant(bundle.model.predict, molecules, scale, rtol=1e-4)
+    # No frames, so no frame thresholds: methane with one hydrogen moved by 1e-5 Å predicts what methane does.
+    z, x = qm9_head.molecule(0)
+    nudged = x.copy()
+    nudged[1, 0] += 1e-5
+    a, b = np.asarray(bundle.model.predict([z, z], [x, nudged]))
+    assert (np.abs(a - b) / scale).max() < 1e-3
+
+
+def test_a_server_serves_the_shipped_steerable_bundle_by_name(tmp_path, bundles):
+    server = start_server(tmp_path, bundles[0], "--extra-models", str(STEERABLE_BUNDLE), "--no-jobs")
+    molecules = [schemas.WATER, {"smiles": "CCO"}]
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            names = [c["name"] for c in client.get("/v1/models").json()["models"]]
+            answer = client.post("/v1/predict", json={"molecules": molecules, "model": "lieprop-steerable-qm9",
+                                                      "properties": ["homo", "mu"]}).json()
+    finally:
+        server.stop()
+    assert names == ["tiny-test", "lieprop-steerable-qm9"]
+    assert answer["model"]["name"] == "lieprop-steerable-qm9"
+    local = lieprop.predict(molecules, model=STEERABLE_BUNDLE, properties=["homo", "mu"])["results"]
+    for served, mine in zip(answer["results"], local, strict=True):
+        for prop in ("homo", "mu"):
+            np.testing.assert_allclose(served["properties"][prop]["value"], mine["properties"][prop]["value"],
+                                       rtol=1e-5, atol=1e-6)

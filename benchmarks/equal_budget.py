@@ -169,13 +169,18 @@ def chosen_point(args, name: str) -> tuple[float, int] | None:
     return best["lr"], best["batch"]
 
 
+def flush_key(args) -> dict:
+    """The spec key of runs that flush subnormals (none for ``--keep-denormals``, so older runs keep their names)."""
+    return {} if args.keep_denormals else {"ftz": True}
+
+
 def pilot_specs(args, name: str) -> list[dict]:
     return [pilot_spec(args, name, lr, b) for lr in args.lrs for b in args.batches]
 
 
 def pilot_spec(args, name: str, lr: float, batch: int) -> dict:
     return {"phase": "pilot", "contender": name, "lr": lr, "batch": batch, "seed": 0, "minutes": args.pilot_minutes,
-            **({"ftz": True} if not args.keep_denormals else {})}
+            **flush_key(args)}
 
 
 def final_specs(args, name: str) -> list[dict]:
@@ -183,7 +188,7 @@ def final_specs(args, name: str) -> list[dict]:
     if point is None:
         return []
     return [{"phase": "final", "contender": name, "lr": point[0], "batch": point[1], "seed": s,
-             "minutes": args.minutes, **({"ftz": True} if not args.keep_denormals else {})} for s in args.seeds]
+             "minutes": args.minutes, **flush_key(args)} for s in args.seeds]
 
 
 def mean_std(values: list[float], fmt: str) -> str:

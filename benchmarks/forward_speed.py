@@ -2,7 +2,7 @@
 
     python benchmarks/forward_speed.py                                       # this checkout
     python benchmarks/forward_speed.py --source before=/path/to/old --source after=. --rounds 3
-    python benchmarks/forward_speed.py --env off=MKL_CBWR=OFF --env strict=MKL_CBWR=AUTO,STRICT --threads 2
+    python benchmarks/forward_speed.py --env default=MKL_CBWR= --env strict=MKL_CBWR=AUTO,STRICT --threads 2
 
 Each tree runs in its own process (``PYTHONPATH`` = the tree), one after the other, ``--rounds`` times interleaved,
 so that the machine's drift hits every tree alike; ``--env`` runs this checkout with one environment variable set

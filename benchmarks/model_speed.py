@@ -154,16 +154,15 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
-    global FLUSH_DENORMAL
-    FLUSH_DENORMAL = not args.keep_denormals
     reps = 3 if args.quick else args.reps
+    flush = not args.keep_denormals
     specs = []
     if args.predict_vs_schnet:
         for threads in (1, 2):
             for bs in (1, 32):
                 specs.append({"model": "T3", "width": 256, "batch": bs, "mode": "predict", "threads": threads})
                 specs.append({"model": "schnet", "width": 128, "batch": bs, "mode": "forward", "threads": threads})
-        results = run_specs(specs, reps)
+        results = run_specs(specs, reps, flush)
         print("\nlieprop predict / SchNet forward (molecules/s, same batch and threads):")
         by = {(r["model"], r["batch"], r["threads"]): r["mol_s"] for r in results}
         for threads in (1, 2):
@@ -177,7 +176,7 @@ def main() -> None:
             for mode in ("predict", "forward", "train"):
                 for model, width in (("T3", 256), ("steerable", "default")):
                     specs.append({"model": model, "width": width, "batch": bs, "mode": mode, "threads": 1})
-        run_specs(specs, reps)
+        run_specs(specs, reps, flush)
         return
     for bs in ((1, 32) if args.quick else (1, 32, 256)):
         for mode in ("forward", "train", "predict"):
@@ -193,7 +192,7 @@ def main() -> None:
     for bs in ((32,) if args.quick else (32, 256)):
         specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "forward"})
         specs.append({"model": "T3", "width": 1536, "batch": bs, "mode": "train"})
-    results = run_specs(specs, reps)
+    results = run_specs(specs, reps, flush)
     print("\nRatios (LieConv T3 k=256 / SchNet, same batch):")
     by = {(r["model"], r["width"], r["batch"], r["mode"]): r["mol_s"] for r in results if r.get("threads", 2) == 2}
     for bs in sorted({r["batch"] for r in results}):
@@ -205,15 +204,12 @@ def main() -> None:
                 print(f"  batch {bs:>3} {mode:>8}: {ours / ref:.2f}x{note}")
 
 
-#: Whether every configuration flushes subnormal floats to zero (``--keep-denormals`` turns it off).
-FLUSH_DENORMAL = True
-
-
-def run_specs(specs: list[dict], reps: int) -> list[dict]:
-    """Run every spec in its own process and print the table row by row; returns the results."""
+def run_specs(specs: list[dict], reps: int, flush: bool = True) -> list[dict]:
+    """Run every spec in its own process, subnormals flushed to zero if ``flush``, and print the table row by row;
+    returns the results."""
     print(f"# {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}, "
-          f"subnormals {'flushed to zero' if FLUSH_DENORMAL else 'kept'})")
+          f"subnormals {'flushed to zero' if flush else 'kept'})")
     mm = matmul_gflops()
     print(f"plain matmul 2048x2048: {mm:.0f} GFLOP/s\n")
     print("| model | width | batch | threads | mode | mol/s | GFLOP/s | % of matmul | params (M) | peak RSS (MB) |")
@@ -221,7 +217,7 @@ def run_specs(specs: list[dict], reps: int) -> list[dict]:
     results = []
     for spec in specs:
         spec["reps"] = reps
-        spec["flush_denormal"] = FLUSH_DENORMAL
+        spec["flush_denormal"] = flush
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
         if out.returncode != 0:
             print(f"| {spec['model']} | {spec['width']} | {spec['batch']} | {spec['mode']} | failed: "

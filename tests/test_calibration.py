@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lieprop.model.calibration import LEVELS, Calibration, coverage_report, fit_calibration, spearman
+from lieprop.model.calibration import (
+    LEVELS,
+    Calibration,
+    coverage_report,
+    fit_calibration,
+    fit_member_weights,
+    simplex_grid,
+    spearman,
+)
 from lieprop.model.prediction import Predictions
 
 
@@ -79,3 +87,70 @@ def test_an_interval_of_a_property_that_cannot_be_negative_stops_at_zero():
     half = got.upper - got.value
     assert np.allclose(got.value[:, 1] - got.lower[:, 1], half[:, 1])  # homo: symmetric
     assert np.all(got.lower <= got.value) and np.all(got.value <= got.upper)
+
+
+# --------------------------------------------------------------------------------------------------
+# Member weights: a member that is better on a geometry path counts more on it
+
+
+def members_with_specialists(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three members' values (3, n, 2) of truth (n, 2): member 0 is good at target a and poor at b, member 1 the
+    other way round, member 2 mediocre at both."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=(n, 2))
+    noise = np.array([[0.1, 1.0], [1.0, 0.1], [0.6, 0.6]])  # (member, target) error scale
+    return truth + rng.normal(size=(3, n, 2)) * noise[:, None, :], truth
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 9])
+def test_the_weight_grid_lies_on_the_simplex_and_holds_the_plain_mean_and_every_member_alone(m):
+    grid = simplex_grid(m)
+    assert np.all(grid >= 0) and np.allclose(grid.sum(1), 1.0) and len(grid) <= 2001
+    np.testing.assert_allclose(grid[0], np.full(m, 1 / m))  # the plain mean first: it wins ties
+    for k in range(m):
+        assert any(np.allclose(row, np.eye(m)[k]) for row in grid), f"member {k} alone"
+
+
+def test_member_weights_go_to_the_member_that_is_better_at_each_target():
+    members, truth = members_with_specialists(4000, seed=7)
+    weights = fit_member_weights(members, truth)
+    assert weights.shape == (3, 2) and np.allclose(weights.sum(0), 1.0)
+    assert weights[0, 0] > 0.8 and weights[1, 1] > 0.8  # each target trusts its specialist
+    plain = np.abs(members.mean(0) - truth).mean(0)
+    fresh, fresh_truth = members_with_specialists(4000, seed=8)  # and the weights hold on fresh molecules
+    weighted = np.abs(np.einsum("mt,mnt->nt", weights, fresh) - fresh_truth).mean(0)
+    assert np.all(weighted < 0.5 * plain)
+
+
+def test_members_that_are_equally_good_keep_the_plain_mean():
+    members, truth = members_with_specialists(100, seed=9)
+    same = np.stack([members[2]] * 3)
+    np.testing.assert_allclose(fit_member_weights(same, truth), np.full((3, 2), 1 / 3))
+
+
+def test_a_weighted_calibration_centres_the_value_and_its_interval_on_the_weighted_mean():
+    members, truth = members_with_specialists(2000, seed=10)
+    weights = fit_member_weights(members, truth)
+    raw = Predictions.from_members(members)
+    cal = fit_calibration(np.einsum("mt,mnt->nt", weights, members), raw.std, truth, ["a", "b"], weights=weights)
+    got = cal.apply(raw, 0.9)
+    np.testing.assert_allclose(got.value, cal.center(members))
+    assert not np.allclose(got.value, raw.value)  # not the plain mean
+    assert np.all(got.lower <= got.value) and np.all(got.value <= got.upper)
+    np.testing.assert_allclose(got.std, cal.sigma(raw.std))  # the spread stays the members' own
+    one = cal.apply(raw[0], 0.9)  # one molecule: the same numbers
+    np.testing.assert_allclose(one.value, got.value[0])
+    back = Calibration.from_dict(cal.to_dict())
+    np.testing.assert_array_equal(back.weights, weights)
+    with pytest.raises(ValueError, match="no member values"):
+        cal.apply(Predictions(raw.value, raw.std), 0.9)
+    with pytest.raises(ValueError, match="weights 3 members, the model has 2"):
+        cal.center(members[:2])
+
+
+def test_a_calibration_without_weights_reports_the_plain_mean():
+    members, truth = members_with_specialists(500, seed=11)
+    raw = Predictions.from_members(members)
+    cal = fit_calibration(raw.value, raw.std, truth, ["a", "b"])
+    assert cal.weights is None and "weights" not in cal.to_dict()
+    np.testing.assert_allclose(cal.apply(raw).value, raw.value)

@@ -212,6 +212,61 @@ def test_file_scoring_of_a_calibrated_ensemble_writes_interval_columns(tmp_path,
         library["properties"]["gap"]["interval"])
 
 
+@pytest.fixture(scope="module")
+def weighted_path(calibrated_path, tmp_path_factory):
+    """The calibrated ensemble with member weights as ``lieprop calibrate`` can fit them, set by hand to the
+    extremes: geometries a user gives are answered by member 0 alone, conformers lieprop makes by member 1 alone."""
+    import shutil
+
+    from lieprop.model.bundle import record_metadata
+    from lieprop.model.calibration import Calibration, calibrations_to_dict
+
+    path = tmp_path_factory.mktemp("weighted") / "ens-weighted.pt"
+    shutil.copy(calibrated_path, path)
+    bundle = load_bundle(path)
+    n_targets = len(bundle.model.targets)
+    only = {"given": 0, "generated": 1}
+    calibrations = {name: Calibration(**{**cal.__dict__, "weights": np.eye(2)[:, [only[name]] * n_targets]})
+                    for name, cal in bundle.calibration.items()}
+    record_metadata(path, calibration=calibrations_to_dict(calibrations))
+    return path
+
+
+def test_member_weights_follow_where_the_geometry_came_from_in_the_library_files_and_rest(weighted_path, tmp_path):
+    """Water as atoms (given) gets member 0's values, as a SMILES (generated) member 1's, with the interval around
+    that value; file scoring and a real server answer the same numbers."""
+    from test_service import start_server
+
+    bundle = load_bundle(weighted_path)
+    molecules = [{"id": "w", **WATER}, "O"]
+    parsed = [lieprop.inference.parse_item(m, i) for i, m in enumerate(molecules)]
+    members = bundle.model.member_values([m.numbers for m in parsed], [m.positions for m in parsed])
+    results = lieprop.predict(molecules, properties=["homo", "gap"], model=weighted_path)["results"]
+    for i, (result, member_index) in enumerate(zip(results, (0, 1), strict=True)):
+        for name in ("homo", "gap"):
+            entry = result["properties"][name]
+            expected = members[member_index, i, bundle.model.targets.index(name)]
+            assert entry["value"] == pytest.approx(expected, rel=1e-6)
+            assert entry["interval"][0] <= entry["value"] <= entry["interval"][1]
+    assert results[0]["properties"]["gap"]["value"] != pytest.approx(results[1]["properties"]["gap"]["value"])
+    source = tmp_path / "in.csv"
+    source.write_text("name,smiles\nwater,O\n")
+    score_file(source, tmp_path / "out.csv", ScoreOptions(properties=("gap",)), model=weighted_path, workers=1)
+    with open(tmp_path / "out.csv") as f:
+        assert float(next(csv.DictReader(f))["gap [eV]"]) == pytest.approx(
+            results[1]["properties"]["gap"]["value"], rel=1e-6)
+    server = start_server(tmp_path, weighted_path)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            served = client.post("/v1/predict", json={"molecules": [molecules[0], {"smiles": "O"}],
+                                                      "properties": ["homo", "gap"]}).json()["results"]
+    finally:
+        server.stop()
+    for got, local in zip(served, results, strict=True):
+        for name in ("homo", "gap"):
+            assert got["properties"][name]["value"] == pytest.approx(local["properties"][name]["value"], rel=1e-5)
+
+
 def test_rest_refuses_a_coverage_the_model_cannot_give(ensemble_server):
     with httpx.Client(base_url=ensemble_server.base_url, timeout=60) as client:
         response = client.post("/v1/predict", json={"molecules": [{"smiles": "C"}], "coverage": 0.8})

@@ -20,6 +20,15 @@ as much on either path while its error on generated geometries is larger, so one
 over-cover one path and under-cover the other; the result builder (:mod:`lieprop.inference.results`) picks the
 calibration by the molecule's provenance. Everything here is numpy on arrays of shape (n, T); a bundle stores its
 calibrations as plain JSON in its metadata (``calibration``: {path: ...}).
+
+A path's calibration may also weight the ensemble's members (``weights``, (M, T), each column on the simplex): the
+value a result reports is then ``sum_m w_mt * member_m`` instead of the plain mean. The weights are fitted per path
+and target on the same validation molecules, minimising the MAE over a grid of the simplex
+(:func:`fit_member_weights`). They exist because members need not be equally good on both paths: a member trained
+on DFT geometries only is the better predictor for DFT-like input, one fine-tuned on force-field conformers the
+better one for SMILES, and their plain mean is worse than either on its own path (docs/MODEL_CARD.md). The spread
+stays the members' unweighted sample standard deviation, and the scale, floor and quantiles are fitted around the
+weighted value, so the intervals are centred where the result's value is.
 """
 
 from __future__ import annotations
@@ -62,6 +71,18 @@ class Calibration:
     typical: np.ndarray  # (T,) median sigma on the calibration set
     n: int  # molecules it was fitted on
     source: str = ""  # what the calibration set was
+    weights: np.ndarray | None = None  # (M, T) member weights of the value; None: the members' plain mean
+
+    def center(self, members: np.ndarray) -> np.ndarray:
+        """This path's value from the members' values ((M, n, T) or (M, T)): their weighted mean with
+        :attr:`weights`, else their plain mean."""
+        members = np.asarray(members, dtype=np.float64)
+        if self.weights is None:
+            return members.mean(0)
+        if members.shape[0] != self.weights.shape[0]:
+            raise ValueError(f"the calibration weights {self.weights.shape[0]} members, the model has "
+                             f"{members.shape[0]}")
+        return np.einsum("mt,m...t->...t", self.weights, members)
 
     def sigma(self, spread: np.ndarray) -> np.ndarray:
         """Calibrated standard deviations (n, T) from raw spreads (n, T)."""
@@ -76,30 +97,40 @@ class Calibration:
 
     def apply(self, predictions: Predictions | Prediction, level: float = DEFAULT_LEVEL,
               quantile: np.ndarray | None = None) -> Any:
-        """``predictions`` (a batch or one molecule) with ``std`` calibrated and an interval at ``level`` (value ±
+        """``predictions`` (a batch or one molecule) with its value taken by :meth:`center` when the calibration
+        weights the members, ``std`` calibrated and an interval at ``level`` (value ±
         quantile * std; pass ``quantile``, :meth:`quantile` of ``level``, to skip the interpolation). For a property
         that cannot be negative (``NON_NEGATIVE``: mu, alpha, gap, ...) the interval stops at 0: it holds every value
         it held before, so its coverage is the same, and it never claims the impossible."""
         if predictions.std is None:
             raise ValueError("calibration needs a spread: only ensembles give one")
+        value = predictions.value
+        if self.weights is not None:
+            if predictions.members is None:
+                raise ValueError("this calibration weights the ensemble's members, and the prediction has no "
+                                 "member values")
+            value = self.center(predictions.members)
         sigma = self.sigma(predictions.std)
         half = (self.quantile(level) if quantile is None else quantile) * sigma
         floor = np.array([0.0 if t in NON_NEGATIVE else -np.inf for t in self.targets])
         kind = Predictions if isinstance(predictions, Predictions) else Prediction
-        return kind(predictions.value, sigma, np.maximum(predictions.value - half, floor), predictions.value + half,
-                    level, predictions.members)
+        return kind(value, sigma, np.maximum(value - half, floor), value + half, level, predictions.members)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for a bundle's metadata."""
-        return {"targets": list(self.targets), "scale": self.scale.tolist(), "floor": self.floor.tolist(),
-                "levels": self.levels.tolist(), "quantiles": self.quantiles.tolist(),
-                "typical": self.typical.tolist(), "n": self.n, "source": self.source}
+        out = {"targets": list(self.targets), "scale": self.scale.tolist(), "floor": self.floor.tolist(),
+               "levels": self.levels.tolist(), "quantiles": self.quantiles.tolist(),
+               "typical": self.typical.tolist(), "n": self.n, "source": self.source}
+        if self.weights is not None:
+            out["weights"] = self.weights.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
         return cls(tuple(d["targets"]), np.asarray(d["scale"], float), np.asarray(d["floor"], float),
                    np.asarray(d["levels"], float), np.asarray(d["quantiles"], float),
-                   np.asarray(d["typical"], float), int(d["n"]), str(d.get("source", "")))
+                   np.asarray(d["typical"], float), int(d["n"]), str(d.get("source", "")),
+                   None if d.get("weights") is None else np.asarray(d["weights"], float))
 
 
 def calibrations_to_dict(calibrations: Mapping[str, Calibration]) -> dict[str, Any]:
@@ -119,9 +150,49 @@ def _nll(err: np.ndarray, var: np.ndarray) -> float:
     return float(0.5 * np.mean(np.log(var) + err**2 / var))
 
 
+#: The most weight vectors :func:`simplex_grid` offers (its step is the finest that stays under this).
+MAX_GRID_POINTS = 2000
+
+
+def simplex_grid(m: int, max_points: int = MAX_GRID_POINTS) -> np.ndarray:
+    """(G, m) weight vectors on the simplex in steps of 1/k, for the largest k <= 20 giving at most ``max_points``
+    vectors (at least k = 1: each member alone), plus the uniform vector."""
+    k = 1
+    while k < 20 and math.comb(k + 1 + m - 1, m - 1) <= max_points:
+        k += 1
+
+    def compositions(total: int, parts: int):
+        if parts == 1:
+            yield (total,)
+            return
+        for first in range(total, -1, -1):
+            for rest in compositions(total - first, parts - 1):
+                yield (first, *rest)
+
+    grid = np.array(list(compositions(k, m)), dtype=np.float64) / k
+    return np.concatenate([np.full((1, m), 1.0 / m), grid])
+
+
+def fit_member_weights(members: np.ndarray, truth: np.ndarray, max_points: int = MAX_GRID_POINTS) -> np.ndarray:
+    """(M, T) member weights minimising each target's MAE of the weighted mean on a calibration set (``members``
+    (M, n, T), ``truth`` (n, T)), searched over :func:`simplex_grid`; ties (within rounding) go to the uniform mean,
+    then to the earlier grid vector."""
+    members, truth = np.asarray(members, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    grid = simplex_grid(members.shape[0], max_points)
+    weights = np.empty((members.shape[0], members.shape[2]))
+    for j in range(members.shape[2]):
+        mae = np.concatenate([np.abs(block @ members[:, :, j] - truth[:, j]).mean(1)  # blocks bound the memory
+                              for block in np.array_split(grid, math.ceil(len(grid) / 128))])
+        # the first vector within rounding of the minimum: the uniform one is first, so equal members keep it
+        weights[:, j] = grid[int(np.flatnonzero(mae <= mae.min() * (1 + 1e-9))[0])]
+    return weights
+
+
 def fit_calibration(values: np.ndarray, spread: np.ndarray, truth: np.ndarray, targets: Sequence[str],
-                    levels: Sequence[float] = LEVELS, source: str = "") -> Calibration:
-    """Fit scale, floor and conformal quantiles per target on a calibration set ((n, T) arrays)."""
+                    levels: Sequence[float] = LEVELS, source: str = "", weights: np.ndarray | None = None
+                    ) -> Calibration:
+    """Fit scale, floor and conformal quantiles per target on a calibration set ((n, T) arrays). ``values`` are the
+    values results will report: with member ``weights`` (kept in the calibration), the weighted mean."""
     values, spread, truth = (np.asarray(a, dtype=np.float64) for a in (values, spread, truth))
     err = truth - values
     n, t = err.shape
@@ -143,7 +214,7 @@ def fit_calibration(values: np.ndarray, spread: np.ndarray, truth: np.ndarray, t
     sorted_scores = np.sort(np.abs(err) / sigma, axis=0)
     quantiles = np.stack([sorted_scores[min(n, math.ceil((n + 1) * lv)) - 1] for lv in levels])
     return Calibration(tuple(targets), scale, floor, np.asarray(levels, float), quantiles, np.median(sigma, axis=0), n,
-                       source)
+                       source, None if weights is None else np.asarray(weights, dtype=np.float64))
 
 
 def coverage_report(values: np.ndarray, predictions: Predictions, truth: np.ndarray, targets: Sequence[str]

@@ -157,12 +157,16 @@ def add_calibrate(sub: Any) -> None:
                    "split", """\
   lieprop calibrate models/ens.pt --out reports/ens          # report only: uncertainty.json, reliability.png, ...
   lieprop calibrate models/ens.pt --record                   # store the calibration in the bundle (whole splits)
-  lieprop calibrate models/ens.pt --limit 2000               # a quick look on the first 2000 of each split""")
+  lieprop calibrate models/ens.pt --limit 2000               # a quick look on the first 2000 of each split
+  lieprop calibrate models/ens.pt --plain-mean               # no member weights: the members' plain mean""")
     p.add_argument("bundle", help="an ensemble bundle (lieprop ensemble)")
     p.add_argument("--out", help="directory for uncertainty.json, reliability.png and error_vs_std.png")
     p.add_argument("--limit", type=int, help="only the first N molecules of each split")
     p.add_argument("--poses", type=int, default=None, help="take the spread over every member in this many fixed "
                    "poses relative to its frames (test-time poses; a single model can be calibrated this way too)")
+    p.add_argument("--plain-mean", action="store_true", help="report the members' plain mean; by default the members "
+                   "are weighted per geometry path and target to minimise the validation MAE (a member that is "
+                   "better on one path counts more there)")
     p.add_argument("--record", action="store_true", help="store the calibration and the test report in the bundle")
     p.set_defaults(func=run_calibrate)
 
@@ -172,7 +176,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from lieprop.training.uncertainty import calibrate
 
     try:
-        calibrate(args.bundle, args.out, args.limit, record=args.record, poses=args.poses)
+        calibrate(args.bundle, args.out, args.limit, record=args.record, poses=args.poses,
+                  member_weights=not args.plain_mean)
     except (BundleError, ValueError, FileNotFoundError) as exc:
         print(f"lieprop calibrate: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import SIZE_BINS, load_qm9, size_bin, small_molecules, split_indices
 from lieprop.data.qm9_conformers import load_conformers
 from lieprop.model.bundle import load_bundle, record_metadata
+from lieprop.training.uncertainty import PATH_GEOMETRY
 
 #: Published test MAE (docs/QM9.md), in each property's paper unit (meV for energies).
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -75,8 +76,15 @@ def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path |
         keep = source.available(rows)
         skipped, rows = int((~keep).sum()), rows[keep]
     zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
+    # an ensemble whose calibration weights its members per geometry path is scored as it serves: weighted
+    path = {geometry: path for path, geometry in PATH_GEOMETRY.items()}[geometry]
+    calibration = (bundle.calibration or {}).get(path)
+    weighted = calibration is not None and calibration.weights is not None
     t0 = time.perf_counter()
-    pred = model.predict(zs, xs, batch_size=batch_size)
+    if weighted:
+        pred = calibration.center(model.member_values(zs, xs, batch_size=batch_size))
+    else:
+        pred = model.predict(zs, xs, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     cols = [PROPERTY_NAMES.index(t) for t in model.targets]
     truth = data.targets_in_units()[rows][:, cols]
@@ -89,6 +97,7 @@ def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path |
                     **{name: pub.get(t) for name, pub in PUBLISHED.items()}}
     report = {"bundle": str(bundle_path), "name": bundle.name, "sha256": bundle.sha256, "split": split,
               "scheme": scheme, "geometry": geometry, "n_molecules": len(rows), "n_without_geometry": skipped,
+              "value": f"members weighted for the {path} path (calibration)" if weighted else "model output",
               "predict_seconds": round(seconds, 2),
               "molecules_per_second": round(len(rows) / seconds, 1), "mae": table,
               "by_size": mae_by_size(data.n_atoms[rows], err, model.targets)}

@@ -31,6 +31,7 @@ from lieprop.model.calibration import (
     calibrations_to_dict,
     coverage_report,
     fit_calibration,
+    fit_member_weights,
 )
 from lieprop.model.prediction import Predictions
 from lieprop.model.predictor import EnsembleModel
@@ -59,12 +60,15 @@ PATH_GEOMETRY = {"given": "dft", "generated": "forcefield"}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
-              record: bool = False, data: Any = None, log=print, poses: int | None = None) -> dict[str, Any]:
+              record: bool = False, data: Any = None, log=print, poses: int | None = None,
+              member_weights: bool = True) -> dict[str, Any]:
     """Fit the calibrations of a bundle's spread and report them (see the module doc); with ``record`` (whole
     splits only) store the calibrations, the spread's definition and the test report in the bundle.
 
     The spread is the ensemble members' or, with ``poses`` > 1, that of every member (or the single model) in that
-    many fixed poses relative to its frames (:meth:`lieprop.model.predictor.PropertyModel.pose_values`)."""
+    many fixed poses relative to its frames (:meth:`lieprop.model.predictor.PropertyModel.pose_values`). With
+    ``member_weights`` an ensemble's members are also weighted per path and target
+    (:func:`lieprop.model.calibration.fit_member_weights`); without, its value stays the members' plain mean."""
     bundle = load_bundle(bundle_path)
     model = bundle.model
     if poses is not None:
@@ -89,8 +93,12 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     calibrations = {}
     for path, geometry in PATH_GEOMETRY.items():
         rows, raw = sets["valid", path]
-        calibrations[path] = fit_calibration(raw.value, raw.std, truth_all[rows], model.targets,
-                                             source=f"validation split, {geometry} geometries ({len(rows)} molecules)")
+        weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
+            else None
+        values = raw.value if weights is None else np.einsum("mt,mnt->nt", weights, raw.members)
+        calibrations[path] = fit_calibration(values, raw.std, truth_all[rows], model.targets,
+                                             source=f"validation split, {geometry} geometries ({len(rows)} molecules)",
+                                             weights=weights)
     report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
                               "spread": {"poses": model.spread_poses},
                               "calibration": calibrations_to_dict(calibrations), "test": {}, "reliability": {}}
@@ -98,9 +106,14 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         rows, raw = sets["test", path]
         cal = calibrations[path]
         truth = truth_all[rows]
+        calibrated = cal.apply(raw, DEFAULT_LEVEL)
         report["test"][path] = {"n": len(rows), "geometry": PATH_GEOMETRY[path],
-                                "targets": coverage_report(raw.value, cal.apply(raw, DEFAULT_LEVEL), truth,
-                                                           model.targets)}
+                                "targets": coverage_report(calibrated.value, calibrated, truth, model.targets)}
+        if cal.weights is not None:  # what the weights bought: the plain mean's MAE beside the weighted one's
+            plain = np.abs(raw.value - truth).mean(0)
+            for j, t in enumerate(model.targets):
+                report["test"][path]["targets"][t].update(mae_plain_mean=float(plain[j]),
+                                                          weights=[float(w) for w in cal.weights[:, j]])
         report["reliability"][path] = {
             str(level): [float(v) for v in _covered(cal.apply(raw, level), truth).mean(0)] for level in LEVELS}
     given, generated = (calibrations[p].sigma(sets["test", p][1].std) for p in PATH_GEOMETRY)
@@ -144,14 +157,19 @@ def format_report(report: dict[str, Any]) -> str:
     """The test-split table per path as Markdown."""
     lines = []
     for path, part in report["test"].items():
+        weighted = all("weights" in row for row in part["targets"].values())
+        extra = " member weights | MAE of the plain mean |" if weighted else ""
         lines += [f"test split, {path} geometries ({part['geometry']}, {part['n']} molecules), 90% intervals", "",
-                  "| target | unit | MAE | mean std | coverage | mean width | Spearman(std, abs error) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| target | unit | MAE | mean std | coverage | mean width | Spearman(std, abs error) |" + extra,
+                  "|---|---|---|---|---|---|---|" + ("---|---|" if weighted else "")]
         for t, row in part["targets"].items():
             p = BY_NAME[t]
             k = p.to_paper
-            lines.append(f"| {t} | {p.paper_unit or p.unit} | {row['mae'] * k:.4g} | {row['std'] * k:.4g} | "
-                         f"{row['coverage']:.3f} | {row['width'] * k:.4g} | {row['spearman']:.2f} |")
+            line = (f"| {t} | {p.paper_unit or p.unit} | {row['mae'] * k:.4g} | {row['std'] * k:.4g} | "
+                    f"{row['coverage']:.3f} | {row['width'] * k:.4g} | {row['spearman']:.2f} |")
+            if weighted:
+                line += f" {' / '.join(f'{w:.2f}' for w in row['weights'])} | {row['mae_plain_mean'] * k:.4g} |"
+            lines.append(line)
         lines.append("")
     return "\n".join(lines)
 
@@ -183,7 +201,7 @@ def _plots(report: dict[str, Any], sets: dict, calibrations: dict[str, Calibrati
         for path in PATH_GEOMETRY:
             rows, raw = sets["test", path]
             sigma = calibrations[path].sigma(raw.std)[:, j] * k
-            err = np.abs(truth_all[rows, j] - raw.value[:, j]) * k
+            err = np.abs(truth_all[rows, j] - calibrations[path].apply(raw).value[:, j]) * k
             bins = np.quantile(sigma, np.linspace(0, 1, 11))
             which = np.clip(np.searchsorted(bins, sigma, side="right") - 1, 0, 9)
             ax.plot([sigma[which == b].mean() for b in range(10)], [err[which == b].mean() for b in range(10)],

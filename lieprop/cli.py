@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lieprop
 from lieprop.cli_parser import subcommand
@@ -277,8 +277,9 @@ def add_job_option_flags(p: argparse.ArgumentParser) -> None:
         kind = scalar_type(field)
         nargs = "+" if is_list(field) else None
         metavar = "N" if kind is int else "NAME" if nargs or name.endswith("_column") else name.upper()
-        p.add_argument(flag, dest=name, type=kind, nargs=nargs, default=None, metavar=metavar,
-                       help=f"{field.description}{default}")
+        choices = list(typing.get_args(field.annotation)) if typing.get_origin(field.annotation) is Literal else None
+        p.add_argument(flag, dest=name, type=kind, nargs=nargs, default=None, choices=choices,
+                       metavar=None if choices else metavar, help=f"{field.description}{default}")
 
 
 def add_predict(sub: Subparsers) -> None:

@@ -260,11 +260,49 @@ def test_member_weights_follow_where_the_geometry_came_from_in_the_library_files
         with httpx.Client(base_url=server.base_url, timeout=60) as client:
             served = client.post("/v1/predict", json={"molecules": [molecules[0], {"smiles": "O"}],
                                                       "properties": ["homo", "gap"]}).json()["results"]
+            said_forcefield = client.post("/v1/predict", json={"molecules": [molecules[0]], "properties": ["gap"],
+                                                               "relaxed_with": "forcefield"}).json()["results"][0]
+            unknown = client.post("/v1/predict", json={"molecules": [molecules[0]], "relaxed_with": "xtb"})
     finally:
         server.stop()
     for got, local in zip(served, results, strict=True):
         for name in ("homo", "gap"):
             assert got["properties"][name]["value"] == pytest.approx(local["properties"][name]["value"], rel=1e-5)
+    # a geometry the user says a force field relaxed is answered like lieprop's own conformers: member 1
+    gap = bundle.model.targets.index("gap")
+    assert said_forcefield["properties"]["gap"]["value"] == pytest.approx(members[1, 0, gap], rel=1e-5)
+    assert said_forcefield["provenance"]["relaxed_with"] == "forcefield"
+    assert unknown.status_code == 422 and "relaxed_with" in unknown.text
+
+
+def test_relaxed_with_forcefield_gives_a_given_geometry_the_generated_calibration(weighted_path, tmp_path):
+    """Water's DFT-like geometry, declared as a force-field one, in the library and in file scoring: the value and
+    std of the generated path; a SMILES is a generated geometry whatever the option says."""
+    bundle = load_bundle(weighted_path)
+    water = {"id": "w", **WATER}
+    raw = bundle.model.predictions([np.asarray(WATER["numbers"])], [np.asarray(WATER["positions"], dtype=float)])
+    gap = bundle.model.targets.index("gap")
+    said = lieprop.predict([water, "O"], properties=["gap"], model=weighted_path, relaxed_with="forcefield")
+    given_as_ff, smiles = (r["properties"]["gap"] for r in said["results"])
+    expected = bundle.calibration["generated"].apply(raw)
+    assert given_as_ff["value"] == pytest.approx(expected.value[0, gap], rel=1e-6)
+    assert given_as_ff["std"] == pytest.approx(expected.std[0, gap], rel=1e-6)
+    default = lieprop.predict([water, "O"], properties=["gap"], model=weighted_path)["results"]
+    assert "relaxed_with" not in default[0]["provenance"]  # the default (dft) leaves the provenance as it was
+    assert smiles == default[1]["properties"]["gap"]
+    with pytest.raises(ValueError, match="relaxed_with must be one of dft, forcefield"):
+        lieprop.predict([water], model=weighted_path, relaxed_with="xtb")
+    source = tmp_path / "ethanol.xyz"
+    source.write_text(ETHANOL_XYZ)
+    for word in ("dft", "forcefield"):
+        score_file(source, tmp_path / f"{word}.csv", ScoreOptions(properties=("gap",), relaxed_with=word),
+                   model=weighted_path, workers=1)
+    with open(tmp_path / "dft.csv") as f, open(tmp_path / "forcefield.csv") as g:
+        as_dft, as_ff = next(csv.DictReader(f)), next(csv.DictReader(g))
+    ethanol = lieprop.predict([{"xyz": ETHANOL_XYZ}], properties=["gap"], model=weighted_path,
+                              relaxed_with="forcefield")["results"][0]["properties"]["gap"]
+    assert float(as_ff["gap [eV]"]) == pytest.approx(ethanol["value"], rel=1e-6)
+    assert float(as_ff["gap [eV]"]) != pytest.approx(float(as_dft["gap [eV]"]), rel=1e-6)
 
 
 def test_rest_refuses_a_coverage_the_model_cannot_give(ensemble_server):

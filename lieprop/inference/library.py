@@ -35,6 +35,7 @@ def predict(
     workers: int = 1,
     executor: Executor | None = None,
     coverage: float | None = None,
+    relaxed_with: str = "dft",
     return_geometry: bool = False,
 ) -> dict[str, Any]:
     """Predict ``properties`` (default: all the model has, plus atomization energies) for ``molecules``.
@@ -43,7 +44,9 @@ def predict(
     a REST item dict. ``model``: a loaded bundle, a bundle path, or None for the bundled model. ``limits``: the
     validation limits (default: QM9's domain, as the service). ``workers`` > 1 embeds SMILES in that many processes
     (or pass a long-lived ``executor``, e.g. :func:`lieprop.data.readers.embedding_pool`). ``coverage``: the level
-    of the prediction intervals (default 0.9; a model with calibrated uncertainty only). ``return_geometry``: each
+    of the prediction intervals (default 0.9; a model with calibrated uncertainty only). ``relaxed_with``: how the 3D
+    geometries you give were relaxed, ``"dft"`` (default) or ``"forcefield"`` (MMFF, UFF, RDKit or Open Babel: they
+    are then answered and calibrated like lieprop's own conformers of a SMILES). ``return_geometry``: each
     ok result also carries ``"geometry": {"numbers", "positions"}``, the geometry the model saw (as the REST field).
 
     Returns the REST response: ``{"model": {"name", "version", "sha256"}, "results": [...]}``, one result per
@@ -53,7 +56,7 @@ def predict(
     bundle = as_bundle(model)
     targets = bundle.model.targets
     columns = select_properties(targets, properties)
-    context = ResultContext.of(bundle, coverage)
+    context = ResultContext.of(bundle, coverage, relaxed_with)
     items = _as_items(molecules)
     for i, item in enumerate(items):  # malformed inputs fail the call, as a 422 fails the REST request
         try:

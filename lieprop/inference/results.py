@@ -93,26 +93,32 @@ class ResultContext:
     * ``warnings_by_size``: (size bin, warning) for the atom-count bins the model is known to fail on
       (:func:`size_warnings`);
     * ``calibrations``: (geometry path, calibration) of an ensemble's spread (:mod:`lieprop.model.calibration`):
-      results then carry the calibrated std and an interval at ``level``, and a molecule whose std is more than
-      :data:`UNCERTAIN_FACTOR` times its path's typical std gets a warning.
+      results then carry the calibrated value, std and an interval at ``level``, and a molecule whose std is more
+      than :data:`UNCERTAIN_FACTOR` times its path's typical std gets a warning;
+    * ``relaxed_with``: how the 3D geometries the user gave were relaxed (``dft`` or ``forcefield``,
+      :data:`lieprop.model.calibration.RELAXED_WITH`), which picks their calibration; lieprop's own conformers are
+      force-field geometries whatever it says.
     """
 
     warnings_by_size: tuple[tuple[str, str], ...] = ()
     calibrations: tuple[tuple[str, Calibration], ...] = ()
     level: float = DEFAULT_LEVEL
+    relaxed_with: str = "dft"
 
     @classmethod
-    def of(cls, bundle: Any, coverage: float | None = None) -> ResultContext:
+    def of(cls, bundle: Any, coverage: float | None = None, relaxed_with: str = "dft") -> ResultContext:
         """The context of a bundle's results; ``coverage`` (e.g. 0.95) asks for intervals at that level, which
-        needs a calibrated model (``ValueError`` otherwise, or for a level outside the calibrated range)."""
+        needs a calibrated model (``ValueError`` otherwise, or for a level outside the calibrated range);
+        ``relaxed_with``: see the class doc (``ValueError`` for other words)."""
         calibrations = getattr(bundle, "calibration", None) or {}
         if coverage is not None:
             if not calibrations:
                 raise ValueError(f"coverage needs a model with calibrated intervals; {bundle.name} has none (see "
                                  "lieprop calibrate)")
             next(iter(calibrations.values())).quantile(coverage)  # ValueError outside the calibrated levels
+        geometry_path({}, relaxed_with)  # ValueError for an unknown word
         return cls(tuple(sorted(size_warnings(bundle.meta).items())), tuple(calibrations.items()),
-                   DEFAULT_LEVEL if coverage is None else coverage)
+                   DEFAULT_LEVEL if coverage is None else coverage, relaxed_with)
 
     @functools.cached_property
     def _by_path(self) -> dict[str, tuple[Calibration, np.ndarray]]:
@@ -123,7 +129,7 @@ class ResultContext:
         calibration or a spread), and the calibration used."""
         if not self.calibrations or prediction.std is None:
             return prediction, None
-        cal, quantile = self._by_path[geometry_path(molecule.provenance)]
+        cal, quantile = self._by_path[geometry_path(molecule.provenance, self.relaxed_with)]
         return cal.apply(prediction, self.level, quantile), cal
 
 
@@ -184,6 +190,8 @@ def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequenc
     provenance = dict(molecule.provenance)
     provenance.setdefault("source", "atoms")
     provenance.setdefault("conformer", None)
+    if context.relaxed_with != "dft" and not provenance["conformer"]:
+        provenance["relaxed_with"] = context.relaxed_with  # what the user said about their geometry
     warnings = list(molecule.warnings)
     if context.warnings_by_size:
         extra = dict(context.warnings_by_size).get(size_bin(len(molecule.numbers)))

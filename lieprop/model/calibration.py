@@ -47,16 +47,23 @@ from lieprop.model.prediction import Prediction, Predictions
 LEVELS = (0.5, 0.6, 0.68, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
 #: The level of the ``interval`` a result carries unless asked for another (REST and file scoring ``coverage``).
 DEFAULT_LEVEL = 0.9
-#: Geometry paths, each with its own calibration: ``given`` (the user's 3D geometry) and ``generated`` (lieprop's
-#: conformer of a SMILES or a 2D MOL block).
+#: Geometry paths, each with its own calibration: ``given`` (the user's 3D geometry, DFT-relaxed like QM9's) and
+#: ``generated`` (lieprop's conformer of a SMILES or a 2D MOL block, or a geometry the user says a force field made).
 PATHS = ("given", "generated")
+#: What a user may say about the 3D geometries they send (REST and file scoring ``relaxed_with``): ``dft`` (the
+#: default; QM9's own geometries are B3LYP-relaxed) or ``forcefield`` (MMFF, UFF, RDKit or Open Babel conformers:
+#: answered and calibrated like lieprop's own conformers).
+RELAXED_WITH = ("dft", "forcefield")
 #: Floors tried, as multiples of the target's median spread.
 _FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])
 
 
-def geometry_path(provenance: Mapping[str, Any]) -> str:
-    """``generated`` when lieprop made the geometry (the provenance has a ``conformer``), else ``given``."""
-    return "generated" if provenance.get("conformer") else "given"
+def geometry_path(provenance: Mapping[str, Any], relaxed_with: str = "dft") -> str:
+    """``generated`` when lieprop made the geometry (the provenance has a ``conformer``) or when the user says a
+    force field relaxed it (``relaxed_with="forcefield"``, :data:`RELAXED_WITH`), else ``given``."""
+    if relaxed_with not in RELAXED_WITH:
+        raise ValueError(f"relaxed_with must be one of {', '.join(RELAXED_WITH)}, got {relaxed_with!r}")
+    return "generated" if provenance.get("conformer") or relaxed_with == "forcefield" else "given"
 
 
 @dataclass(frozen=True, eq=False)

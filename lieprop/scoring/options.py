@@ -17,7 +17,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,7 +32,7 @@ MAX_CHUNK_SIZE = 100_000
 REST_ONLY = ("filename", "model")
 #: Options kept in a REST job's record under ``options`` (``format`` and ``filename`` have their own columns; the
 #: model, by name, is the record's ``model``).
-RECORDED = ("smiles_column", "id_column", "properties", "chunk_size", "coverage")
+RECORDED = ("smiles_column", "id_column", "properties", "chunk_size", "coverage", "relaxed_with")
 
 
 class JobOptions(BaseModel):
@@ -53,6 +53,9 @@ class JobOptions(BaseModel):
     coverage: float | None = Field(
         None, ge=0.5, le=0.99, description="level of the prediction intervals, for models with calibrated uncertainty "
                                            "(default 0.9)")
+    relaxed_with: Literal["dft", "forcefield"] = Field(
+        "dft", description="how the file's 3D geometries were relaxed: dft (like QM9's) or forcefield (MMFF, UFF, "
+                           "RDKit, Open Babel; answered and calibrated like lieprop's conformers of a SMILES)")
     filename: str | None = Field(
         None, description="the upload's file name, when the body does not carry one (its extension tells the format)")
     model: str | None = Field(
@@ -101,7 +104,8 @@ class JobOptions(BaseModel):
         """The pipeline's options: these, plus ``tuning`` (``model_batch``, ``frame_batch``, ``max_atoms``, ...)."""
         return ScoreOptions(format=self.format, smiles_column=self.smiles_column, id_column=self.id_column,
                             properties=tuple(self.properties) if self.properties is not None else None,
-                            chunk_size=self.chunk_size, coverage=self.coverage, **tuning)
+                            chunk_size=self.chunk_size, coverage=self.coverage, relaxed_with=self.relaxed_with,
+                            **tuning)
 
 
 def scalar_type(field: FieldInfo) -> type:
@@ -140,6 +144,8 @@ def form_fields_schema() -> dict[str, dict[str, Any]]:
             schema["minimum"] = low
         if high is not None:
             schema["maximum"] = high
+        if typing.get_origin(field.annotation) is Literal:
+            schema["enum"] = list(typing.get_args(field.annotation))
         prefix = "comma-separated " if is_list(field) else ""
         schema["description"] = prefix + (field.description or name)
         schemas[name] = schema

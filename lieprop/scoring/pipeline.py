@@ -83,6 +83,7 @@ class ScoreOptions:
     seed: int = DEFAULT_SEED  #: conformer embedding seed
     max_atoms: int = QM9_MAX_ATOMS
     coverage: float | None = None  #: level of the prediction intervals (default: the model's, 0.9)
+    relaxed_with: str = "dft"  #: how the input's 3D geometries were relaxed (lieprop.model.calibration.RELAXED_WITH)
     max_rows: int | None = None  #: records a run may read (None: no limit)
     max_decompressed_bytes: int | None = None  #: bytes a ``.gz`` input may expand to (None: no limit)
 
@@ -349,7 +350,8 @@ def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256:
         "format": source.format, "smiles_column": options.smiles_column, "id_column": options.id_column,
         "properties": [c.name for c in plan.columns], "model_sha256": model_sha256, "output_format": output_fmt,
         "chunk_size": options.chunk_size, "model_batch": options.model_batch, "frame_batch": options.frame_batch,
-        "seed": options.seed, "max_atoms": options.max_atoms, "coverage": options.coverage, "lieprop": __version__,
+        "seed": options.seed, "max_atoms": options.max_atoms, "coverage": options.coverage,
+        "relaxed_with": options.relaxed_with, "lieprop": __version__,
     }
 
 
@@ -390,7 +392,8 @@ def score_file(
                          max_decompressed_bytes=options.max_decompressed_bytes)
     output_fmt = output_fmt or output_format(output)
     bundle = as_bundle(model)
-    plan = make_plan(source, bundle.model.targets, options, ResultContext.of(bundle, options.coverage))
+    context = ResultContext.of(bundle, options.coverage, options.relaxed_with)
+    plan = make_plan(source, bundle.model.targets, options, context)
     table = Table(plan.columns, with_smiles=source.kind == "smiles", with_std=bundle.has_spread,
                   with_interval=bundle.calibration is not None)
     started = time.perf_counter()

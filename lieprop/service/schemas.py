@@ -50,6 +50,11 @@ class PredictRequest(BaseModel):
     coverage: float | None = Field(
         None, ge=0.5, le=0.99, description="level of each property's prediction `interval` (default 0.9); only for "
                                            "a model with calibrated uncertainty (see GET /v1/models)")
+    relaxed_with: Literal["dft", "forcefield"] = Field(
+        "dft", description="how the 3D geometries you send (numbers + positions, XYZ, 3D SDF) were relaxed: `dft` "
+                           "(default; like QM9's own) or `forcefield` (MMFF, UFF, RDKit, Open Babel): then answered "
+                           "and calibrated like lieprop's conformers of a SMILES, with wider intervals. Geometries "
+                           "lieprop makes are force-field ones whatever this says")
     return_geometry: bool = Field(
         False, description="add each ok result's `geometry` (the atoms and positions the model saw: the given "
                            "geometry or lieprop's conformer); off by default")

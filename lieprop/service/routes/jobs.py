@@ -207,7 +207,7 @@ async def create_job(service: ServiceDep, request: Request) -> Response:
             return error_response(422, "unknown_model", f"model {options.model!r} is not served; this server serves "
                                   f"{names} (GET /v1/models)")
         columns = select_properties(served.bundle.model.targets, options.properties)
-        ResultContext.of(served.bundle, options.coverage)  # ValueError when the model has no intervals
+        ResultContext.of(served.bundle, options.coverage, options.relaxed_with)  # ValueError: no intervals
         intervals = served.bundle.calibration is not None
         filename, size = stored
         suffix = input_suffix(options.filename or filename, options.format)

@@ -104,7 +104,8 @@ async def predict(service: ServiceDep, request: Request,
     except UnknownPropertyError as exc:
         return error_response(422, "unknown_property", str(exc), [{"unknown": exc.names}])
     try:
-        context = ResultContext.of(served.bundle, body.coverage) if body.coverage is not None else None
+        context = (ResultContext.of(served.bundle, body.coverage, body.relaxed_with)
+                   if body.coverage is not None or body.relaxed_with != "dft" else None)
     except ValueError as exc:
         return error_response(422, "invalid_request", f"coverage: {exc}")
     items = [m.model_dump(exclude_none=True) for m in body.molecules]

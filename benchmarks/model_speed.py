@@ -78,14 +78,13 @@ def run_one(spec: dict) -> dict:
             return z, pos, batch
 
         prepared = [inputs(b) for b in batches]
+        net.train(mode == "train")  # once, as a served model is put in eval mode once (lieprop.model.bundle)
 
         def step(i):
             z, pos, batch = prepared[i % len(prepared)]
             if mode == "train":
-                net.train()
                 net(z, pos, batch).abs().mean().backward()
             else:
-                net.eval()
                 with torch.no_grad():
                     net(z, pos, batch)
     else:
@@ -110,13 +109,15 @@ def run_one(spec: dict) -> dict:
             cb = collate([m[0] for m in b], [m[1] for m in b])
             prepared.append((featurize(cb.numbers), cb.positions, cb.mask, b))
 
+        # the mode is set once, as a served model is put in eval mode once (lieprop.model.bundle); predict in
+        # training mode would switch to eval and back on every call, walking every submodule twice
+        model.train(mode == "train")
+
         def step(i):
             f, x, m, b = prepared[i % len(prepared)]
             if mode == "train":
-                net.train()
                 net(f, x, m).abs().mean().backward()
             elif mode == "forward":
-                net.eval()
                 with torch.no_grad():
                     net(f, x, m)
             else:  # predict: the invariant path a user gets
@@ -146,6 +147,9 @@ def main() -> None:
     ap.add_argument("--predict-vs-schnet", action="store_true",
                     help="only lieprop's invariant predict (T3 k=256) against SchNet's forward, batch 1 and 32, at 1 "
                          "and 2 torch threads (the service's model worker uses all cores but one: 1 here)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="--predict-vs-schnet: run each lieprop / SchNet pair this many times, side by side, and "
+                         "report the median ratio and its range over the rounds (a shared machine's load drifts)")
     ap.add_argument("--keep-denormals", action="store_true",
                     help="compute on subnormal floats instead of flushing them to zero (how this script measured "
                          "before 2026-11-30 session 8)")
@@ -158,18 +162,24 @@ def main() -> None:
     flush = not args.keep_denormals
     specs = []
     if args.predict_vs_schnet:
-        for threads in (1, 2):
-            for bs in (1, 32):
-                specs.append({"model": "T3", "width": 256, "batch": bs, "mode": "predict", "threads": threads})
-                specs.append({"model": "schnet", "width": 128, "batch": bs, "mode": "forward", "threads": threads})
+        for r in range(args.rounds):
+            for threads in (1, 2):
+                for bs in (1, 32):
+                    specs.append({"model": "T3", "width": 256, "batch": bs, "mode": "predict", "threads": threads,
+                                  "round": r})
+                    specs.append({"model": "schnet", "width": 128, "batch": bs, "mode": "forward",
+                                  "threads": threads, "round": r})
         results = run_specs(specs, reps, flush)
-        print("\nlieprop predict / SchNet forward (molecules/s, same batch and threads):")
-        by = {(r["model"], r["batch"], r["threads"]): r["mol_s"] for r in results}
+        print(f"\nlieprop predict / SchNet forward (molecules/s, same batch and threads; median over {args.rounds} "
+              "round(s), [min, max]):")
+        by = {(r["model"], r["batch"], r["threads"], r["round"]): r["mol_s"] for r in results}
         for threads in (1, 2):
             for bs in (1, 32):
-                ours, ref = by.get(("T3", bs, threads)), by.get(("schnet", bs, threads))
-                if ours and ref:
-                    print(f"  {threads} thread(s), batch {bs:>2}: {ours / ref:.2f}x")
+                ratios = [by[("T3", bs, threads, r)] / by[("schnet", bs, threads, r)] for r in range(args.rounds)
+                          if ("T3", bs, threads, r) in by and ("schnet", bs, threads, r) in by]
+                if ratios:
+                    print(f"  {threads} thread(s), batch {bs:>2}: {statistics.median(ratios):.2f}x "
+                          f"[{min(ratios):.2f}, {max(ratios):.2f}]")
         return
     if args.steerable:
         for bs in (1, 32):

@@ -641,7 +641,7 @@ def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
 
     names = list(JobOptions.model_fields)
     given = {"format": "csv", "smiles_column": "SMILES", "id_column": "name", "properties": ["homo", "gap"],
-             "chunk_size": 3, "coverage": 0.8}
+             "chunk_size": 3, "coverage": 0.8, "relaxed_with": "forcefield"}
     assert set(given) == set(names) - set(REST_ONLY)
     flags = [part for n, v in given.items()
              for part in ("--" + n.replace("_", "-"), *(map(str, v) if isinstance(v, list) else [str(v)]))]
@@ -657,10 +657,11 @@ def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
     score = options.score_options(model_batch=5)
     assert (score.format, score.properties, score.chunk_size, score.model_batch) == ("sdf", ("homo", "gap", "u0"), 7, 5)
     assert options.record() == {"smiles_column": "smiles", "id_column": None, "properties": ["homo", "gap", "u0"],
-                                "chunk_size": 7, "coverage": None}
+                                "chunk_size": 7, "coverage": None, "relaxed_with": "dft"}
     for values, message in [({"chunk_size": ["0"]}, "chunk_size must be between 1 and 100000, got 0"),
                             ({"chunk_size": ["many"]}, "chunk_size must be an integer, got 'many'"),
                             ({"format": ["pdb"]}, "unknown format 'pdb'"),
+                            ({"relaxed_with": ["xtb"]}, "relaxed_with: Input should be 'dft' or 'forcefield'"),
                             ({"colour": ["red"]}, "unknown options ['colour']")]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             JobOptions.from_strings(values)

@@ -20,6 +20,7 @@ import pytest
 from test_service import make_tiny_bundle, start_server
 
 KEY = "web-s3cret"
+WATER_XYZ = "3\nwater\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 -0.757 -0.469\n"
 PAGES = ("/", "/docs", "/redoc")
 STATIC = Path(__file__).resolve().parent.parent / "lieprop" / "service" / "static"
 
@@ -230,6 +231,29 @@ def test_typed_smiles_give_a_table_with_units_errors_in_their_row_and_a_3d_view(
     caption = browser.find_element(By.ID, "viewer-caption").text
     assert "ETKDGv3" in caption and "MMFF94" in caption and "seed" in caption, caption
     assert not browser.find_element(By.ID, "download").get_attribute("disabled")
+    assert_all_local(browser, server)
+
+
+def test_a_pasted_xyz_declared_as_a_force_field_geometry_is_answered_and_captioned_so(browser, server):
+    """The checkbox under the input sends relaxed_with=forcefield (REST), and the 3D view's caption says what the
+    user said about the geometry; unchecked, it says nothing of the kind."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    def predict_water(force_field: bool) -> str:
+        open_page_with_key(browser, server)
+        Select(browser.find_element(By.ID, "input-kind")).select_by_value("xyz")
+        box = browser.find_element(By.ID, "forcefield")
+        if box.is_selected() != force_field:
+            box.click()
+        browser.find_element(By.ID, "molecules").send_keys(WATER_XYZ)
+        browser.find_element(By.ID, "predict").click()
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#results tbody tr.ok"), what="the results")
+        return wait_for(browser, lambda d: "as given" in d.find_element(By.ID, "viewer-caption").text
+                        and d.find_element(By.ID, "viewer-caption").text, what="the 3D view's caption")
+
+    assert "relaxed with a force field as you said" in predict_water(True)
+    assert "force field" not in predict_water(False)
     assert_all_local(browser, server)
 
 

@@ -47,10 +47,11 @@ export async function postJson(path, body) {
 }
 
 /** Start a batch job: the file as multipart/form-data, with the properties as a form field. */
-export async function startJob(file, properties) {
+export async function startJob(file, properties, relaxedWith = "dft") {
   const form = new FormData();
   form.append("file", file, file.name);
   if (properties.length) form.append("properties", properties.join(","));
+  form.append("relaxed_with", relaxedWith);
   return (await check(await fetch("v1/jobs", { method: "POST", headers: headers(), body: form }))).json();
 }
 

@@ -120,6 +120,11 @@ function textAsFile(items, kind) {
 
 // ---------------------------------------------------------------------------------------------- predicting
 
+/** How the user's 3D geometries were relaxed (the REST option relaxed_with): the checkbox under the input. */
+function relaxedWith() {
+  return $("forcefield").checked ? "forcefield" : "dft";
+}
+
 $("predict-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const properties = chosenProperties();
@@ -142,7 +147,8 @@ $("predict-form").addEventListener("submit", async (event) => {
     const results = [];
     for (let start = 0; start < items.length; start += REQUEST_SIZE) {
       say(`Predicting ${Math.min(start + REQUEST_SIZE, items.length)} of ${items.length} molecules…`);
-      const body = { molecules: items.slice(start, start + REQUEST_SIZE), properties, return_geometry: true };
+      const body = { molecules: items.slice(start, start + REQUEST_SIZE), properties, return_geometry: true,
+                     relaxed_with: relaxedWith() };
       const answer = await postJson("v1/predict", body);
       results.push(...answer.results.map((r, k) => ({ ...r, index: start + k, smiles: body.molecules[k].smiles })));
     }
@@ -288,7 +294,7 @@ async function runJob(file, properties) {
   $("job-results").hidden = true;
   $("job-cancel").disabled = false;
   $("job-state").textContent = `Uploading ${file.name} (${(file.size / 1024).toFixed(1)} kB)…`;
-  let job = await startJob(file, properties);
+  let job = await startJob(file, properties, relaxedWith());
   state.job = job.id;
   while (!FINISHED.includes(job.state)) {
     showJob(job);
@@ -347,7 +353,10 @@ $("job-results").addEventListener("click", async (event) => {
 function provenanceText(r) {
   const source = r.provenance?.source ?? "input";
   const c = r.provenance?.conformer;
-  if (!c) return `${r.id ?? ""}: the geometry as given (${source}).`;
+  if (!c) {
+    const how = r.provenance?.relaxed_with === "forcefield" ? ", relaxed with a force field as you said" : "";
+    return `${r.id ?? ""}: the geometry as given (${source}${how}).`;
+  }
   const parts = [c.method, c.seed != null ? `seed ${c.seed}` : null,
                  c.force_field ? `force field ${c.force_field}` : "no force-field relaxation",
                  c.converged === false ? "not converged" : null].filter(Boolean);

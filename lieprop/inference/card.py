@@ -70,5 +70,11 @@ def uncertainty_description(bundle: Bundle) -> str | None:
     spread = f"the spread of {who}" + (f" in {poses} fixed poses" if poses > 1 else "")
     if bundle.calibration is None:
         return f"{spread}, uncalibrated (no interval)"
-    return (f"{spread}, calibrated on the validation split per geometry path (given 3D geometries; conformers "
-            "lieprop generates), with split-conformal intervals (90% unless coverage says otherwise)")
+    text = (f"{spread}, calibrated on the validation split per geometry path (given 3D geometries; conformers "
+            "lieprop generates, or geometries sent with relaxed_with=forcefield), with split-conformal intervals (90% "
+            "unless coverage says otherwise)")
+    weighted = [path for path, cal in bundle.calibration.items() if cal.weights is not None]
+    if weighted:
+        text += (f"; the value is the members' mean weighted per target for each path ({', '.join(weighted)}), "
+                 "fitted on the validation split")
+    return text

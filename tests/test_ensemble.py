@@ -248,7 +248,7 @@ def test_member_weights_follow_where_the_geometry_came_from_in_the_library_files
             expected = members[member_index, i, bundle.model.targets.index(name)]
             assert entry["value"] == pytest.approx(expected, rel=1e-6)
             assert entry["interval"][0] <= entry["value"] <= entry["interval"][1]
-    assert results[0]["properties"]["gap"]["value"] != pytest.approx(results[1]["properties"]["gap"]["value"])
+    assert results[0]["properties"]["gap"]["value"] != pytest.approx(members[1, 0, bundle.model.targets.index("gap")])
     source = tmp_path / "in.csv"
     source.write_text("name,smiles\nwater,O\n")
     score_file(source, tmp_path / "out.csv", ScoreOptions(properties=("gap",)), model=weighted_path, workers=1)
@@ -303,6 +303,69 @@ def test_relaxed_with_forcefield_gives_a_given_geometry_the_generated_calibratio
                               relaxed_with="forcefield")["results"][0]["properties"]["gap"]
     assert float(as_ff["gap [eV]"]) == pytest.approx(ethanol["value"], rel=1e-6)
     assert float(as_ff["gap [eV]"]) != pytest.approx(float(as_dft["gap [eV]"]), rel=1e-6)
+
+
+def test_lieprop_evaluate_and_the_card_report_the_weighted_values_a_bundle_serves(weighted_path, qm9_head):
+    """``lieprop evaluate`` scores a weighted ensemble as it serves (DFT geometries: the given path, member 0 here),
+    and the card's uncertainty text says the values are weighted."""
+    from lieprop.data.qm9 import small_molecules
+    from lieprop.inference.card import uncertainty_description
+    from lieprop.training.evaluate import evaluate
+
+    bundle = load_bundle(weighted_path)
+    report = evaluate(weighted_path, split="small", data=qm9_head, plots=False, log=lambda *_: None)
+    rows = small_molecules(qm9_head)
+    zs, xs = zip(*(qm9_head.molecule(int(r)) for r in rows), strict=True)
+    member0 = bundle.model.member_values(list(zs), list(xs))[0]
+    truth = qm9_head.targets_in_units()[rows][:, [PROPERTY_NAMES.index(t) for t in bundle.model.targets]]
+    homo = bundle.model.targets.index("homo")
+    assert report["value"] == "members weighted for the given path (calibration)"
+    assert report["mae"]["homo"]["mae"] == pytest.approx(np.abs(member0[:, homo] - truth[:, homo]).mean() * 1000)
+    assert "weighted per target for each path (given, generated)" in uncertainty_description(bundle)
+
+
+def test_a_bundle_with_member_weights_that_do_not_fit_its_ensemble_is_refused(weighted_path, tmp_path):
+    import shutil
+
+    from lieprop.model.bundle import record_metadata
+    from lieprop.model.calibration import Calibration, calibrations_to_dict
+
+    bundle = load_bundle(weighted_path)
+    t = len(bundle.model.targets)
+    for weights, message in ((np.full((3, t), 1 / 3), r"have shape \(3, 12\), the ensemble needs \(2, 12\)"),
+                             (np.stack([np.full(t, 1.5), np.full(t, -0.5)]), "non-negative and sum to 1")):
+        path = tmp_path / "bad.pt"
+        shutil.copy(weighted_path, path)
+        bad = {name: Calibration(**{**cal.__dict__, "weights": weights}) for name, cal in bundle.calibration.items()}
+        record_metadata(path, calibration=calibrations_to_dict(bad))  # digests kept right: only the weights are off
+        with pytest.raises(BundleError, match=message):
+            load_bundle(path)
+
+
+def test_a_file_run_resumes_only_under_the_same_member_weights_and_relaxed_with(weighted_path, calibrated_path,
+                                                                                tmp_path):
+    """The resume fingerprint: member weights make the values, so a bundle re-calibrated under the same sha256 is
+    another run; relaxed_with too. Keys added for them appear only when they change something, so a run interrupted
+    before they existed (default options, a bundle without weights) still resumes."""
+    from lieprop.inference import ResultContext
+    from lieprop.scoring.pipeline import fingerprint, make_plan
+    from lieprop.scoring.records import open_source
+
+    source_path = tmp_path / "in.csv"
+    source_path.write_text("smiles\nCCO\n")
+    source = open_source(source_path)
+
+    def keys(model_path, **options):
+        bundle = load_bundle(model_path)
+        score = ScoreOptions(**options)
+        plan = make_plan(source, bundle.model.targets, score, ResultContext.of(bundle, None, score.relaxed_with))
+        return fingerprint(source, plan, score, bundle.sha256, "csv")
+
+    plain, weighted = keys(calibrated_path), keys(weighted_path)
+    assert "relaxed_with" not in plain and "calibration_sha256" not in plain  # as runs before these options
+    assert plain["model_sha256"] == weighted["model_sha256"]  # the same networks ...
+    assert len(weighted["calibration_sha256"]) == 64  # ... answering other values: not the same run
+    assert keys(calibrated_path, relaxed_with="forcefield")["relaxed_with"] == "forcefield"
 
 
 def test_rest_refuses_a_coverage_the_model_cannot_give(ensemble_server):

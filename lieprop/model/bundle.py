@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lieprop.data.properties import BY_NAME
@@ -160,12 +162,30 @@ def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dic
     return save_bundle(ensemble, out, name, record)
 
 
-def record_metadata(path: str | Path, **entries: Any) -> None:
-    """Add JSON-like entries (e.g. ``test_mae``) to a bundle's metadata, keeping weights and sha256 as they are
-    (``meta_sha256`` is recomputed, or added to an older bundle)."""
+def weights_problem(weights: Any, model: Model) -> str | None:
+    """What is wrong with a calibration's member weights for ``model`` (None: nothing, or no weights): they must be
+    an ensemble's, of shape (members, targets), finite, non-negative, each target's summing to 1."""
+    if weights is None:
+        return None
+    if not isinstance(model, EnsembleModel):
+        return "need an ensemble; the model is a single network"
+    expected = (len(model.members), len(model.targets))
+    if weights.shape != expected:
+        return f"have shape {weights.shape}, the ensemble needs {expected} (members, targets)"
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not np.allclose(weights.sum(0), 1.0, atol=1e-6):
+        return "must be finite, non-negative and sum to 1 for each target"
+    return None
+
+
+def record_metadata(path: str | Path, drop: Iterable[str] = (), **entries: Any) -> None:
+    """Add JSON-like entries (e.g. ``test_mae``) to a bundle's metadata, and remove the keys in ``drop`` (records
+    that no longer describe it), keeping weights and sha256 as they are (``meta_sha256`` is recomputed, or added to
+    an older bundle)."""
     path = Path(path)
     load_bundle(path)  # refuse to touch a bundle that does not verify
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    for key in drop:
+        payload["meta"].pop(key, None)
     payload["meta"].update(json.loads(json.dumps(entries)))
     payload["meta_sha256"] = _meta_digest(payload["sha256"], payload["name"], payload.get("units", {}),
                                           payload["meta"])
@@ -250,10 +270,13 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             calibration = calibrations_from_dict(meta["calibration"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: unreadable calibration ({exc})") from None
-        for cal in calibration.values():
+        for name, cal in calibration.items():
             if list(cal.targets) != model.targets:
                 raise BundleError(f"{path}: the calibration is for targets {list(cal.targets)}, the model predicts "
                                   f"{model.targets}")
+            problem = weights_problem(cal.weights, model)
+            if problem:
+                raise BundleError(f"{path}: the {name} calibration's member weights {problem}")
     meta["code_version"] = payload.get("code_version")
     meta["units"] = payload.get("units", {})
     return Bundle(model=model, name=str(payload.get("name", path.stem)), sha256=sha, meta=meta,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import queue
 import resource
@@ -43,6 +45,7 @@ from lieprop.data.records import DEFAULT_SEED, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.data.views import LiveMapping
 from lieprop.inference import Column, ResultContext, build_results, select_properties
+from lieprop.model.calibration import calibrations_to_dict
 from lieprop.model.loading import as_bundle
 from lieprop.model.prediction import Prediction, Predictions, predict_each
 from lieprop.scoring.output import Counts, ResultFile, Table, output_format, result_row, sha256_file
@@ -345,14 +348,23 @@ def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256:
     The input is known by its size and the sha256 of its bytes, not by its path or modification time, so that a run
     resumes after its files were moved or copied (a REST job's data directory, a CLI run's folder), and refuses an
     input whose contents changed. Hashing reads the input once more (a few seconds per GiB; docs/JOBS.md)."""
-    return {
+    found = {
         "input_size": source.path.stat().st_size, "input_sha256": sha256_file(source.path),
         "format": source.format, "smiles_column": options.smiles_column, "id_column": options.id_column,
         "properties": [c.name for c in plan.columns], "model_sha256": model_sha256, "output_format": output_fmt,
         "chunk_size": options.chunk_size, "model_batch": options.model_batch, "frame_batch": options.frame_batch,
-        "seed": options.seed, "max_atoms": options.max_atoms, "coverage": options.coverage,
-        "relaxed_with": options.relaxed_with, "lieprop": __version__,
+        "seed": options.seed, "max_atoms": options.max_atoms, "coverage": options.coverage, "lieprop": __version__,
     }
+    # keys added after runs were already being resumed appear only when they differ from what those runs did, so
+    # that an interrupted run of an older version still resumes
+    if options.relaxed_with != "dft":
+        found["relaxed_with"] = options.relaxed_with
+    calibrations = dict(plan.context.calibrations)
+    if any(cal.weights is not None for cal in calibrations.values()):
+        # member weights make the values: a bundle re-calibrated under the same sha256 must not resume a file
+        text = json.dumps(calibrations_to_dict(calibrations), sort_keys=True)
+        found["calibration_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    return found
 
 
 def score_file(

@@ -131,11 +131,32 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         (out / "uncertainty.json").write_text(json.dumps(report, indent=2))
         _plots(report, sets, calibrations, truth_all, model.targets, out)
     if record:
-        record_metadata(bundle_path, calibration=calibrations_to_dict(calibrations),
+        before = bundle.calibration or {}
+        changed = any(not _same_weights(before.get(path), cal) for path, cal in calibrations.items())
+        if changed:  # the served values changed: accuracy recorded for the old ones no longer describes the bundle
+            log(f"the member weights changed the values {bundle_path} serves: its recorded test MAE is removed; "
+                "record it again with lieprop evaluate --record (--split test, --split test --geometry forcefield, "
+                "--split small)")
+        record_metadata(bundle_path, drop=STALE_WITH_NEW_VALUES if changed else (),
+                        calibration=calibrations_to_dict(calibrations),
                         spread={"poses": model.spread_poses}, uncertainty_evaluation={
             "test": report["test"], "reliability": report["reliability"], "domain": report["domain"],
             "command": f"lieprop calibrate {bundle_path} --record"})
     return report
+
+
+#: Metadata that ``lieprop evaluate --record`` wrote for the values a bundle served: stale once new member weights
+#: change those values.
+STALE_WITH_NEW_VALUES = ("test_mae", "test_mae_by_size", "test_evaluation", "test_mae_forcefield",
+                         "test_evaluation_forcefield", "small_mae", "small_evaluation")
+
+
+def _same_weights(old: Calibration | None, new: Calibration) -> bool:
+    """Whether two calibrations make the same values (the same member weights, or none in both)."""
+    a = None if old is None else old.weights
+    if a is None or new.weights is None:
+        return a is None and new.weights is None
+    return a.shape == new.weights.shape and bool(np.array_equal(a, new.weights))
 
 
 def _covered(p: Predictions, truth: np.ndarray) -> np.ndarray:

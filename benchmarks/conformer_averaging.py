@@ -6,7 +6,9 @@
 For each of the first ``--molecules`` molecules of the QM9 test split it predicts from: the DFT geometry; the
 service's own conformer (``lieprop.data.readers.from_smiles``: ETKDGv3, fixed seed, MMFF94); and ``--conformers``
 ETKDGv3 conformers (seed 42) each MMFF94-optimised, combined three ways: the lowest-MMFF-energy one, the mean
-prediction over all, and the Boltzmann-weighted mean at 298 K. It prints the MAE per target in the paper's units.
+prediction over all, and the Boltzmann-weighted mean at 298 K. Values are those the service gives (a bundle whose
+calibration weights its members per geometry path is weighted as it serves). It prints the MAE per target in the
+paper's units.
 Embedding takes ~15 ms per conformer per core; the model runs on every conformer.
 """
 
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = load_qm9()
     rows = split_indices(len(data))["test"][: args.molecules]
-    model = load_bundle(args.model or default_model_path()).model
+    bundle = load_bundle(args.model or default_model_path())
+    model = bundle.model
     started = time.time()
     kept, single_z, single_x, all_z, all_x, owner, energy = [], [], [], [], [], [], []
     for j, row in enumerate(rows):
@@ -73,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             owner.append(len(kept) - 1)
             energy.append(e)
     print(f"{len(kept)} of {len(rows)} molecules embedded, {len(all_z)} conformers, {time.time() - started:.0f} s")
-    dft = model.predict(*zip(*(data.molecule(int(rows[j])) for j in kept), strict=True))
-    single = model.predict(single_z, single_x)
-    each = model.predict(all_z, all_x)
+    # the values the service gives: a DFT geometry on the given path, conformers on the generated one
+    dft = bundle.values(*zip(*(data.molecule(int(rows[j])) for j in kept), strict=True), path="given")
+    single = bundle.values(single_z, single_x, path="generated")
+    each = bundle.values(all_z, all_x, path="generated")
     owner_a, energy_a = np.array(owner), np.array(energy)
     groups = [owner_a == i for i in range(len(kept))]
     lowest = np.stack([each[g][np.argmin(energy_a[g])] for g in groups])

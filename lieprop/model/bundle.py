@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,20 @@ class Bundle:
     def has_spread(self) -> bool:
         """Whether its predictions carry a spread: an ensemble, or a model with ``spread`` poses in its metadata."""
         return self.n_members > 1 or self.model.spread_poses > 1
+
+    def weighs_members(self, path: str) -> bool:
+        """Whether the calibration of geometry ``path`` (``given`` / ``generated``) weights the members."""
+        cal = (self.calibration or {}).get(path)
+        return cal is not None and cal.weights is not None
+
+    def values(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], path: str = "given",
+               batch_size: int = 128) -> np.ndarray:
+        """(n, T) values this bundle serves for molecules whose geometries came by ``path``: the path's member-weighted
+        mean when its calibration weights the members (what results report), else the model's prediction."""
+        if self.weighs_members(path):
+            members = self.model.member_values(numbers, positions, batch_size=batch_size)
+            return self.calibration[path].center(members)
+        return self.model.predict(numbers, positions, batch_size=batch_size)
 
 
 def _digest(config: dict, fix_signs: bool, states: list[dict[str, torch.Tensor]],

@@ -78,13 +78,9 @@ def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path |
     zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
     # an ensemble whose calibration weights its members per geometry path is scored as it serves: weighted
     path = {geometry: path for path, geometry in PATH_GEOMETRY.items()}[geometry]
-    calibration = (bundle.calibration or {}).get(path)
-    weighted = calibration is not None and calibration.weights is not None
+    weighted = bundle.weighs_members(path)
     t0 = time.perf_counter()
-    if weighted:
-        pred = calibration.center(model.member_values(zs, xs, batch_size=batch_size))
-    else:
-        pred = model.predict(zs, xs, batch_size=batch_size)
+    pred = bundle.values(zs, xs, path, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     cols = [PROPERTY_NAMES.index(t) for t in model.targets]
     truth = data.targets_in_units()[rows][:, cols]

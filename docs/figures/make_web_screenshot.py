@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_service import start_server  # noqa: E402
-from test_web import headless_chromium, open_page_with_key, wait_for  # noqa: E402
+from test_web import KEY, headless_chromium, open_page_with_key, wait_for  # noqa: E402
 
 MOLECULES = "CCO ethanol\nc1ccoc1 furan\nOC(=O)C=O glyoxylic-acid\nCC(=O)N acetamide\nC1CC ring-not-closed\n"
 
@@ -33,7 +33,8 @@ def main() -> None:
     from lieprop.model.loading import default_model_path
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp), args.model or default_model_path())
+        # keyed, as the tests' page helper expects (it types the key after the page's 401 hint)
+        server = start_server(Path(tmp), args.model or default_model_path(), env={"LIEPROP_API_KEY": KEY})
         driver = headless_chromium(1280, 900)
         try:
             open_page_with_key(driver, server)

@@ -256,16 +256,17 @@ def test_a_bundle_digest_catches_a_changed_weight_and_changed_metadata_and_recor
     assert old.sha256 == sha and not old.meta_verified
 
 
-def test_the_shipped_bundle_keeps_its_digest_and_info_says_what_it_guarantees(capsys):
+def test_the_shipped_bundle_carries_both_digests_and_info_says_what_they_guarantee(capsys):
+    """Bundle 5 was written with meta_sha256, so its test MAE, calibration and member weights are covered too."""
     from lieprop.cli import main
     from lieprop.model.loading import default_model_path
 
     payload = torch.load(default_model_path(), weights_only=True)
-    assert "meta_sha256" not in payload
-    assert main(["info"]) == 0  # loads it, verifying the digest
+    assert len(payload["meta_sha256"]) == 64
+    assert main(["info"]) == 0  # loads it, verifying both digests
     out = capsys.readouterr().out
     assert f"sha256    {payload['sha256']}" in out
-    assert "metadata (test MAE, training) is not covered" in out and "not proof of origin" in out
+    assert "weights, config and metadata (sha256, meta_sha256)" in out and "not proof of origin" in out
 
 
 _BUNDLE: list[Path] = []

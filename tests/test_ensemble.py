@@ -234,7 +234,9 @@ def weighted_path(calibrated_path, tmp_path_factory):
 
 def test_member_weights_follow_where_the_geometry_came_from_in_the_library_files_and_rest(weighted_path, tmp_path):
     """Water as atoms (given) gets member 0's values, as a SMILES (generated) member 1's, with the interval around
-    that value; file scoring and a real server answer the same numbers."""
+    that value; file scoring and a real server answer the same numbers, and a REST job that says relaxed_with gets
+    the generated path's values too."""
+    from test_jobs import upload, wait_for
     from test_service import start_server
 
     bundle = load_bundle(weighted_path)
@@ -263,8 +265,18 @@ def test_member_weights_follow_where_the_geometry_came_from_in_the_library_files
             said_forcefield = client.post("/v1/predict", json={"molecules": [molecules[0]], "properties": ["gap"],
                                                                "relaxed_with": "forcefield"}).json()["results"][0]
             unknown = client.post("/v1/predict", json={"molecules": [molecules[0]], "relaxed_with": "xtb"})
+            xyz = tmp_path / "ethanol.xyz"
+            xyz.write_text(ETHANOL_XYZ)
+            job = upload(client, xyz, properties=["gap"], relaxed_with="forcefield")  # a REST job says it too
+            wait_for(client, job["id"], lambda j: j["state"] == "succeeded")
+            job_row = json.loads(client.get(f"/v1/jobs/{job['id']}/results").text.splitlines()[0])
+            assert client.get(f"/v1/jobs/{job['id']}").json()["options"]["relaxed_with"] == "forcefield"
     finally:
         server.stop()
+    ethanol = lieprop.predict([{"xyz": ETHANOL_XYZ}], properties=["gap"], model=weighted_path,
+                              relaxed_with="forcefield")["results"][0]
+    assert job_row["properties"]["gap"]["value"] == pytest.approx(ethanol["properties"]["gap"]["value"], rel=1e-5)
+    assert job_row["provenance"]["relaxed_with"] == "forcefield"
     for got, local in zip(served, results, strict=True):
         for name in ("homo", "gap"):
             assert got["properties"][name]["value"] == pytest.approx(local["properties"][name]["value"], rel=1e-5)

@@ -86,13 +86,7 @@ class Calibration:
     def center(self, members: np.ndarray) -> np.ndarray:
         """This path's value from the members' values ((M, n, T) or (M, T)): their weighted mean with
         :attr:`weights`, else their plain mean."""
-        members = np.asarray(members, dtype=np.float64)
-        if self.weights is None:
-            return members.mean(0)
-        if members.shape[0] != self.weights.shape[0]:
-            raise ValueError(f"the calibration weights {self.weights.shape[0]} members, the model has "
-                             f"{members.shape[0]}")
-        return np.einsum("mt,m...t->...t", self.weights, members)
+        return weighted_mean(members, self.weights)
 
     def sigma(self, spread: np.ndarray) -> np.ndarray:
         """Calibrated standard deviations (n, T) from raw spreads (n, T)."""
@@ -158,6 +152,17 @@ def calibrations_from_dict(d: Mapping[str, Any]) -> dict[str, Calibration]:
 
 def _nll(err: np.ndarray, var: np.ndarray) -> float:
     return float(0.5 * np.mean(np.log(var) + err**2 / var))
+
+
+def weighted_mean(members: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """The members' values ((M, n, T) or (M, T)) averaged with per-target ``weights`` (M, T), or plainly when
+    ``weights`` is None."""
+    members = np.asarray(members, dtype=np.float64)
+    if weights is None:
+        return members.mean(0)
+    if members.shape[0] != weights.shape[0]:
+        raise ValueError(f"the calibration weights {weights.shape[0]} members, the model has {members.shape[0]}")
+    return np.einsum("mt,m...t->...t", weights, members)
 
 
 #: The most weight vectors :func:`simplex_grid` offers (its step is the finest that stays under this).

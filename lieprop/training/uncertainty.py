@@ -32,6 +32,7 @@ from lieprop.model.calibration import (
     coverage_report,
     fit_calibration,
     fit_member_weights,
+    weighted_mean,
 )
 from lieprop.model.prediction import Predictions
 from lieprop.model.predictor import EnsembleModel
@@ -95,7 +96,7 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         rows, raw = sets["valid", path]
         weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
             else None
-        values = raw.value if weights is None else np.einsum("mt,mnt->nt", weights, raw.members)
+        values = raw.value if weights is None else weighted_mean(raw.members, weights)
         calibrations[path] = fit_calibration(values, raw.std, truth_all[rows], model.targets,
                                              source=f"validation split, {geometry} geometries ({len(rows)} molecules)",
                                              weights=weights)
@@ -215,6 +216,7 @@ def _plots(report: dict[str, Any], sets: dict, calibrations: dict[str, Calibrati
     fig.savefig(out / "reliability.png", dpi=100)
     plt.close(fig)
     shown = [t for t in ("homo", "gap", "u0", "mu") if t in targets]
+    values = {path: calibrations[path].apply(sets["test", path][1]).value for path in PATH_GEOMETRY}  # once a path
     fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.2), squeeze=False)
     for ax, t in zip(axes[0], shown, strict=True):
         j = targets.index(t)
@@ -222,7 +224,7 @@ def _plots(report: dict[str, Any], sets: dict, calibrations: dict[str, Calibrati
         for path in PATH_GEOMETRY:
             rows, raw = sets["test", path]
             sigma = calibrations[path].sigma(raw.std)[:, j] * k
-            err = np.abs(truth_all[rows, j] - calibrations[path].apply(raw).value[:, j]) * k
+            err = np.abs(truth_all[rows, j] - values[path][:, j]) * k
             bins = np.quantile(sigma, np.linspace(0, 1, 11))
             which = np.clip(np.searchsorted(bins, sigma, side="right") - 1, 0, 9)
             ax.plot([sigma[which == b].mean() for b in range(10)], [err[which == b].mean() for b in range(10)],

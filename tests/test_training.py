@@ -262,17 +262,23 @@ def test_a_run_can_start_from_a_bundle_and_refuses_a_different_network(tmp_path,
 def test_force_field_conformers_are_the_services_smiles_geometries(tmp_path, qm9_head, monkeypatch):
     from lieprop.data.qm9_conformers import build_conformers, load_conformers
     from lieprop.data.readers import from_smiles
+    from lieprop.data.stereo import isomeric_smiles
 
     monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
-    build_conformers(qm9_head, limit=40, log=lambda *_: None)  # a trial cache: the first 40 rows
+    build_conformers(qm9_head, limit=80, log=lambda *_: None)  # a trial cache: the first 80 rows
     conformers = load_conformers()
-    assert len(conformers) == 40 and conformers.ok.all()
-    z, x = conformers.molecule(7)
-    served = from_smiles(str(qm9_head.smiles[7]))
-    np.testing.assert_array_equal(z, served.numbers)
-    np.testing.assert_allclose(x, served.positions, atol=1e-5)  # float32 storage of the very same conformer
-    assert sorted(z) == sorted(qm9_head.molecule(7)[0])
-    assert conformers.available(np.array([3, 39, 40, 300])).tolist() == [True, True, False, False]
+    assert len(conformers) == 80 and conformers.ok.all() and conformers.stereo.all()
+    for row in (7, 73):  # ethane; COC(C)=N, whose SMILES leaves the imine's E/Z open
+        z, x = conformers.molecule(row)
+        served = from_smiles(str(conformers.smiles[row]))
+        np.testing.assert_array_equal(z, served.numbers)
+        np.testing.assert_allclose(x, served.positions, atol=1e-5)  # float32 storage of the very same conformer
+        assert sorted(z) == sorted(qm9_head.molecule(row)[0])
+    # the cached conformer is the stereoisomer of the DFT geometry, which QM9's SMILES does not say
+    assert str(qm9_head.smiles[73]) == "COC(C)=N" and conformers.smiles[73] != "COC(C)=N"
+    dft_stereo = isomeric_smiles("COC(C)=N", *qm9_head.molecule(73))
+    assert conformers.smiles[73] == dft_stereo and "/" in dft_stereo
+    assert conformers.available(np.array([3, 79, 80, 300])).tolist() == [True, True, False, False]
 
 
 def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_path, qm9_head, monkeypatch):

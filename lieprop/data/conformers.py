@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lieprop.data.molecule import Molecule
+from lieprop.data.stereo import has_stereo, open_stereo, open_stereo_warning, stereo_labels, stereo_smiles
 from lieprop.data.textio import quote_input
 from lieprop.data.validation import MoleculeError, ValidationLimits, validate
 
@@ -41,6 +42,10 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
     """Embed ``mol`` (hydrogens explicit) in place: ETKDGv3, force-field optimisation, keep the
     lowest-energy conformer. Returns its positions, the provenance ``conformer`` entry and warnings.
 
+    The entry names the stereoisomer embedded (``stereo_smiles``: stereo read from the 3D geometry) and counts the
+    stereo elements the input left unassigned (``unassigned_stereo``); when those allow diastereomers, a warning
+    says the prediction is for the embedded one (:mod:`lieprop.data.stereo`).
+
     ``timeout``: seconds of ETKDG per requested conformer (0: no limit), for both attempts together (the
     distance-geometry start, then random coordinates); RDKit's ``EmbedParameters.timeout`` stops it. A molecule
     that embeds within the limit gets exactly the geometry it gets without one.
@@ -51,16 +56,18 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
     from rdkit import rdBase
     from rdkit.Chem import AllChem
 
+    stereo = open_stereo(mol)  # what the input left open, before the embedder picks a stereoisomer
     budget = timeout * n_conformers
     started = time.monotonic()
     timed_out = False
 
-    def attempt(random_coords: bool) -> list[int]:
+    def attempt(random_coords: bool, enforce_chirality: bool = True) -> list[int]:
         nonlocal timed_out
         params = AllChem.ETKDGv3()
         params.randomSeed = int(seed)
         params.numThreads = 1
         params.useRandomCoords = random_coords
+        params.enforceChirality = enforce_chirality
         if budget:
             params.timeout = max(1, math.ceil(budget - (time.monotonic() - started)))
         got = list(AllChem.EmbedMultipleConfs(mol, n_conformers, params))
@@ -74,6 +81,12 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
         random_coords = not ids
         if random_coords and not timed_out:  # ETKDG's distance-geometry start fails for some strained systems
             ids = attempt(True)
+        requested = stereo_labels(mol)
+        unchecked = not ids and not timed_out and bool(requested)
+        if unchecked:
+            # ETKDG's chirality checks reject every start for some strained cages with given stereo (4% of QM9's
+            # molecules in their DFT stereo): embed without them; only optimised conformers with that stereo count
+            ids = attempt(True, enforce_chirality=False)
     if timed_out:
         mol.RemoveAllConformers()
         raise MoleculeError(
@@ -106,13 +119,20 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
             ff = make(cid)
             converged = ff.Minimize(maxIts=2000) == 0
             results.append((float(ff.CalcEnergy()), cid, converged))
+    if unchecked:
+        results = [r for r in results if has_stereo(mol, requested, r[1])]
+        if not results:
+            raise MoleculeError("embedding_failed", f"{what}: ETKDGv3 found no 3D geometry with the stereochemistry "
+                                f"it gives (seed {seed})")
     energy, best, converged = min(results, key=lambda r: (np.nan_to_num(r[0], nan=np.inf), r[1]))
+    chosen = stereo_smiles(mol, best)
     conformer = {
         "method": "ETKDGv3", "seed": int(seed), "random_coords": random_coords,
         "n_conformers": len(ids), "force_field": force_field, "converged": converged,
         "energy_kcal_mol": None if np.isnan(energy) else energy,
+        "stereo_smiles": chosen, "unassigned_stereo": stereo.open,
     }
-    warnings = []
+    warnings = [open_stereo_warning(stereo, chosen)] if stereo.changes_prediction else []
     if force_field is None:
         warnings.append("no force field has parameters for this molecule; the ETKDG geometry is unoptimised")
     elif not converged:

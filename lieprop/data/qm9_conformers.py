@@ -3,10 +3,17 @@
 A chemist who sends a SMILES gets a prediction for lieprop's own conformer of it (ETKDGv3 with the fixed seed, then
 MMFF94; :func:`lieprop.data.readers.from_smiles`), not for the DFT-relaxed QM9 geometry the model was trained on.
 To train and evaluate for that path, this module embeds all 130,831 QM9 SMILES once, through that same function,
-and caches the result next to the QM9 cache (``qm9-mmff-v1.npz`` under :func:`lieprop.data.qm9.cache_dir`).
+and caches the result next to the QM9 cache (``qm9-mmff-v2.npz`` under :func:`lieprop.data.qm9.cache_dir`).
 
-Building takes about 10 ms per molecule per core (about 20 minutes on one core), in chunks of
-:data:`CHUNK` molecules, each written to ``qm9-mmff-v1.parts/`` as soon as it is done: an interrupted build resumes
+QM9's SMILES carry no stereochemistry, but each label belongs to one stereoisomer, the one of its DFT geometry: 72%
+of QM9 molecules have a stereocentre or a stereogenic double bond. So each SMILES first gets the stereo of its DFT
+geometry (:func:`lieprop.data.stereo.isomeric_smiles`; ``smiles`` records what was embedded, ``stereo`` whether the
+transfer worked: it fails where the relaxed geometry's bonds differ from the SMILES, and for the strained cages
+where ETKDG cannot meet the stereo, which are embedded as written). Version 1 embedded the SMILES as written, so a
+molecule with two stereocentres had a good chance of being trained and scored on the wrong diastereomer.
+
+Building takes about 15 ms per molecule per core (about 30 minutes on one core), in chunks of
+:data:`CHUNK` molecules, each written to ``qm9-mmff-v2.parts/`` as soon as it is done: an interrupted build resumes
 at the first missing chunk (``python -m lieprop.data.qm9_conformers --workers 2``). A molecule that does not embed, or
 whose embedded composition differs from its QM9 composition, is kept with ``ok = False`` and its error, so rows stay
 aligned with QM9's.
@@ -27,7 +34,7 @@ import numpy as np
 from lieprop.data.qm9 import N_MOLECULES, QM9Arrays, cache_dir, load_qm9
 from lieprop.data.validation import MoleculeError
 
-CONFORMER_VERSION = 1
+CONFORMER_VERSION = 2
 #: Molecules per resumable chunk.
 CHUNK = 2000
 
@@ -43,6 +50,8 @@ class ConformerArrays:
     offsets: np.ndarray  # (n_mol + 1,) int64
     ok: np.ndarray  # (n_mol,) bool
     errors: np.ndarray  # (n_mol,) str, empty when ok
+    smiles: np.ndarray  # (n_mol,) str, the SMILES embedded: QM9's, with its DFT geometry's stereo where ``stereo``
+    stereo: np.ndarray  # (n_mol,) bool, whether the stereo came from the DFT geometry
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
@@ -69,32 +78,46 @@ def _parts_dir() -> Path:
     return conformer_cache_path().with_suffix(".parts")
 
 
-def embed_chunk(smiles: list[str], compositions: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Embed ``smiles`` as the service does; a process-pool task. Returns the chunk's arrays."""
+def embed_chunk(smiles: list[str], geometries: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Embed ``smiles``, each in the stereoisomer of its DFT geometry (numbers, positions), as the service embeds
+    a SMILES; a process-pool task. Returns the chunk's arrays."""
     from lieprop.data.readers import from_smiles
+    from lieprop.data.stereo import isomeric_smiles
     from lieprop.data.validation import ValidationLimits
 
     limits = ValidationLimits(max_atoms=1000, embed_timeout=0)  # QM9's own molecules: never refused for size or time
     numbers: list[np.ndarray] = []
     positions: list[np.ndarray] = []
-    counts, ok, errors = [], [], []
-    for text, composition in zip(smiles, compositions, strict=True):
+    counts, ok, errors, embedded, stereo = [], [], [], [], []
+    for text, (composition, dft) in zip(smiles, geometries, strict=True):
+        isomeric = isomeric_smiles(text, composition, dft)
         try:
-            m = from_smiles(text, limits=limits)
+            try:
+                m = from_smiles(isomeric or text, limits=limits)
+            except MoleculeError:
+                if isomeric is None:
+                    raise
+                isomeric = None  # ETKDG cannot meet the stereo of some strained cages: the SMILES as written
+                m = from_smiles(text, limits=limits)
             if not np.array_equal(np.sort(m.numbers), np.sort(composition)):
                 raise MoleculeError("invalid_smiles", "the SMILES gives another composition than the QM9 geometry")
+            embedded.append(isomeric or text)
+            stereo.append(isomeric is not None)
             numbers.append(m.numbers.astype(np.int8))
             positions.append(m.positions.astype(np.float32))
             counts.append(len(m.numbers))
             ok.append(True)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - recorded per molecule; the build goes on
+            embedded.append(isomeric or text)
+            stereo.append(isomeric is not None)
             counts.append(0)
             ok.append(False)
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
     return {"numbers": np.concatenate(numbers) if numbers else np.zeros(0, np.int8),
             "positions": np.concatenate(positions) if positions else np.zeros((0, 3), np.float32),
-            "counts": np.asarray(counts, np.int64), "ok": np.asarray(ok), "errors": np.asarray(errors, dtype=str)}
+            "counts": np.asarray(counts, np.int64), "ok": np.asarray(ok), "errors": np.asarray(errors, dtype=str),
+            "smiles": np.asarray(embedded, dtype=str), "stereo": np.asarray(stereo)}
 
 
 def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int | None = None,
@@ -109,9 +132,9 @@ def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int
         f"embedding {sum(min(CHUNK, n - s) for s in todo)} molecules on {workers} worker(s)")
     start = time.time()
 
-    def task(s: int) -> tuple[list[str], list[np.ndarray]]:
+    def task(s: int) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
         rows = range(s, min(s + CHUNK, n))
-        return [str(data.smiles[i]) for i in rows], [data.molecule(i)[0] for i in rows]
+        return [str(data.smiles[i]) for i in rows], [data.molecule(i) for i in rows]
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {s: pool.submit(embed_chunk, *task(s)) for s in todo}
@@ -141,7 +164,9 @@ def merge_parts(n: int = N_MOLECULES) -> Path:
            "positions": np.concatenate([c["positions"] for c in chunks]),
            "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
            "ok": np.concatenate([c["ok"] for c in chunks]),
-           "errors": np.concatenate([c["errors"] for c in chunks])}
+           "errors": np.concatenate([c["errors"] for c in chunks]),
+           "smiles": np.concatenate([c["smiles"] for c in chunks]),
+           "stereo": np.concatenate([c["stereo"] for c in chunks])}
     path = conformer_cache_path()
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, version=CONFORMER_VERSION, **out)
@@ -153,7 +178,7 @@ def load_conformers() -> ConformerArrays:
     """The conformer cache; ``FileNotFoundError`` naming the command that builds it when it is missing."""
     path = conformer_cache_path()
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; build it (about 20 minutes per core, resumable) with "
+        raise FileNotFoundError(f"{path} does not exist; build it (about 30 minutes per core, resumable) with "
                                 "python -m lieprop.data.qm9_conformers --workers N")
     with np.load(path) as z:
         if int(z["version"]) != CONFORMER_VERSION:

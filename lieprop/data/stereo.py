@@ -1,0 +1,157 @@
+"""Stereochemistry of a connectivity and of a 3D geometry: what a SMILES leaves open, and what a geometry chose.
+
+A SMILES without ``@`` / ``/`` marks names several stereoisomers; the conformer lieprop embeds for it is one of them,
+picked by the embedder's random start. Two enantiomers have the same QM9 properties (and lieprop's models give them
+the same values), but two diastereomers (cis/trans on a ring, E/Z on a double bond, the relative configuration of
+two centres) are different molecules with different dipoles, energies and orbital energies. So:
+
+* :func:`open_stereo` counts the stereo elements a connectivity leaves unassigned, and says whether they can change
+  the prediction (:attr:`OpenStereo.changes_prediction`);
+* :func:`stereo_smiles` writes the isomeric SMILES of a geometry (stereo perceived from 3D), so a result can say
+  which stereoisomer it is for;
+* :func:`stereo_labels` / :func:`has_stereo` check that a conformer has the stereo its input asked for (the
+  embedder's fallback for strained cages, whose chirality checks ETKDG cannot pass, relies on them);
+* :func:`isomeric_smiles` does the same for a SMILES and a geometry whose atoms are in another order (QM9's SMILES
+  and its DFT geometry), which is how the QM9 conformer cache learns the stereoisomer each label belongs to.
+
+RDKit is imported inside the functions, as everywhere in :mod:`lieprop.data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OpenStereo:
+    """The stereo elements of a connectivity (RDKit's ``FindPotentialStereo``): how many there are, and how many of
+    them the input left unassigned, as tetrahedral centres and double bonds."""
+
+    centres: int
+    double_bonds: int
+    open_centres: int
+    open_double_bonds: int
+
+    @property
+    def open(self) -> int:
+        return self.open_centres + self.open_double_bonds
+
+    @property
+    def changes_prediction(self) -> bool:
+        """Whether the stereoisomers the input allows include diastereomers (whose properties differ). With a single
+        stereo element in all, and that one a centre, they are two enantiomers: the same prediction either way."""
+        if self.open == 0:
+            return False
+        return self.open_double_bonds > 0 or self.centres + self.double_bonds > 1
+
+
+def open_stereo(mol: Any) -> OpenStereo:
+    """The stereo elements of RDKit molecule ``mol`` (hydrogens explicit or not), and those left unassigned.
+
+    Potential elements that the ring system forbids (the bridgeheads of a small bicycle) are counted too: RDKit
+    cannot tell them apart without embedding, so the count is an upper bound."""
+    from rdkit import Chem
+
+    centres = double_bonds = open_centres = open_double_bonds = 0
+    for element in Chem.FindPotentialStereo(Chem.Mol(mol)):
+        unassigned = element.specified != Chem.StereoSpecified.Specified
+        if element.type == Chem.StereoType.Atom_Tetrahedral:
+            centres += 1
+            open_centres += unassigned
+        elif element.type == Chem.StereoType.Bond_Double:
+            double_bonds += 1
+            open_double_bonds += unassigned
+    return OpenStereo(centres, double_bonds, open_centres, open_double_bonds)
+
+
+def stereo_labels(mol: Any) -> dict[tuple[str, int], str]:
+    """The CIP labels of ``mol``'s assigned stereo elements: ``{("atom", i): "R" | "S", ("bond", j): "E" | "Z"}``
+    (RDKit's new CIP labeller; an element left open, or not stereogenic, has none)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdCIPLabeler
+
+    copy = Chem.Mol(mol)
+    rdCIPLabeler.AssignCIPLabels(copy)
+    labels = {("atom", a.GetIdx()): a.GetProp("_CIPCode") for a in copy.GetAtoms() if a.HasProp("_CIPCode")}
+    labels.update({("bond", b.GetIdx()): b.GetProp("_CIPCode") for b in copy.GetBonds() if b.HasProp("_CIPCode")})
+    return labels
+
+
+def has_stereo(mol: Any, labels: dict[tuple[str, int], str], conf_id: int) -> bool:
+    """Whether conformer ``conf_id`` of ``mol`` has every stereo label in ``labels`` (from :func:`stereo_labels`
+    of the same molecule, atoms in the same order)."""
+    from rdkit import Chem
+
+    copy = Chem.Mol(mol, confId=conf_id)
+    Chem.AssignStereochemistryFrom3D(copy, confId=-1)
+    found = stereo_labels(copy)
+    return all(found.get(key) == label for key, label in labels.items())
+
+
+def stereo_smiles(mol: Any, conf_id: int = -1) -> str:
+    """The isomeric SMILES (hydrogens implicit) of ``mol`` with its stereo read from conformer ``conf_id``."""
+    from rdkit import Chem
+
+    copy = Chem.Mol(mol, confId=conf_id) if conf_id >= 0 else Chem.Mol(mol)
+    Chem.AssignStereochemistryFrom3D(copy, confId=-1)
+    return Chem.MolToSmiles(Chem.RemoveHs(copy))
+
+
+def isomeric_smiles(smiles: str, numbers: np.ndarray, positions: np.ndarray) -> str | None:
+    """The isomeric SMILES of ``smiles`` in the stereoisomer that geometry (``numbers``, ``positions`` in Å, any
+    atom order, hydrogens included) has; ``None`` when the geometry's bonds (perceived from its distances) do not
+    match the SMILES' connectivity, so its stereo cannot be transferred."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+    from rdkit.Geometry import Point3D
+
+    parsed = Chem.MolFromSmiles(smiles)
+    if parsed is None:
+        return None
+    mol = Chem.AddHs(parsed)
+    if mol.GetNumAtoms() != len(numbers):
+        return None
+    # the SMILES' graph with every bond single and nothing aromatic: matched against bonds perceived from distances
+    bare = Chem.RWMol(mol)
+    for bond in bare.GetBonds():
+        bond.SetBondType(Chem.BondType.SINGLE)
+        bond.SetIsAromatic(False)
+    for atom in bare.GetAtoms():
+        atom.SetIsAromatic(False)
+    query = bare.GetMol()
+    query.UpdatePropertyCache(strict=False)
+    target = Chem.RWMol()
+    conformer = Chem.Conformer(len(numbers))
+    for i, (z, x) in enumerate(zip(numbers, positions, strict=True)):
+        target.AddAtom(Chem.Atom(int(z)))
+        conformer.SetAtomPosition(i, Point3D(*map(float, x)))
+    target.AddConformer(conformer, assignId=True)
+    rdDetermineBonds.DetermineConnectivity(target)
+    target = target.GetMol()
+    target.UpdatePropertyCache(strict=False)
+    if target.GetNumBonds() != query.GetNumBonds():
+        return None
+    match = target.GetSubstructMatch(query)
+    if not match:
+        return None
+    placed = Chem.Conformer(mol.GetNumAtoms())
+    for i, j in enumerate(match):
+        placed.SetAtomPosition(i, Point3D(*map(float, positions[j])))
+    mol.RemoveAllConformers()
+    mol.AddConformer(placed, assignId=True)
+    return stereo_smiles(mol)
+
+
+def open_stereo_warning(stereo: OpenStereo, chosen: str) -> str:
+    """The warning of an input whose unassigned stereo elements may change the prediction."""
+    parts = []
+    if stereo.open_centres:
+        parts.append(f"{stereo.open_centres} stereocentre{'s' * (stereo.open_centres > 1)}")
+    if stereo.open_double_bonds:
+        parts.append(f"{stereo.open_double_bonds} double bond{'s' * (stereo.open_double_bonds > 1)}")
+    return (f"the input leaves the configuration of {' and '.join(parts)} unassigned, so it names several "
+            f"stereoisomers whose properties differ; the prediction is for the one the generated conformer has, "
+            f"{chosen} (give the stereochemistry, e.g. with @/@@ and / \\ in a SMILES, to choose)")

@@ -12,7 +12,7 @@ transfer worked: it fails where the relaxed geometry's bonds differ from the SMI
 where ETKDG cannot meet the stereo, which are embedded as written). Version 1 embedded the SMILES as written, so a
 molecule with two stereocentres had a good chance of being trained and scored on the wrong diastereomer.
 
-Building takes about 15 ms per molecule per core (about 30 minutes on one core), in chunks of
+Building takes about 35 ms per molecule per core (about 40 minutes on two cores), in chunks of
 :data:`CHUNK` molecules, each written to ``qm9-mmff-v2.parts/`` as soon as it is done: an interrupted build resumes
 at the first missing chunk (``python -m lieprop.data.qm9_conformers --workers 2``). A molecule that does not embed, or
 whose embedded composition differs from its QM9 composition, is kept with ``ok = False`` and its error, so rows stay
@@ -178,7 +178,7 @@ def load_conformers() -> ConformerArrays:
     """The conformer cache; ``FileNotFoundError`` naming the command that builds it when it is missing."""
     path = conformer_cache_path()
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; build it (about 30 minutes per core, resumable) with "
+        raise FileNotFoundError(f"{path} does not exist; build it (about 75 minutes per core, resumable) with "
                                 "python -m lieprop.data.qm9_conformers --workers N")
     with np.load(path) as z:
         if int(z["version"]) != CONFORMER_VERSION:

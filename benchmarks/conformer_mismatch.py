@@ -31,7 +31,7 @@ from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import load_qm9, split_indices
 from lieprop.data.qm9_conformers import load_conformers
 from lieprop.data.readers import from_smiles
-from lieprop.data.stereo import open_stereo
+from lieprop.data.stereo import geometry_graph, open_stereo
 from lieprop.data.validation import ValidationLimits
 from lieprop.inference import default_model_path
 from lieprop.model.bundle import load_bundle
@@ -42,39 +42,18 @@ EDGES = (0.1, 0.25, 0.5, 1.0, float("inf"))
 SHOWN = ("homo", "gap", "u0", "mu", "r2")
 
 
-def heavy_graph(numbers: np.ndarray, positions: np.ndarray):
-    """An RDKit molecule of the heavy atoms, bonded by distance (no bond orders), with the geometry as conformer 0."""
-    from rdkit import Chem
-    from rdkit.Chem import rdDetermineBonds
-    from rdkit.Geometry import Point3D
-
-    mol = Chem.RWMol()
-    conf = Chem.Conformer(len(numbers))
-    for i, (z, x) in enumerate(zip(numbers, positions, strict=True)):
-        mol.AddAtom(Chem.Atom(int(z)))
-        conf.SetAtomPosition(i, Point3D(*map(float, x)))
-    mol.AddConformer(conf, assignId=True)
-    rdDetermineBonds.DetermineConnectivity(mol)
-    for i in sorted((a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 1), reverse=True):
-        mol.RemoveAtom(i)
-    mol = mol.GetMol()
-    mol.UpdatePropertyCache(strict=False)
-    Chem.FastFindRings(mol)
-    return mol
-
-
 def heavy_rmsd(dft: tuple[np.ndarray, np.ndarray], conformer: tuple[np.ndarray, np.ndarray]) -> float:
     """Heavy-atom RMSD (Å) between two geometries of one molecule, or between one and the other's mirror image if
     that is smaller; NaN when their perceived graphs differ."""
     from rdkit import Chem
     from rdkit.Chem import rdMolAlign
 
-    ref, probe = heavy_graph(*dft), heavy_graph(*conformer)
+    ref, probe = geometry_graph(*dft, heavy_only=True), geometry_graph(*conformer, heavy_only=True)
     if ref.GetNumAtoms() == 1:
         return 0.0
     if ref.GetNumBonds() != probe.GetNumBonds() or not ref.HasSubstructMatch(probe):
         return float("nan")
-    mirror = heavy_graph(conformer[0], conformer[1] * np.array([-1.0, 1.0, 1.0]))
+    mirror = geometry_graph(conformer[0], conformer[1] * np.array([-1.0, 1.0, 1.0]), heavy_only=True)
     # an enantiomer is the same molecule to QM9's labels and to lieprop's models: compare with the mirror image too
     return float(min(rdMolAlign.GetBestRMS(Chem.Mol(probe), ref), rdMolAlign.GetBestRMS(mirror, ref)))
 

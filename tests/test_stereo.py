@@ -81,3 +81,24 @@ def test_a_strained_cage_embeds_in_the_stereo_its_smiles_gives():
     mol = from_smiles(cage)
     assert canonical(mol.provenance["conformer"]["stereo_smiles"]) == canonical(cage)
     assert not mol.warnings
+
+
+def test_the_conformer_mismatch_benchmark_measures_rmsd_up_to_order_rotation_and_mirror_image():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from conformer_mismatch import heavy_rmsd
+    from scipy.spatial.transform import Rotation
+
+    butanol = from_smiles("C[C@H](O)CC")
+    z, x = butanol.numbers, np.array(butanol.positions)
+    order = np.random.default_rng(1).permutation(len(z))
+    moved = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).apply(x) + 5.0
+    assert heavy_rmsd((z, x), (z[order], moved[order])) < 1e-4
+    assert heavy_rmsd((z, x), (z, x * np.array([-1.0, 1.0, 1.0]))) < 1e-4  # the enantiomer: the same to QM9's labels
+    bent = x.copy()
+    bent[np.flatnonzero(z == 8)[0]] += [0.0, 0.0, 0.2]  # the oxygen 0.2 Å off: a small, nonzero heavy-atom RMSD
+    assert 0.01 < heavy_rmsd((z, x), (z, bent)) < 0.2
+    propanol = from_smiles("CCCO")
+    assert np.isnan(heavy_rmsd((z, x), (propanol.numbers, propanol.positions)))  # other atoms: no mapping

@@ -100,12 +100,35 @@ def stereo_smiles(mol: Any, conf_id: int = -1) -> str:
     return Chem.MolToSmiles(Chem.RemoveHs(copy))
 
 
+def geometry_graph(numbers: np.ndarray, positions: np.ndarray, heavy_only: bool = False) -> Any:
+    """An RDKit molecule of a geometry (positions in Å) as conformer 0, bonded by distance (RDKit's
+    ``DetermineConnectivity``: single bonds, no orders); ``heavy_only`` then removes the hydrogens."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+    from rdkit.Geometry import Point3D
+
+    mol = Chem.RWMol()
+    conformer = Chem.Conformer(len(numbers))
+    for i, (z, x) in enumerate(zip(numbers, positions, strict=True)):
+        mol.AddAtom(Chem.Atom(int(z)))
+        conformer.SetAtomPosition(i, Point3D(*map(float, x)))
+    mol.AddConformer(conformer, assignId=True)
+    rdDetermineBonds.DetermineConnectivity(mol)
+    if heavy_only:
+        for i in sorted((a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 1), reverse=True):
+            mol.RemoveAtom(i)
+    out = mol.GetMol()
+    out.UpdatePropertyCache(strict=False)
+    if heavy_only:
+        Chem.FastFindRings(out)
+    return out
+
+
 def isomeric_smiles(smiles: str, numbers: np.ndarray, positions: np.ndarray) -> str | None:
     """The isomeric SMILES of ``smiles`` in the stereoisomer that geometry (``numbers``, ``positions`` in Å, any
     atom order, hydrogens included) has; ``None`` when the geometry's bonds (perceived from its distances) do not
     match the SMILES' connectivity, so its stereo cannot be transferred."""
     from rdkit import Chem
-    from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D
 
     parsed = Chem.MolFromSmiles(smiles)
@@ -123,15 +146,7 @@ def isomeric_smiles(smiles: str, numbers: np.ndarray, positions: np.ndarray) -> 
         atom.SetIsAromatic(False)
     query = bare.GetMol()
     query.UpdatePropertyCache(strict=False)
-    target = Chem.RWMol()
-    conformer = Chem.Conformer(len(numbers))
-    for i, (z, x) in enumerate(zip(numbers, positions, strict=True)):
-        target.AddAtom(Chem.Atom(int(z)))
-        conformer.SetAtomPosition(i, Point3D(*map(float, x)))
-    target.AddConformer(conformer, assignId=True)
-    rdDetermineBonds.DetermineConnectivity(target)
-    target = target.GetMol()
-    target.UpdatePropertyCache(strict=False)
+    target = geometry_graph(numbers, positions)
     if target.GetNumBonds() != query.GetNumBonds():
         return None
     match = target.GetSubstructMatch(query)

@@ -8,26 +8,29 @@ import pytest
 from rdkit import Chem
 
 from lieprop.data.readers import from_smiles
-from lieprop.data.stereo import isomeric_smiles, open_stereo
+from lieprop.data.stereo import isomeric_smiles
 
 
 def canonical(smiles: str) -> str:
     return Chem.MolToSmiles(Chem.MolFromSmiles(smiles))
 
 
-@pytest.mark.parametrize(("smiles", "open_centres", "open_bonds", "changes"), [
-    ("CCO", 0, 0, False),
-    ("CC(O)CC", 1, 0, False),  # one centre: the two choices are enantiomers, the same prediction
-    ("CC1CCC(C)CC1", 2, 0, True),  # cis or trans
-    ("C[C@H]1CC[C@@H](C)CC1", 0, 0, False),
-    ("C[C@H](O)C(O)C", 1, 0, True),  # one centre given, the other open: two diastereomers
-    ("CC=CC", 0, 1, True),  # E or Z
-    ("C/C=C/C", 0, 0, False),
+@pytest.mark.parametrize(("smiles", "unassigned", "warned"), [
+    ("CCO", 0, False),
+    ("CC(O)CC", 1, False),  # one centre: the two choices are enantiomers, the same prediction
+    ("C/C=C/C(C)O", 1, False),  # one centre and a given double bond: a mirror image keeps E, so still enantiomers
+    ("CC1CCC(C)CC1", 2, True),  # cis or trans
+    ("C[C@H]1CC[C@@H](C)CC1", 0, False),
+    ("C[C@H](O)C(O)C", 1, True),  # one centre given, the other open: two diastereomers
+    ("CC=CC", 1, True),  # E or Z
+    ("C/C=C/C", 0, False),
+    ("C12C3C4C1C5C2C3C45", 0, False),  # cubane: potential centres that cannot vary
+    ("CCN=[N+]=[N-]", 0, False),  # an azide's N=N is no stereo bond
 ])
-def test_open_stereo_counts_what_the_smiles_leaves_unassigned(smiles, open_centres, open_bonds, changes):
-    stereo = open_stereo(Chem.AddHs(Chem.MolFromSmiles(smiles)))
-    assert (stereo.open_centres, stereo.open_double_bonds) == (open_centres, open_bonds)
-    assert stereo.changes_prediction is changes
+def test_unassigned_stereo_counts_what_the_input_left_open_and_could_vary(smiles, unassigned, warned):
+    mol = from_smiles(smiles)
+    assert mol.provenance["conformer"]["unassigned_stereo"] == unassigned
+    assert any("stereo" in w for w in mol.warnings) is warned
 
 
 def test_a_smiles_open_to_diastereomers_is_warned_and_names_the_one_predicted():
@@ -102,3 +105,20 @@ def test_the_conformer_mismatch_benchmark_measures_rmsd_up_to_order_rotation_and
     assert 0.01 < heavy_rmsd((z, x), (z, bent)) < 0.2
     propanol = from_smiles("CCCO")
     assert np.isnan(heavy_rmsd((z, x), (propanol.numbers, propanol.positions)))  # other atoms: no mapping
+
+
+@pytest.mark.parametrize(("drawn", "warned"), [(r"C/C=C\CO", False), ("C[C@H](O)[C@@H](C)O", False),
+                                               ("CC(O)C(C)O", True)])
+def test_a_2d_mol_block_is_embedded_in_the_stereo_it_draws(drawn, warned):
+    from rdkit.Chem import AllChem
+
+    from lieprop.data.readers import read_sdf
+
+    drawing = Chem.MolFromSmiles(drawn)
+    AllChem.Compute2DCoords(drawing)
+    Chem.WedgeMolBonds(drawing, drawing.GetConformer())  # wedges and the double bond's 2D geometry carry the stereo
+    (item,) = read_sdf(Chem.MolToMolBlock(drawing))
+    conformer = item.molecule.provenance["conformer"]
+    assert any("stereo" in w for w in item.molecule.warnings) is warned
+    if not warned:
+        assert canonical(conformer["stereo_smiles"]) == canonical(drawn) and conformer["unassigned_stereo"] == 0

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from lieprop.data.molecule import Molecule
-from lieprop.data.stereo import has_stereo, open_stereo, open_stereo_warning, stereo_labels, stereo_smiles
+from lieprop.data.stereo import (
+    has_stereo,
+    open_stereo,
+    open_stereo_warning,
+    perceived_labels,
+    stereo_labels,
+    stereo_smiles,
+)
 from lieprop.data.textio import quote_input
 from lieprop.data.validation import MoleculeError, ValidationLimits, validate
 
@@ -56,7 +63,7 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
     from rdkit import rdBase
     from rdkit.Chem import AllChem
 
-    stereo = open_stereo(mol)  # what the input left open, before the embedder picks a stereoisomer
+    requested = stereo_labels(mol)  # the stereo the input gives, before the embedder picks a stereoisomer
     budget = timeout * n_conformers
     started = time.monotonic()
     timed_out = False
@@ -81,7 +88,6 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
         random_coords = not ids
         if random_coords and not timed_out:  # ETKDG's distance-geometry start fails for some strained systems
             ids = attempt(True)
-        requested = stereo_labels(mol)
         unchecked = not ids and not timed_out and bool(requested)
         if unchecked:
             # ETKDG's chirality checks reject every start for some strained cages with given stereo (4% of QM9's
@@ -126,6 +132,7 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
                                 f"it gives (seed {seed})")
     energy, best, converged = min(results, key=lambda r: (np.nan_to_num(r[0], nan=np.inf), r[1]))
     chosen = stereo_smiles(mol, best)
+    stereo = open_stereo(requested, perceived_labels(mol, best))
     conformer = {
         "method": "ETKDGv3", "seed": int(seed), "random_coords": random_coords,
         "n_conformers": len(ids), "force_field": force_field, "converged": converged,

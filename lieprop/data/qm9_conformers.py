@@ -5,7 +5,7 @@ MMFF94; :func:`lieprop.data.readers.from_smiles`), not for the DFT-relaxed QM9 g
 To train and evaluate for that path, this module embeds all 130,831 QM9 SMILES once, through that same function,
 and caches the result next to the QM9 cache (``qm9-mmff-v2.npz`` under :func:`lieprop.data.qm9.cache_dir`).
 
-QM9's SMILES carry no stereochemistry, but each label belongs to one stereoisomer, the one of its DFT geometry: 72%
+QM9's SMILES carry no stereochemistry, but each label belongs to one stereoisomer, the one of its DFT geometry: 76%
 of QM9 molecules have a stereocentre or a stereogenic double bond. So each SMILES first gets the stereo of its DFT
 geometry (:func:`lieprop.data.stereo.isomeric_smiles`; ``smiles`` records what was embedded, ``stereo`` whether the
 transfer worked: it fails where the relaxed geometry's bonds differ from the SMILES, and for the strained cages
@@ -90,7 +90,10 @@ def embed_chunk(smiles: list[str], geometries: list[tuple[np.ndarray, np.ndarray
     positions: list[np.ndarray] = []
     counts, ok, errors, embedded, stereo = [], [], [], [], []
     for text, (composition, dft) in zip(smiles, geometries, strict=True):
-        isomeric = isomeric_smiles(text, composition, dft)
+        try:
+            isomeric = isomeric_smiles(text, composition, dft)
+        except Exception:  # noqa: BLE001 - RDKit on an odd geometry: the SMILES as written, as when no match
+            isomeric = None
         try:
             try:
                 m = from_smiles(isomeric or text, limits=limits)

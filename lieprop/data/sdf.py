@@ -77,6 +77,11 @@ def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationL
     Chem.SanitizeMol(mol)
 
     flat = mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D()
+    if flat and mol.GetNumConformers():
+        # the stereo a drawing gives (wedges, the geometry of a double bond): embedded as drawn, not left open
+        Chem.AssignChiralTypesFromBondDirs(mol)
+        Chem.DetectBondStereochemistry(mol)
+        Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
     n_implicit = sum(atom.GetTotalNumHs() for atom in mol.GetAtoms())
     if n_implicit:
         mol = Chem.AddHs(mol, addCoords=not flat)

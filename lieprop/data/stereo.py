@@ -5,8 +5,8 @@ picked by the embedder's random start. Two enantiomers have the same QM9 propert
 the same values), but two diastereomers (cis/trans on a ring, E/Z on a double bond, the relative configuration of
 two centres) are different molecules with different dipoles, energies and orbital energies. So:
 
-* :func:`open_stereo` counts the stereo elements a connectivity leaves unassigned, and says whether they can change
-  the prediction (:attr:`OpenStereo.changes_prediction`);
+* :func:`open_stereo` counts the stereo elements an input left unassigned (those its embedded geometry has and the
+  input did not give), and says whether they can change the prediction (:attr:`OpenStereo.changes_prediction`);
 * :func:`stereo_smiles` writes the isomeric SMILES of a geometry (stereo perceived from 3D), so a result can say
   which stereoisomer it is for;
 * :func:`stereo_labels` / :func:`has_stereo` check that a conformer has the stereo its input asked for (the
@@ -27,8 +27,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class OpenStereo:
-    """The stereo elements of a connectivity (RDKit's ``FindPotentialStereo``): how many there are, and how many of
-    them the input left unassigned, as tetrahedral centres and double bonds."""
+    """The stereo elements of an embedded molecule (those its 3D geometry has a CIP label for): how many there are,
+    and how many of them the input left unassigned, as tetrahedral centres and double bonds."""
 
     centres: int
     double_bonds: int
@@ -41,30 +41,23 @@ class OpenStereo:
 
     @property
     def changes_prediction(self) -> bool:
-        """Whether the stereoisomers the input allows include diastereomers (whose properties differ). With a single
-        stereo element in all, and that one a centre, they are two enantiomers: the same prediction either way."""
-        if self.open == 0:
-            return False
-        return self.open_double_bonds > 0 or self.centres + self.double_bonds > 1
+        """Whether the stereoisomers the input allows include diastereomers (whose properties differ). A mirror image
+        inverts every centre and keeps every double bond, so with a single centre in all (double bonds given or not)
+        the choices are two enantiomers: the same prediction either way."""
+        return self.open_double_bonds > 0 or (self.open_centres > 0 and self.centres > 1)
 
 
-def open_stereo(mol: Any) -> OpenStereo:
-    """The stereo elements of RDKit molecule ``mol`` (hydrogens explicit or not), and those left unassigned.
+def open_stereo(requested: dict[tuple[str, int], str], perceived: dict[tuple[str, int], str]) -> OpenStereo:
+    """The stereo an input left open: the elements labelled in the embedded geometry (``perceived``, from
+    :func:`perceived_labels`) that the input did not label (``requested``, :func:`stereo_labels` of the input).
 
-    Potential elements that the ring system forbids (the bridgeheads of a small bicycle) are counted too: RDKit
-    cannot tell them apart without embedding, so the count is an upper bound."""
-    from rdkit import Chem
-
-    centres = double_bonds = open_centres = open_double_bonds = 0
-    for element in Chem.FindPotentialStereo(Chem.Mol(mol)):
-        unassigned = element.specified != Chem.StereoSpecified.Specified
-        if element.type == Chem.StereoType.Atom_Tetrahedral:
-            centres += 1
-            open_centres += unassigned
-        elif element.type == Chem.StereoType.Bond_Double:
-            double_bonds += 1
-            open_double_bonds += unassigned
-    return OpenStereo(centres, double_bonds, open_centres, open_double_bonds)
+    Counting CIP labels of a real geometry, rather than RDKit's potential stereo of the connectivity, leaves out what
+    cannot vary (cubane's and a small bicycle's bridgeheads, azides, allenes), and counts cis/trans on rings (the
+    pseudo-asymmetric ``r``/``s`` labels)."""
+    centres = [k for k in perceived if k[0] == "atom"]
+    double_bonds = [k for k in perceived if k[0] == "bond"]
+    return OpenStereo(len(centres), len(double_bonds), sum(k not in requested for k in centres),
+                      sum(k not in requested for k in double_bonds))
 
 
 def stereo_labels(mol: Any) -> dict[tuple[str, int], str]:
@@ -80,14 +73,19 @@ def stereo_labels(mol: Any) -> dict[tuple[str, int], str]:
     return labels
 
 
-def has_stereo(mol: Any, labels: dict[tuple[str, int], str], conf_id: int) -> bool:
-    """Whether conformer ``conf_id`` of ``mol`` has every stereo label in ``labels`` (from :func:`stereo_labels`
-    of the same molecule, atoms in the same order)."""
+def perceived_labels(mol: Any, conf_id: int) -> dict[tuple[str, int], str]:
+    """The CIP labels (:func:`stereo_labels`) of conformer ``conf_id`` of ``mol``, its stereo read from 3D."""
     from rdkit import Chem
 
     copy = Chem.Mol(mol, confId=conf_id)
     Chem.AssignStereochemistryFrom3D(copy, confId=-1)
-    found = stereo_labels(copy)
+    return stereo_labels(copy)
+
+
+def has_stereo(mol: Any, labels: dict[tuple[str, int], str], conf_id: int) -> bool:
+    """Whether conformer ``conf_id`` of ``mol`` has every stereo label in ``labels`` (from :func:`stereo_labels`
+    of the same molecule, atoms in the same order)."""
+    found = perceived_labels(mol, conf_id)
     return all(found.get(key) == label for key, label in labels.items())
 
 

@@ -16,14 +16,7 @@ from typing import Any
 import numpy as np
 
 from lieprop.data.molecule import Molecule
-from lieprop.data.stereo import (
-    has_stereo,
-    open_stereo,
-    open_stereo_warning,
-    perceived_labels,
-    stereo_labels,
-    stereo_smiles,
-)
+from lieprop.data.stereo import has_stereo, open_stereo, open_stereo_warning, read_stereo, stereo_labels
 from lieprop.data.textio import quote_input
 from lieprop.data.validation import MoleculeError, ValidationLimits, validate
 
@@ -131,8 +124,8 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
             raise MoleculeError("embedding_failed", f"{what}: ETKDGv3 found no 3D geometry with the stereochemistry "
                                 f"it gives (seed {seed})")
     energy, best, converged = min(results, key=lambda r: (np.nan_to_num(r[0], nan=np.inf), r[1]))
-    chosen = stereo_smiles(mol, best)
-    stereo = open_stereo(requested, perceived_labels(mol, best))
+    chosen, perceived = read_stereo(mol, best)
+    stereo = open_stereo(requested, perceived)
     conformer = {
         "method": "ETKDGv3", "seed": int(seed), "random_coords": random_coords,
         "n_conformers": len(ids), "force_field": force_field, "converged": converged,

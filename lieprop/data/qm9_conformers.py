@@ -104,19 +104,17 @@ def embed_chunk(smiles: list[str], geometries: list[tuple[np.ndarray, np.ndarray
                 m = from_smiles(text, limits=limits)
             if not np.array_equal(np.sort(m.numbers), np.sort(composition)):
                 raise MoleculeError("invalid_smiles", "the SMILES gives another composition than the QM9 geometry")
-            embedded.append(isomeric or text)
-            stereo.append(isomeric is not None)
             numbers.append(m.numbers.astype(np.int8))
             positions.append(m.positions.astype(np.float32))
             counts.append(len(m.numbers))
             ok.append(True)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - recorded per molecule; the build goes on
-            embedded.append(isomeric or text)
-            stereo.append(isomeric is not None)
             counts.append(0)
             ok.append(False)
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
+        embedded.append(isomeric or text)
+        stereo.append(isomeric is not None)
     return {"numbers": np.concatenate(numbers) if numbers else np.zeros(0, np.int8),
             "positions": np.concatenate(positions) if positions else np.zeros((0, 3), np.float32),
             "counts": np.asarray(counts, np.int64), "ok": np.asarray(ok), "errors": np.asarray(errors, dtype=str),

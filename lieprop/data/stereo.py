@@ -7,7 +7,7 @@ two centres) are different molecules with different dipoles, energies and orbita
 
 * :func:`open_stereo` counts the stereo elements an input left unassigned (those its embedded geometry has and the
   input did not give), and says whether they can change the prediction (:attr:`OpenStereo.changes_prediction`);
-* :func:`stereo_smiles` writes the isomeric SMILES of a geometry (stereo perceived from 3D), so a result can say
+* :func:`read_stereo` writes the isomeric SMILES of a geometry (stereo perceived from 3D), so a result can say
   which stereoisomer it is for;
 * :func:`stereo_labels` / :func:`has_stereo` check that a conformer has the stereo its input asked for (the
   embedder's fallback for strained cages, whose chirality checks ETKDG cannot pass, relies on them);
@@ -49,7 +49,7 @@ class OpenStereo:
 
 def open_stereo(requested: dict[tuple[str, int], str], perceived: dict[tuple[str, int], str]) -> OpenStereo:
     """The stereo an input left open: the elements labelled in the embedded geometry (``perceived``, from
-    :func:`perceived_labels`) that the input did not label (``requested``, :func:`stereo_labels` of the input).
+    :func:`read_stereo`) that the input did not label (``requested``, :func:`stereo_labels` of the input).
 
     Counting CIP labels of a real geometry, rather than RDKit's potential stereo of the connectivity, leaves out what
     cannot vary (cubane's and a small bicycle's bridgeheads, azides, allenes), and counts cis/trans on rings (the
@@ -73,29 +73,29 @@ def stereo_labels(mol: Any) -> dict[tuple[str, int], str]:
     return labels
 
 
-def perceived_labels(mol: Any, conf_id: int) -> dict[tuple[str, int], str]:
-    """The CIP labels (:func:`stereo_labels`) of conformer ``conf_id`` of ``mol``, its stereo read from 3D."""
+def _from_3d(mol: Any, conf_id: int = -1) -> Any:
+    """A copy of ``mol`` with conformer ``conf_id`` only (all when -1) and its stereo read from that geometry."""
     from rdkit import Chem
 
-    copy = Chem.Mol(mol, confId=conf_id)
+    copy = Chem.Mol(mol, confId=conf_id) if conf_id >= 0 else Chem.Mol(mol)
     Chem.AssignStereochemistryFrom3D(copy, confId=-1)
-    return stereo_labels(copy)
+    return copy
+
+
+def read_stereo(mol: Any, conf_id: int = -1) -> tuple[str, dict[tuple[str, int], str]]:
+    """The stereo of conformer ``conf_id`` of ``mol``, read from 3D: its isomeric SMILES (hydrogens implicit) and
+    its CIP labels (:func:`stereo_labels`)."""
+    from rdkit import Chem
+
+    placed = _from_3d(mol, conf_id)
+    return Chem.MolToSmiles(Chem.RemoveHs(placed)), stereo_labels(placed)
 
 
 def has_stereo(mol: Any, labels: dict[tuple[str, int], str], conf_id: int) -> bool:
     """Whether conformer ``conf_id`` of ``mol`` has every stereo label in ``labels`` (from :func:`stereo_labels`
     of the same molecule, atoms in the same order)."""
-    found = perceived_labels(mol, conf_id)
+    found = stereo_labels(_from_3d(mol, conf_id))
     return all(found.get(key) == label for key, label in labels.items())
-
-
-def stereo_smiles(mol: Any, conf_id: int = -1) -> str:
-    """The isomeric SMILES (hydrogens implicit) of ``mol`` with its stereo read from conformer ``conf_id``."""
-    from rdkit import Chem
-
-    copy = Chem.Mol(mol, confId=conf_id) if conf_id >= 0 else Chem.Mol(mol)
-    Chem.AssignStereochemistryFrom3D(copy, confId=-1)
-    return Chem.MolToSmiles(Chem.RemoveHs(copy))
 
 
 def geometry_graph(numbers: np.ndarray, positions: np.ndarray, heavy_only: bool = False) -> Any:
@@ -155,7 +155,7 @@ def isomeric_smiles(smiles: str, numbers: np.ndarray, positions: np.ndarray) -> 
         placed.SetAtomPosition(i, Point3D(*map(float, positions[j])))
     mol.RemoveAllConformers()
     mol.AddConformer(placed, assignId=True)
-    return stereo_smiles(mol)
+    return read_stereo(mol)[0]
 
 
 def open_stereo_warning(stereo: OpenStereo, chosen: str) -> str:

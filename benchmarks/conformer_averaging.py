@@ -1,15 +1,19 @@
-"""Would more conformers per SMILES bring the SMILES path closer to the DFT geometries? (issue 13)
+"""What averaging over several conformers buys the SMILES path, and what it costs (issue 13).
 
-    python benchmarks/conformer_averaging.py                         # 400 test molecules, the bundled model
-    python benchmarks/conformer_averaging.py --molecules 1000 --model runs/v3b/best.pt --conformers 10
+    python benchmarks/conformer_averaging.py                     # the bundled model, the whole test split (~5 min)
+    python benchmarks/conformer_averaging.py --molecules 2000 --timing 100
 
-For each of the first ``--molecules`` molecules of the QM9 test split it predicts from: the DFT geometry; the
-service's own conformer (``lieprop.data.readers.from_smiles``: ETKDGv3, fixed seed, MMFF94); and ``--conformers``
-ETKDGv3 conformers (seed 42) each MMFF94-optimised, combined three ways: the lowest-MMFF-energy one, the mean
-prediction over all, and the Boltzmann-weighted mean at 298 K. Values are those the service gives (a bundle whose
-calibration weights its members per geometry path is weighted as it serves). It prints the MAE per target in the
-paper's units.
-Embedding takes ~15 ms per conformer per core; the model runs on every conformer.
+A SMILES is answered for lieprop's conformers of it (ETKDGv3 with the fixed seed, MMFF94,
+:data:`lieprop.data.records.DEFAULT_CONFORMERS` of them), each predicted and the values averaged
+(:func:`lieprop.model.prediction.average_conformers`). This script scores QM9's test molecules in the cached
+conformers (:mod:`lieprop.data.qm9_conformers`, the service's own SMILES path) averaged over the ``k`` lowest in
+energy, k = 1 ... all, and in the one conformer ``conformers: 1`` gives (ETKDG's first, embedded here), beside the
+DFT geometry's MAE, on the whole split and by slice (heavy atoms; rotatable bonds,
+where conformers differ most). Values are what the bundle serves on the SMILES path (its member weights for that
+path, when its calibration has them).
+
+Then it times, side by side in one run, what a SMILES costs with one conformer and with the default count: the
+embedding (``from_smiles``, one process) and the model (one geometry or all of them per molecule).
 """
 
 from __future__ import annotations
@@ -19,86 +23,110 @@ import time
 
 import numpy as np
 
+from lieprop.data.molecule import Molecule
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import load_qm9, split_indices
-from lieprop.data.readers import from_smiles
+from lieprop.data.qm9_conformers import load_conformers
+from lieprop.data.readers import DEFAULT_CONFORMERS, embed_many, from_smiles
+from lieprop.data.validation import ValidationLimits
 from lieprop.inference import default_model_path
 from lieprop.model.bundle import load_bundle
 
-KT_KCAL_MOL = 0.593  # k_B T at 298 K
+#: Targets shown (the issue's four, and r2, the most conformer-dependent).
+SHOWN = ("homo", "gap", "u0", "mu", "r2")
 
 
-def conformers(smiles: str, k: int, seed: int = 42) -> tuple[np.ndarray, list[tuple[float, np.ndarray]]]:
-    """Atomic numbers and (MMFF94 energy in kcal/mol, positions) of ``k`` optimised ETKDGv3 conformers."""
+def rotatable_bonds(smiles: str) -> int:
     from rdkit import Chem
-    from rdkit.Chem import AllChem
+    from rdkit.Chem import rdMolDescriptors
 
-    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    params = AllChem.ETKDGv3()
-    params.randomSeed, params.numThreads = seed, 1
-    ids = list(AllChem.EmbedMultipleConfs(mol, k, params))
-    props = AllChem.MMFFGetMoleculeProperties(mol)
-    out = []
-    for cid in ids:
-        ff = AllChem.MMFFGetMoleculeForceField(mol, props, confId=cid)
-        ff.Minimize(maxIts=2000)
-        out.append((float(ff.CalcEnergy()), mol.GetConformer(cid).GetPositions()))
-    return np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), out
+    return int(rdMolDescriptors.CalcNumRotatableBonds(Chem.MolFromSmiles(smiles)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--molecules", type=int, default=400)
-    parser.add_argument("--conformers", type=int, default=10)
+    parser.add_argument("--molecules", type=int, default=None, help="the first N test molecules (default: all)")
     parser.add_argument("--model", default=None, help="bundle (default: the bundled model)")
+    parser.add_argument("--timing", type=int, default=200, help="SMILES timed per setting (default 200)")
+    parser.add_argument("--workers", type=int, default=2, help="processes embedding the one-conformer path")
     args = parser.parse_args(argv)
-    data = load_qm9()
+    data, confs = load_qm9(), load_conformers()
     rows = split_indices(len(data))["test"][: args.molecules]
+    rows = rows[confs.available(rows)]
     bundle = load_bundle(args.model or default_model_path())
-    model = bundle.model
-    started = time.time()
-    kept, single_z, single_x, all_z, all_x, owner, energy = [], [], [], [], [], [], []
-    for j, row in enumerate(rows):
-        smiles = str(data.smiles[row])
-        try:
-            service = from_smiles(smiles, "x")
-            z, confs = conformers(smiles, args.conformers)
-        except Exception:  # noqa: BLE001 (a molecule RDKit cannot embed is left out, and counted)
-            continue
-        if not confs:
-            continue
-        kept.append(j)
-        single_z.append(service.numbers)
-        single_x.append(service.positions)
-        for e, x in confs:
-            all_z.append(z)
-            all_x.append(x)
-            owner.append(len(kept) - 1)
-            energy.append(e)
-    print(f"{len(kept)} of {len(rows)} molecules embedded, {len(all_z)} conformers, {time.time() - started:.0f} s")
-    # the values the service gives: a DFT geometry on the given path, conformers on the generated one
-    dft = bundle.values(*zip(*(data.molecule(int(rows[j])) for j in kept), strict=True), path="given")
-    single = bundle.values(single_z, single_x, path="generated")
-    each = bundle.values(all_z, all_x, path="generated")
-    owner_a, energy_a = np.array(owner), np.array(energy)
-    groups = [owner_a == i for i in range(len(kept))]
-    lowest = np.stack([each[g][np.argmin(energy_a[g])] for g in groups])
-    mean = np.stack([each[g].mean(0) for g in groups])
+    targets = list(bundle.model.targets)
+    shown = [t for t in SHOWN if t in targets]
+    truth = data.targets_in_units()[rows][:, [PROPERTY_NAMES.index(t) for t in targets]]
+    given = bundle.values(*zip(*(data.molecule(int(r)) for r in rows), strict=True), path="given")
+    molecules = confs.molecules(rows)
+    most = max(len(m.geometries) for m in molecules)
+    by_k = {}
+    for k in range(1, most + 1):
+        first_k = [Molecule(m.numbers, m.positions, other_conformers=m.other_conformers[: k - 1]) for m in molecules]
+        by_k[k] = bundle.molecule_values(first_k, path="generated")
+    # what ``conformers: 1`` serves: ETKDG's first conformer (not the lowest in energy of five), embedded here
+    limits = ValidationLimits(max_atoms=1000, embed_timeout=0)
+    records = [(k, None, str(confs.smiles[r])) for k, r in enumerate(rows)]
+    single = list(embed_many(records, args.workers, n_conformers=1, limits=limits))
+    one = np.array([item.ok for item in single])
+    one_values = np.full_like(by_k[1], np.nan)
+    one_values[one] = bundle.molecule_values([item.molecule for item in single if item.ok], path="generated")
+    heavy = np.array([m.n_heavy for m in molecules])
+    rotors = np.array([rotatable_bonds(str(confs.smiles[r])) for r in rows])
 
-    def boltzmann(g: np.ndarray) -> np.ndarray:
-        w = np.exp(-(energy_a[g] - energy_a[g].min()) / KT_KCAL_MOL)
-        return (each[g] * (w / w.sum())[:, None]).sum(0)
+    def mae(values: np.ndarray, mask: np.ndarray, t: str) -> float:
+        j = targets.index(t)
+        return float(np.abs(values[mask, j] - truth[mask, j]).mean() * BY_NAME[t].to_paper)
 
-    weighted = np.stack([boltzmann(g) for g in groups])
-    cols = [PROPERTY_NAMES.index(t) for t in model.targets]
-    truth = data.targets_in_units()[rows[kept]][:, cols]
-    print(f"\n| target | unit | DFT geometry | service conformer | lowest MMFF of {args.conformers} | "
-          f"mean of {args.conformers} | Boltzmann mean |")
-    print("|---|---|---|---|---|---|---|")
-    for j, name in enumerate(model.targets):
-        p = BY_NAME[name]
-        maes = [np.abs(pred[:, j] - truth[:, j]).mean() * p.to_paper for pred in (dft, single, lowest, mean, weighted)]
-        print(f"| {name} | {p.paper_unit or p.unit} | " + " | ".join(f"{m:.4g}" for m in maes) + " |")
+    units = [BY_NAME[t].paper_unit or BY_NAME[t].unit for t in shown]
+    header = " | ".join(f"{t} ({u})" for t, u in zip(shown, units, strict=True))
+    n_geometries = np.array([len(m.geometries) for m in molecules])
+    print(f"{len(rows)} test molecules; conformers per molecule: mean {n_geometries.mean():.2f}, "
+          f"{int((n_geometries < most).sum())} with fewer than {most} (other stereoisomers left out, or fewer "
+          "usable)\n")
+    print("MAE on the SMILES path averaged over the k lowest-energy conformers (ratio to the DFT geometry's MAE):\n")
+    print(f"| conformers averaged | {header} |")
+    print("|---" * (1 + len(shown)) + "|")
+    everyone = np.ones(len(rows), dtype=bool)
+    print("| DFT geometry | " + " | ".join(f"{mae(given, everyone, t):.4g}" for t in shown) + " |")
+    cells = [f"{mae(one_values, one, t):.4g} ({mae(one_values, one, t) / mae(given, one, t):.2f}x)" for t in shown]
+    print(f"| 1, as `conformers: 1` embeds it ({int(one.sum())} molecules) | " + " | ".join(cells) + " |")
+    for k, values in by_k.items():
+        cells = [f"{mae(values, everyone, t):.4g} ({mae(values, everyone, t) / mae(given, everyone, t):.2f}x)"
+                 for t in shown]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+
+    slices = [("heavy atoms <= 6", heavy <= 6), ("heavy atoms 7-8", (heavy >= 7) & (heavy <= 8)),
+              ("heavy atoms 9", heavy == 9), ("no rotatable bond", rotors == 0), ("1 rotatable bond", rotors == 1),
+              ("2+ rotatable bonds", rotors >= 2)]
+    print(f"\nBy slice: MAE with 1 conformer (`conformers: 1`) / with {most} (ratio of the two), and the DFT "
+          "geometry's MAE:\n")
+    print(f"| slice | molecules | {header} |")
+    print("|---" * (2 + len(shown)) + "|")
+    for label, mask in slices:
+        mask = mask & one
+        if not mask.any():
+            continue
+        cells = []
+        for t in shown:
+            single_mae, many, dft = mae(one_values, mask, t), mae(by_k[most], mask, t), mae(given, mask, t)
+            cells.append(f"{single_mae:.3g} / {many:.3g} ({many / single_mae:.2f}x); DFT {dft:.3g}")
+        print(f"| {label} | {int(mask.sum())} | " + " | ".join(cells) + " |")
+
+    # cost, side by side: embedding one SMILES with one conformer and with the default count; the model's time
+    timed = [str(data.smiles[r]) for r in rows[: args.timing]]
+    print(f"\nCost per SMILES ({len(timed)} test SMILES, one process; model: the bundle, batches of 128 "
+          "geometries):\n")
+    print("| conformers | embedding (ms) | model (ms) |")
+    print("|---|---|---|")
+    for n in (1, DEFAULT_CONFORMERS):
+        started = time.perf_counter()
+        embedded = [from_smiles(s, n_conformers=n, limits=limits) for s in timed]
+        embed_ms = (time.perf_counter() - started) * 1000 / len(timed)
+        started = time.perf_counter()
+        bundle.molecule_values(embedded, path="generated")
+        model_ms = (time.perf_counter() - started) * 1000 / len(timed)
+        print(f"| {n} | {embed_ms:.1f} | {model_ms:.2f} |")
     return 0
 
 

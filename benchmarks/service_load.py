@@ -6,7 +6,8 @@
 
 It starts ``lieprop serve`` itself on a free local port (once with batching on, once with ``--no-batching``) and
 drives it with a closed-loop httpx client: ``concurrency`` workers each send single-molecule requests back to back.
-Rows: XYZ requests (geometry given, model only) and SMILES requests (a conformer is embedded per request). The
+Rows: XYZ requests (geometry given, model only) and SMILES requests (5 conformers are embedded and predicted per
+request; ``--kinds smiles1`` asks for one). The
 memory run sends ``--requests`` requests (XYZ, every tenth a SMILES) at concurrency 32 and samples the server's
 RSS. The client shares the machine with the server, so on a small machine the numbers include its CPU time too.
 
@@ -115,8 +116,14 @@ def xyz_bodies() -> list[dict]:
     return bodies
 
 
-def smiles_bodies() -> list[dict]:
-    return [{"molecules": [{"id": f"mol{k}", "smiles": s}]} for k, s in enumerate(SMILES)]
+def smiles_bodies(conformers: int | None = None) -> list[dict]:
+    """SMILES requests; ``conformers`` asks for that many per SMILES (None: the service's default, 5)."""
+    extra = {} if conformers is None else {"conformers": conformers}
+    return [{"molecules": [{"id": f"mol{k}", "smiles": s}], **extra} for k, s in enumerate(SMILES)]
+
+
+#: Request kinds a run may time: XYZ (model only), SMILES (the default conformers), SMILES with one conformer.
+KINDS = {"xyz": xyz_bodies, "smiles": smiles_bodies, "smiles1": lambda: smiles_bodies(conformers=1)}
 
 
 async def drive(url: str, bodies: list[dict], concurrency: int, n: int, on_progress=None) -> tuple[list[float], int,
@@ -228,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", help="levels (default 1 8 32 64)")
     parser.add_argument("--per-cell", type=int, help="requests per table cell (default 400; at least 4x concurrency)")
     parser.add_argument("--requests", type=int, help="requests in the memory run (default 10000; 0 skips it)")
-    parser.add_argument("--kinds", nargs="+", choices=["xyz", "smiles"], default=["xyz", "smiles"])
+    parser.add_argument("--kinds", nargs="+", choices=list(KINDS), default=["xyz", "smiles"],
+                        help="request kinds: xyz, smiles (5 conformers each), smiles1 (one conformer)")
     parser.add_argument("--skip-latency", action="store_true", help="only the memory run")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="extra `lieprop serve` argument, e.g. --serve-arg=--max-wait-ms=2 (repeatable)")
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{model.name}; client and server on the same machine; serve args: "
               f"{' '.join(args.serve_arg) or '(defaults)'}\n")
         if not args.skip_latency:
-            kinds = {k: xyz_bodies() if k == "xyz" else smiles_bodies() for k in args.kinds}
+            kinds = {k: KINDS[k]() for k in args.kinds}
             cells = []
             for batching in (True, False):
                 server = Server(model, batching, args.serve_arg)

@@ -8,7 +8,7 @@ import os
 from lieprop.scoring.records import parse_records
 
 
-def parse_or_crash(kind, records, seed, limits):
+def parse_or_crash(kind, records, seed, limits, conformers):
     if any(getattr(r, "smiles", None) == "CRASH" for r in records):
         os._exit(1)
-    return parse_records(kind, records, seed, limits)
+    return parse_records(kind, records, seed, limits, conformers)

@@ -13,9 +13,11 @@ import torch
 
 import lieprop
 from lieprop.cli import main
+from lieprop.data.molecule import Molecule
 from lieprop.data.properties import PROPERTY_NAMES
 from lieprop.model.bundle import BundleError, load_bundle, make_ensemble, save_bundle
 from lieprop.model.network import NetworkConfig
+from lieprop.model.prediction import predict_molecules
 from lieprop.model.predictor import EnsembleModel, PropertyModel
 from lieprop.scoring.pipeline import ScoreOptions, score_file
 from lieprop.service.schemas import ETHANOL_XYZ, WATER
@@ -143,8 +145,8 @@ def test_a_rest_job_on_an_ensemble_returns_values_and_spreads(tmp_path, ensemble
 @pytest.fixture(scope="module")
 def calibrated_path(ensemble_path, qm9_head, tmp_path_factory):
     """The tiny ensemble, calibrated as lieprop calibrate does it: per geometry path, on real QM9 molecules and their
-    DFT targets, in their DFT geometries (``given``) and in the conformers lieprop makes from their SMILES
-    (``generated``)."""
+    DFT targets, in their DFT geometries (``given``), in the conformers lieprop makes from their SMILES, averaged
+    (``generated``), and in the lowest-energy one alone (``forcefield``, a force-field geometry a user gives)."""
     import shutil
 
     from lieprop.data.readers import from_smiles
@@ -156,11 +158,12 @@ def calibrated_path(ensemble_path, qm9_head, tmp_path_factory):
     model = load_bundle(path).model
     rows = range(100)
     truth = qm9_head.targets_in_units()[:100, [PROPERTY_NAMES.index(t) for t in model.targets]]
-    given = [qm9_head.molecule(i) for i in rows]
-    generated = [(m.numbers, m.positions) for m in (from_smiles(str(qm9_head.smiles[i])) for i in rows)]
+    given = [Molecule(*qm9_head.molecule(i)) for i in rows]
+    generated = [from_smiles(str(qm9_head.smiles[i])) for i in rows]
+    single = [Molecule(m.numbers, m.positions) for m in generated]
     calibrations = {}
-    for name, molecules in (("given", given), ("generated", generated)):
-        raw = model.predictions([z for z, _ in molecules], [x for _, x in molecules])
+    for name, molecules in (("given", given), ("generated", generated), ("forcefield", single)):
+        raw = predict_molecules(model, molecules)
         calibrations[name] = fit_calibration(raw.value, raw.std, truth, model.targets)
     record_metadata(path, calibration=calibrations_to_dict(calibrations))
     return path
@@ -168,7 +171,7 @@ def calibrated_path(ensemble_path, qm9_head, tmp_path_factory):
 
 def test_a_calibrated_ensemble_gives_every_value_a_std_and_an_interval_around_it(calibrated_path, ensemble_path):
     bundle = load_bundle(calibrated_path)
-    assert set(bundle.calibration) == {"given", "generated"}  # the constants live in the bundle
+    assert set(bundle.calibration) == {"given", "generated", "forcefield"}  # the constants live in the bundle
     results = lieprop.predict(MOLECULES[:3], model=calibrated_path)["results"]
     for r in results:
         for name, entry in r["properties"].items():
@@ -225,7 +228,7 @@ def weighted_path(calibrated_path, tmp_path_factory):
     shutil.copy(calibrated_path, path)
     bundle = load_bundle(path)
     n_targets = len(bundle.model.targets)
-    only = {"given": 0, "generated": 1}
+    only = {"given": 0, "generated": 1, "forcefield": 1}
     calibrations = {name: Calibration(**{**cal.__dict__, "weights": np.eye(2)[:, [only[name]] * n_targets]})
                     for name, cal in bundle.calibration.items()}
     record_metadata(path, calibration=calibrations_to_dict(calibrations))
@@ -287,18 +290,25 @@ def test_member_weights_follow_where_the_geometry_came_from_in_the_library_files
     assert unknown.status_code == 422 and "relaxed_with" in unknown.text
 
 
-def test_relaxed_with_forcefield_gives_a_given_geometry_the_generated_calibration(weighted_path, tmp_path):
+def test_relaxed_with_forcefield_gives_a_given_geometry_the_forcefield_calibration(weighted_path, tmp_path):
     """Water's DFT-like geometry, declared as a force-field one, in the library and in file scoring: the value and
-    std of the generated path; a SMILES is a generated geometry whatever the option says."""
+    std of the forcefield path (one force-field geometry); a SMILES is a generated geometry whatever the option says;
+    a bundle calibrated before the forcefield path existed answers with the generated path's calibration."""
     bundle = load_bundle(weighted_path)
     water = {"id": "w", **WATER}
     raw = bundle.model.predictions([np.asarray(WATER["numbers"])], [np.asarray(WATER["positions"], dtype=float)])
     gap = bundle.model.targets.index("gap")
     said = lieprop.predict([water, "O"], properties=["gap"], model=weighted_path, relaxed_with="forcefield")
     given_as_ff, smiles = (r["properties"]["gap"] for r in said["results"])
-    expected = bundle.calibration["generated"].apply(raw)
+    expected = bundle.calibration["forcefield"].apply(raw)
     assert given_as_ff["value"] == pytest.approx(expected.value[0, gap], rel=1e-6)
     assert given_as_ff["std"] == pytest.approx(expected.std[0, gap], rel=1e-6)
+    assert bundle.calibration["forcefield"].scale[gap] != bundle.calibration["generated"].scale[gap]
+    older = load_bundle(weighted_path)
+    del older.calibration["forcefield"]
+    as_before = lieprop.predict([water], properties=["gap"], model=older, relaxed_with="forcefield")
+    assert as_before["results"][0]["properties"]["gap"]["std"] == pytest.approx(
+        bundle.calibration["generated"].apply(raw).std[0, gap], rel=1e-6)
     default = lieprop.predict([water, "O"], properties=["gap"], model=weighted_path)["results"]
     assert "relaxed_with" not in default[0]["provenance"]  # the default (dft) leaves the provenance as it was
     assert smiles == default[1]["properties"]["gap"]
@@ -333,7 +343,7 @@ def test_lieprop_evaluate_and_the_card_report_the_weighted_values_a_bundle_serve
     homo = bundle.model.targets.index("homo")
     assert report["value"] == "members weighted for the given path (calibration)"
     assert report["mae"]["homo"]["mae"] == pytest.approx(np.abs(member0[:, homo] - truth[:, homo]).mean() * 1000)
-    assert "weighted per target for each path (given, generated)" in uncertainty_description(bundle)
+    assert "weighted per target for each path (given, generated, forcefield)" in uncertainty_description(bundle)
 
 
 def test_a_bundle_with_member_weights_that_do_not_fit_its_ensemble_is_refused(weighted_path, tmp_path):

@@ -34,7 +34,7 @@ from lieprop.model.network import NetworkConfig
 from lieprop.model.predictor import PropertyModel
 from lieprop.scoring.pipeline import ScoreOptions, score_file
 from lieprop.scoring.records import open_source
-from lieprop.service.admission import CostLimits, Estimated, admit
+from lieprop.service.admission import CostLimits, Estimated, admit, geometry_costs
 from lieprop.service.batcher import DynamicBatcher
 from lieprop.service.schemas import WATER, MoleculeInput
 from lieprop.service.settings import Settings
@@ -320,11 +320,13 @@ def test_the_default_limits_admit_qm9s_costliest_molecule_and_a_full_request_of_
     limits = CostLimits(defaults.max_molecule_cost_ms, defaults.max_request_cost_ms)
     cubane = from_smiles(CUBANE)
     request = [cubane] + [from_arrays(*qm9_head.molecule(i)) for i in range(defaults.max_molecules - 1)]
-    read = [Estimated(Parsed(i, m, 0.0), BUNDLED_COSTS.estimate(m.numbers, m.positions))
-            for i, m in enumerate(request)]
-    assert read[0].cost.frames == 96 and read[0].cost.ms < defaults.max_molecule_cost_ms / 4
+    read = [Estimated(Parsed(i, m, 0.0), geometry_costs(BUNDLED_COSTS, m)) for i, m in enumerate(request)]
+    # cubane's SMILES: each of its conformers is seen in 96 frames, each well under the per-molecule limit
+    assert len(read[0].geometry_costs) == len(cubane.geometries) > 1
+    assert all(c.frames == 96 and c.ms < defaults.max_molecule_cost_ms / 4 for c in read[0].geometry_costs)
     admitted = admit(read, limits)
     assert admitted.outcomes == request
+    assert admitted.costs[0] == tuple(c.ms for c in read[0].geometry_costs)  # the batcher gets each conformer's
     cage = from_arrays(**c24_cage(1e-4))
     refused = admit([Estimated(Parsed(0, cage, 0.0), BUNDLED_COSTS.estimate(cage.numbers, cage.positions))], limits)
     assert refused.outcomes[0].code == "too_expensive"
@@ -340,7 +342,19 @@ def test_molecules_past_the_request_budget_are_too_expensive_and_the_others_serv
     assert admitted.outcomes[:2] == [water, water]
     assert admitted.outcomes[2].code == "invalid_xyz"
     assert admitted.outcomes[3].code == "too_expensive" and "budget" in admitted.outcomes[3].message
-    assert admitted.costs == [one, one]
+    assert admitted.costs == [(one,), (one,)]
+
+
+def test_the_request_budget_counts_every_conformer_of_a_smiles_and_the_molecule_limit_each_one():
+    chain = from_smiles("OCCCC(C)C")
+    read = Estimated(Parsed(0, chain, 0.0), geometry_costs(BUNDLED_COSTS, chain))
+    parts = [c.ms for c in read.geometry_costs]
+    assert len(parts) == 5
+    # each conformer under the molecule limit: admitted, though all five together are over it
+    assert admit([read], CostLimits(molecule=max(parts) * 1.01)).outcomes == [chain]
+    assert sum(parts) > max(parts) * 1.01
+    refused = admit([read], CostLimits(request=sum(parts) * 0.99)).outcomes[0]
+    assert refused.code == "too_expensive" and "for its 5 conformers" in refused.message
 
 
 def _chunked_fake(log: list[str], chunks: dict[int, int], told: list[bool] | None = None):

@@ -179,6 +179,9 @@ def test_existing_output_and_mismatched_resume_are_refused(tmp_path, bundle_path
     with pytest.raises(OutputError, match="chunk_size"):
         score_file(source, tmp_path / "part.csv", ScoreOptions(chunk_size=5), model=bundle_path, workers=1,
                    resume=True)
+    with pytest.raises(OutputError, match="conformers"):  # other conformers would give other values
+        score_file(source, tmp_path / "part.csv", ScoreOptions(chunk_size=4, conformers=3), model=bundle_path,
+                   workers=1, resume=True)
     assert cli(["predict", str(source), "--out", str(tmp_path / "x.txt"), "--model", str(bundle_path)]) == 2
     assert "output format" in capsys.readouterr().err
     assert cli(["predict", str(source), "--out", str(tmp_path / "y.csv"), "--smiles-column", "smi",
@@ -641,7 +644,7 @@ def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
 
     names = list(JobOptions.model_fields)
     given = {"format": "csv", "smiles_column": "SMILES", "id_column": "name", "properties": ["homo", "gap"],
-             "chunk_size": 3, "coverage": 0.8, "relaxed_with": "forcefield"}
+             "chunk_size": 3, "coverage": 0.8, "relaxed_with": "forcefield", "conformers": 2}
     assert set(given) == set(names) - set(REST_ONLY)
     flags = [part for n, v in given.items()
              for part in ("--" + n.replace("_", "-"), *(map(str, v) if isinstance(v, list) else [str(v)]))]
@@ -656,12 +659,14 @@ def test_job_options_make_the_cli_flags_the_rest_form_and_the_score_options():
     assert JobOptions.from_strings({}, {"chunk_size": 3}).chunk_size == 3
     score = options.score_options(model_batch=5)
     assert (score.format, score.properties, score.chunk_size, score.model_batch) == ("sdf", ("homo", "gap", "u0"), 7, 5)
+    assert score.conformers == 5 and JobOptions.parse({"conformers": 1}).score_options().conformers == 1
     assert options.record() == {"smiles_column": "smiles", "id_column": None, "properties": ["homo", "gap", "u0"],
-                                "chunk_size": 7, "coverage": None, "relaxed_with": "dft"}
+                                "chunk_size": 7, "coverage": None, "relaxed_with": "dft", "conformers": 5}
     for values, message in [({"chunk_size": ["0"]}, "chunk_size must be between 1 and 100000, got 0"),
                             ({"chunk_size": ["many"]}, "chunk_size must be an integer, got 'many'"),
                             ({"format": ["pdb"]}, "unknown format 'pdb'"),
                             ({"relaxed_with": ["xtb"]}, "relaxed_with: Input should be 'dft' or 'forcefield'"),
+                            ({"conformers": ["0"]}, "conformers must be between 1 and 20, got 0"),
                             ({"colour": ["red"]}, "unknown options ['colour']")]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             JobOptions.from_strings(values)

@@ -256,6 +256,20 @@ def test_rest_and_library_give_identical_results(server, client):
     assert json.loads(json.dumps(library)) == rest
 
 
+def test_a_smiles_is_averaged_over_the_conformers_asked_for(server, client):
+    items = [{"id": "chain", "smiles": "OCCCC(C)C"}, {"id": "water", **WATER}]
+    default = post(client, items, properties=["homo"]).json()["results"]
+    one = post(client, items, properties=["homo"], conformers=1).json()["results"]
+    assert default[0]["provenance"]["conformer"]["averaged"] == 5
+    assert one[0]["provenance"]["conformer"]["n_conformers"] == one[0]["provenance"]["conformer"]["averaged"] == 1
+    assert one[0]["properties"]["homo"]["value"] != pytest.approx(default[0]["properties"]["homo"]["value"], abs=1e-6)
+    assert one[1] == default[1]  # a given geometry is answered as it is
+    library = lieprop.predict(items, properties=["homo"], model=server.bundle, conformers=1)
+    assert json.loads(json.dumps(library))["results"] == one
+    for bad in (0, 21):
+        assert_json_error(post(client, items, conformers=bad), 422, "invalid_request")
+
+
 def test_200_concurrent_requests_each_get_their_own_answer(server):
     base = [WATER, {"xyz": ETHANOL_XYZ}]
     items = []

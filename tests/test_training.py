@@ -8,6 +8,7 @@ import torch
 
 from lieprop.model.bundle import BundleError, load_bundle
 from lieprop.training.config import TrainConfig, load_config
+from lieprop.training.data import split_data
 from lieprop.training.loop import Trainer, lr_at, train
 
 
@@ -274,11 +275,54 @@ def test_force_field_conformers_are_the_services_smiles_geometries(tmp_path, qm9
         np.testing.assert_array_equal(z, served.numbers)
         np.testing.assert_allclose(x, served.positions, atol=1e-5)  # float32 storage of the very same conformer
         assert sorted(z) == sorted(qm9_head.molecule(row)[0])
+        # every conformer the service averages over, in its order; the molecule as the service holds it
+        cached = conformers.geometries(row)
+        assert len(cached) == len(served.geometries) == conformers.n_geometries[row] >= 2
+        for mine, theirs in zip(cached, served.geometries, strict=True):
+            np.testing.assert_allclose(mine, theirs, atol=1e-5)
+        assert len(conformers.molecules([row])[0].geometries) == len(cached)
+    # training packs each molecule's first (lowest-energy) conformer
+    packed = split_data(qm9_head, np.arange(80), ["homo"], conformers)
+    for row in (0, 7, 41, 73, 79):
+        z, x = conformers.molecule(row)
+        np.testing.assert_array_equal(packed.positions[packed.offsets[row]:packed.offsets[row + 1]], x)
     # the cached conformer is the stereoisomer of the DFT geometry, which QM9's SMILES does not say
     assert str(qm9_head.smiles[73]) == "COC(C)=N" and conformers.smiles[73] != "COC(C)=N"
     dft_stereo = isomeric_smiles("COC(C)=N", *qm9_head.molecule(73))
     assert conformers.smiles[73] == dft_stereo and "/" in dft_stereo
     assert conformers.available(np.array([3, 79, 80, 300])).tolist() == [True, True, False, False]
+
+
+def test_a_splits_build_embeds_only_those_rows_and_a_full_build_completes_it(tmp_path, qm9_head, monkeypatch):
+    from lieprop.data.qm9 import split_indices
+    from lieprop.data.qm9_conformers import NOT_BUILT, build_conformers, load_conformers
+
+    monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
+    test_rows = split_indices(len(qm9_head))["test"]
+    build_conformers(qm9_head, limit=60, splits=["test"], log=lambda *_: None)
+    partial = load_conformers()
+    inside = np.zeros(60, dtype=bool)
+    inside[test_rows[test_rows < 60]] = True
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(partial.built, inside)
+    assert set(partial.errors[~inside]) == {NOT_BUILT} and partial.ok[inside].all()
+    with pytest.raises(ValueError, match="has not embedded"):  # training on force-field geometries needs them all
+        Trainer(tiny(tmp_path, forcefield_geometries=True, limit_train=None), data=qm9_head, log=lambda *_: None)
+    with pytest.raises(ValueError, match="unknown splits"):
+        build_conformers(qm9_head, limit=60, splits=["tset"], log=lambda *_: None)
+    valid_rows = split_indices(len(qm9_head))["valid"]
+    build_conformers(qm9_head, limit=60, splits=["valid"], log=lambda *_: None)  # adds to the test rows
+    both = load_conformers()
+    inside[valid_rows[valid_rows < 60]] = True
+    np.testing.assert_array_equal(both.built, inside)
+    logged = []
+    build_conformers(qm9_head, limit=60, log=logged.append)
+    assert f"embedding {int((~inside).sum())} molecules" in logged[0]  # only the rows not yet embedded
+    full = load_conformers()
+    assert full.built.all() and full.ok.all()
+    row = int(np.flatnonzero(inside)[0])
+    for a, b in zip(partial.geometries(row), full.geometries(row), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_path, qm9_head, monkeypatch):

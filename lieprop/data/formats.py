@@ -26,17 +26,17 @@ from typing import Any
 
 from lieprop.data import validation
 from lieprop.data.molecule import Molecule
-from lieprop.data.records import ReadOptions, RecordParser
+from lieprop.data.records import ParseOptions, ReadOptions, RecordParser
 from lieprop.data.sdf import parse_sdf_record, split_sdf_records
 from lieprop.data.smiles import check_smiles_csv, parse_smiles_record, smiles_molecule, split_smi, split_smiles_csv
 from lieprop.data.textio import open_text
-from lieprop.data.validation import MoleculeError, ValidationLimits
+from lieprop.data.validation import MoleculeError
 from lieprop.data.xyz import parse_xyz_record, split_xyz_frames
 
 #: Cuts a text (its lines, as a file handle yields them) into raw records, lazily, in order; never parses.
 Splitter = Callable[[Iterator[str], ReadOptions], Iterator[Any]]
-#: Reads the one molecule of a REST item's text: ``(text, id, limits) -> Molecule``; raises :class:`MoleculeError`.
-TextParser = Callable[[str, str, ValidationLimits], Molecule]
+#: Reads the one molecule of a REST item's text: ``(text, id, options) -> Molecule``; raises :class:`MoleculeError`.
+TextParser = Callable[[str, str, ParseOptions], Molecule]
 #: Checks a source before any work (a CSV's header): raises ``ValueError`` with a message for the user.
 SourceCheck = Callable[[Path | str, ReadOptions], None]
 

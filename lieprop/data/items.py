@@ -22,11 +22,13 @@ from lieprop.data.atoms import from_arrays, from_atoms
 from lieprop.data.formats import Kind
 from lieprop.data.molecule import Molecule
 from lieprop.data.readers import read_records
-from lieprop.data.records import ParseOptions
+from lieprop.data.records import DEFAULT_CONFORMERS, ParseOptions
 from lieprop.data.smiles import from_smiles
 from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, validate
 from lieprop.data.views import LiveMapping, LiveSet
 
+#: How a REST item's text is parsed unless told otherwise.
+DEFAULT_OPTIONS = ParseOptions()
 #: The REST key of the array kind: atomic numbers, with ``positions`` (and optionally ``charge``) beside it.
 ARRAY_KEY = "numbers"
 #: Input kinds of a REST item (its key) and the provenance ``source`` each produces; a view of the registry.
@@ -71,13 +73,13 @@ def input_kind(item: Mapping[str, Any]) -> str:
     return given[0]
 
 
-def read_one(kind: Kind, text: str, ident: str, limits: ValidationLimits = DEFAULT_LIMITS) -> Molecule:
+def read_one(kind: Kind, text: str, ident: str, options: ParseOptions = DEFAULT_OPTIONS) -> Molecule:
     """The one molecule of a REST item's text of ``kind``, with id ``ident``: the kind's ``from_text`` when it has
     one, else its splitter and parser, refusing a text of several records with the kind's error code (a request
     maps items to results one to one). Raises :class:`MoleculeError`."""
     if kind.from_text is not None:
-        return kind.from_text(text, ident, limits)
-    found = list(itertools.islice(read_records(kind, text, options=ParseOptions(limits), text=True), 2))
+        return kind.from_text(text, ident, options)
+    found = list(itertools.islice(read_records(kind, text, options=options, text=True), 2))
     if len(found) > 1:
         raise MoleculeError(kind.error_code, f"the {kind.item_key} text holds more than one molecule "
                             f"({kind.record}s); send one molecule per item")
@@ -86,15 +88,17 @@ def read_one(kind: Kind, text: str, ident: str, limits: ValidationLimits = DEFAU
     return dataclasses.replace(found[0].molecule, id=ident)
 
 
-def parse_item(item: Any, index: int, limits: ValidationLimits = DEFAULT_LIMITS) -> Molecule:
+def parse_item(item: Any, index: int, limits: ValidationLimits = DEFAULT_LIMITS,
+               n_conformers: int = DEFAULT_CONFORMERS) -> Molecule:
     """One input (SMILES string, :class:`Molecule`, ASE ``Atoms`` or REST item dict) as a validated molecule.
 
+    A SMILES or 2D MOL block is embedded in ``n_conformers`` conformers (:func:`lieprop.data.smiles.from_smiles`).
     The molecule's id is the item's own (dict ``id``, ``Molecule.id``, ``atoms.info["id"]``), else ``str(index)``.
     Raises :class:`MoleculeError` for molecules that cannot be predicted, ``TypeError`` / ``ValueError`` for inputs
     that are no molecule description at all.
     """
     if isinstance(item, str):
-        return from_smiles(item, str(index), limits=limits)
+        return from_smiles(item, str(index), n_conformers=n_conformers, limits=limits)
     if isinstance(item, Molecule):
         molecule = validate(item, limits)
         return molecule if molecule.id is not None else dataclasses.replace(molecule, id=str(index))
@@ -106,7 +110,7 @@ def parse_item(item: Any, index: int, limits: ValidationLimits = DEFAULT_LIMITS)
                                charge=int(item.get("charge") or 0), limits=limits)
         kind = formats.by_item_key(key)
         assert kind is not None  # input_kind returns registered keys only
-        return read_one(kind, item[key], ident, limits)
+        return read_one(kind, item[key], ident, ParseOptions(limits, n_conformers=n_conformers))
     if hasattr(item, "numbers") and hasattr(item, "get_positions"):  # ASE Atoms, without importing ASE
         molecule = from_atoms(item, limits=limits)
         return molecule if molecule.id is not None else dataclasses.replace(molecule, id=str(index))
@@ -132,15 +136,16 @@ class Parsed(NamedTuple):
     seconds: float
 
 
-def parse_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits = DEFAULT_LIMITS) -> list[Parsed]:
-    """Parse ``(index, input)`` pairs; a process-pool task (picklable arguments and results, never raises for a
-    bad molecule). Unforeseen reader failures become the kind's ``failure_code``, so one input cannot fail the
-    rest."""
+def parse_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits = DEFAULT_LIMITS,
+                n_conformers: int = DEFAULT_CONFORMERS) -> list[Parsed]:
+    """Parse ``(index, input)`` pairs (SMILES and 2D MOL blocks in ``n_conformers`` conformers); a process-pool
+    task (picklable arguments and results, never raises for a bad molecule). Unforeseen reader failures become the
+    kind's ``failure_code``, so one input cannot fail the rest."""
     out = []
     for index, item in items:
         start = time.perf_counter()
         try:
-            outcome: Molecule | MoleculeError = parse_item(item, index, limits)
+            outcome: Molecule | MoleculeError = parse_item(item, index, limits, n_conformers)
         except MoleculeError as exc:
             outcome = exc
         except Exception as exc:  # RDKit/ASE surprises; TypeError for non-molecules is the library caller's

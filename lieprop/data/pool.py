@@ -31,7 +31,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
-from lieprop.data.records import DEFAULT_SEED, Item, ParseOptions, RecordParser, SmilesRecord, parse_record
+from lieprop.data.records import (
+    DEFAULT_CONFORMERS,
+    DEFAULT_SEED,
+    Item,
+    ParseOptions,
+    RecordParser,
+    SmilesRecord,
+    parse_record,
+)
 from lieprop.data.smiles import parse_smiles_record
 from lieprop.data.validation import DEFAULT_LIMITS, ValidationLimits
 
@@ -69,7 +77,7 @@ def embed_many(
     workers: int | None = 1,
     *,
     seed: int = DEFAULT_SEED,
-    n_conformers: int = 1,
+    n_conformers: int = DEFAULT_CONFORMERS,
     limits: ValidationLimits = DEFAULT_LIMITS,
     chunk_size: int = 16,
     mp_context: str | None = None,

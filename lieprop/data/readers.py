@@ -37,6 +37,7 @@ from lieprop.data.atoms import from_arrays, from_atoms
 from lieprop.data.formats import Format, Kind
 from lieprop.data.pool import embed_many, embedding_pool, parse_many
 from lieprop.data.records import (
+    DEFAULT_CONFORMERS,
     DEFAULT_SEED,
     Item,
     ParseOptions,
@@ -52,7 +53,8 @@ from lieprop.data.views import LiveMapping
 from lieprop.data.xyz import split_xyz_frames, xyz_item
 
 __all__ = [
-    "DEFAULT_SEED", "FORMATS", "Item", "RawRecord", "SmilesRecord", "Source", "detect_format", "embed_many",
+    "DEFAULT_CONFORMERS", "DEFAULT_SEED", "FORMATS", "Item", "RawRecord", "SmilesRecord", "Source", "detect_format",
+    "embed_many",
     "embedding_pool", "from_arrays", "from_atoms", "from_smiles", "open_text", "read_file", "read_records",
     "read_sdf", "read_smi", "read_smiles_csv", "read_xyz", "sdf_item", "split_sdf_records", "split_xyz_frames",
     "xyz_item",
@@ -148,7 +150,7 @@ def read_file(
     *,
     limits: ValidationLimits = DEFAULT_LIMITS,
     seed: int = DEFAULT_SEED,
-    n_conformers: int = 1,
+    n_conformers: int = DEFAULT_CONFORMERS,
     workers: int | None = 1,
     smiles_column: str = "smiles",
     id_column: str | None = None,

@@ -16,6 +16,10 @@ from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLim
 
 #: Seed for ETKDG embedding; fixed so that a SMILES always gets the same geometry.
 DEFAULT_SEED = 0xF00D
+#: ETKDG conformers generated per SMILES or 2D MOL block; a prediction averages over them (lieprop.data.conformers).
+DEFAULT_CONFORMERS = 5
+#: The most conformers a REST request or a scoring job may ask for per molecule (each costs an embedding and a pass).
+MAX_CONFORMERS = 20
 #: Keys that name a record (CSV columns, SDF data fields, extxyz comment keys, ASE ``info``), in order of preference.
 ID_KEYS = ("id", "name", "mol_id", "molecule_id", "identifier", "title")
 
@@ -59,11 +63,12 @@ class RawRecord(NamedTuple):
 @dataclass(frozen=True)
 class ParseOptions:
     """How records are turned into molecules: the validation limits, the embedding seed and how many conformers
-    to try (the lowest-energy one is kept). Hashable, so that a worker can cache outcomes by it."""
+    to generate for a SMILES or 2D MOL block (the lowest-energy one is the geometry; predictions average over all).
+    Hashable, so that a worker can cache outcomes by it."""
 
     limits: ValidationLimits = DEFAULT_LIMITS
     seed: int = DEFAULT_SEED
-    n_conformers: int = 1
+    n_conformers: int = DEFAULT_CONFORMERS
 
 
 @dataclass(frozen=True)

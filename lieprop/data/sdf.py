@@ -14,7 +14,7 @@ from typing import Any
 
 from lieprop.data.conformers import embed, rdkit_message, rdkit_numbers, validate_embedded
 from lieprop.data.molecule import Molecule
-from lieprop.data.records import ID_KEYS, Item, ParseOptions, RawRecord, ReadOptions
+from lieprop.data.records import DEFAULT_CONFORMERS, ID_KEYS, Item, ParseOptions, RawRecord, ReadOptions
 from lieprop.data.textio import Lines
 from lieprop.data.validation import MoleculeError, ValidationLimits, check_composition, validate
 
@@ -36,12 +36,13 @@ def split_sdf_records(raw: Iterator[str], options: ReadOptions | None = None) ->
         yield RawRecord("".join(block) + "\n$$$$\n", start)
 
 
-def sdf_item(index: int, record: RawRecord, limits: ValidationLimits, seed: int) -> Item:
+def sdf_item(index: int, record: RawRecord, limits: ValidationLimits, seed: int,
+             n_conformers: int = DEFAULT_CONFORMERS) -> Item:
     """Parse and validate one MOL block cut by :func:`split_sdf_records` into an :class:`Item`."""
     title = record.text.split("\n", 1)[0].strip()
     fallback = title or str(index)
     try:
-        molecule = _sdf_molecule(index, record, title, limits, seed)
+        molecule = _sdf_molecule(index, record, title, limits, seed, n_conformers)
         return Item(index, molecule.id, molecule)
     except MoleculeError as exc:
         return Item(index, fallback, error=exc)
@@ -53,10 +54,11 @@ def sdf_item(index: int, record: RawRecord, limits: ValidationLimits, seed: int)
 
 def parse_sdf_record(index: int, record: RawRecord, options: ParseOptions) -> Item:
     """:func:`sdf_item` with the registry's parser signature (:mod:`lieprop.data.formats`)."""
-    return sdf_item(index, record, options.limits, options.seed)
+    return sdf_item(index, record, options.limits, options.seed, options.n_conformers)
 
 
-def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationLimits, seed: int) -> Molecule:
+def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationLimits, seed: int,
+                  n_conformers: int) -> Molecule:
     from rdkit import Chem, rdBase
 
     where = f"SDF record {index} (line {record.line}{', ' + repr(title) if title else ''})"
@@ -93,7 +95,9 @@ def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationL
     charge = Chem.GetFormalCharge(mol)
     if flat:
         check_composition(rdkit_numbers(mol), charge, limits)  # refuse before spending time embedding
-        positions, conformer, embed_warnings = embed(mol, seed, 1, what=where, timeout=limits.embed_timeout)
+        conformers, conformer, embed_warnings = embed(mol, seed, n_conformers, what=where,
+                                                       timeout=limits.embed_timeout)
+        positions, others = conformers[0], tuple(conformers[1:])
         provenance.update(conformer=conformer, embedded_from_2d=True)
         warnings += [
             "the MOL block has 2D coordinates only; a 3D geometry was generated with "
@@ -101,6 +105,6 @@ def _sdf_molecule(index: int, record: RawRecord, title: str, limits: ValidationL
             *embed_warnings,
         ]
     else:
-        positions = mol.GetConformer().GetPositions()
-    molecule = Molecule(rdkit_numbers(mol), positions, ident, charge, provenance, tuple(warnings))
+        positions, others = mol.GetConformer().GetPositions(), ()
+    molecule = Molecule(rdkit_numbers(mol), positions, ident, charge, provenance, tuple(warnings), others)
     return validate_embedded(molecule, limits) if flat else validate(molecule, limits)

@@ -16,7 +16,15 @@ import numpy as np
 
 from lieprop.data.conformers import embed, rdkit_message, rdkit_numbers, validate_embedded
 from lieprop.data.molecule import Molecule
-from lieprop.data.records import DEFAULT_SEED, ID_KEYS, Item, ParseOptions, ReadOptions, SmilesRecord
+from lieprop.data.records import (
+    DEFAULT_CONFORMERS,
+    DEFAULT_SEED,
+    ID_KEYS,
+    Item,
+    ParseOptions,
+    ReadOptions,
+    SmilesRecord,
+)
 from lieprop.data.textio import open_text, quote_input
 from lieprop.data.validation import DEFAULT_LIMITS, MoleculeError, ValidationLimits, check_composition
 
@@ -25,13 +33,15 @@ def from_smiles(
     smiles: str,
     id: str | None = None,
     seed: int = DEFAULT_SEED,
-    n_conformers: int = 1,
+    n_conformers: int = DEFAULT_CONFORMERS,
     *,
     limits: ValidationLimits = DEFAULT_LIMITS,
 ) -> Molecule:
     """Embed a SMILES in 3D (ETKDGv3 + MMFF94/UFF) and validate it.
 
-    With ``n_conformers > 1`` the lowest-energy optimised conformer is kept. The same SMILES, seed and
+    ``n_conformers`` ETKDG conformers are optimised: the lowest-energy one is the molecule's ``positions``, the
+    others of the same stereoisomer its ``other_conformers``, and a prediction averages over all of them (averaging
+    over 5 conformers is 4-7% more accurate on QM9's SMILES than one: docs/BENCHMARKS.md). The same SMILES, seed and
     ``n_conformers`` give identical coordinates in any process. Element, size and charge are checked
     before embedding, so out-of-domain molecules are refused quickly.
 
@@ -74,8 +84,8 @@ def from_smiles(
     if any(atom.GetNumRadicalElectrons() for atom in mol.GetAtoms()):
         warnings.append(RADICAL_WARNING)
     molecule = Molecule(
-        rdkit_numbers(mol), positions, id, Chem.GetFormalCharge(mol),
-        {"source": "smiles", "smiles": text, "conformer": conformer}, warnings,
+        rdkit_numbers(mol), positions[0], id, Chem.GetFormalCharge(mol),
+        {"source": "smiles", "smiles": text, "conformer": conformer}, warnings, tuple(positions[1:]),
     )
     return validate_embedded(molecule, limits)
 
@@ -110,9 +120,9 @@ def check_smiles_size(text: str, limits: ValidationLimits = DEFAULT_LIMITS) -> N
         )
 
 
-def smiles_molecule(text: str, id: str, limits: ValidationLimits) -> Molecule:
+def smiles_molecule(text: str, id: str, options: ParseOptions) -> Molecule:
     """A REST item's ``smiles`` as a molecule: the whole text is one SMILES (no id column, no comments)."""
-    return from_smiles(text, id, limits=limits)
+    return from_smiles(text, id, options.seed, options.n_conformers, limits=options.limits)
 
 
 # --------------------------------------------------------------------------------------------------

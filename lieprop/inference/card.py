@@ -68,8 +68,9 @@ def uncertainty_description(bundle: Bundle) -> str | None:
     poses = bundle.model.spread_poses
     who = f"{bundle.n_members} ensemble members" if bundle.n_members > 1 else "the model"
     spread = f"the spread of {who}" + (f" in {poses} fixed poses" if poses > 1 else "")
+    conformers = "; for a SMILES or 2D MOL block, averaged over its conformers, whose disagreement adds to it"
     if bundle.calibration is None:
-        return f"{spread}, uncalibrated (no interval)"
+        return f"{spread}, uncalibrated (no interval){conformers}"
     text = (f"{spread}, calibrated on the validation split per geometry path (given 3D geometries; conformers "
             "lieprop generates, or geometries sent with relaxed_with=forcefield), with split-conformal intervals (90% "
             "unless coverage says otherwise)")
@@ -77,4 +78,4 @@ def uncertainty_description(bundle: Bundle) -> str | None:
     if weighted:
         text += (f"; the value is the members' mean weighted per target for each path ({', '.join(weighted)}), "
                  "fitted on the validation split")
-    return text
+    return text + conformers

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 from lieprop.data.items import Parsed, fallback_id, item_kind, parse_items
 from lieprop.data.molecule import Molecule
 from lieprop.data.pool import embedding_pool
+from lieprop.data.records import DEFAULT_CONFORMERS
 from lieprop.data.validation import DEFAULT_LIMITS, ValidationLimits
 from lieprop.inference.card import model_info
 from lieprop.inference.columns import select_properties
 from lieprop.inference.results import ResultContext, build_results
 from lieprop.model.loading import as_bundle
+from lieprop.model.prediction import predict_molecules
 
 if TYPE_CHECKING:
     from lieprop.model.bundle import Bundle
@@ -37,6 +39,7 @@ def predict(
     coverage: float | None = None,
     relaxed_with: str = "dft",
     return_geometry: bool = False,
+    conformers: int = DEFAULT_CONFORMERS,
 ) -> dict[str, Any]:
     """Predict ``properties`` (default: all the model has, plus atomization energies) for ``molecules``.
 
@@ -48,11 +51,15 @@ def predict(
     geometries you give were relaxed, ``"dft"`` (default) or ``"forcefield"`` (MMFF, UFF, RDKit or Open Babel: they
     are then answered and calibrated like lieprop's own conformers of a SMILES). ``return_geometry``: each
     ok result also carries ``"geometry": {"numbers", "positions"}``, the geometry the model saw (as the REST field).
+    ``conformers``: how many conformers a SMILES or 2D MOL block gets; the values average over them (as the REST
+    option).
 
     Returns the REST response: ``{"model": {"name", "version", "sha256"}, "results": [...]}``, one result per
     input in order. Raises :class:`UnknownPropertyError` for unknown properties, ``TypeError`` / ``ValueError`` for
     inputs that describe no molecule at all, :class:`ModelNotFoundError` / ``BundleError`` for an unusable model.
     """
+    if conformers < 1:
+        raise ValueError(f"conformers must be >= 1, got {conformers}")
     bundle = as_bundle(model)
     targets = bundle.model.targets
     columns = select_properties(targets, properties)
@@ -66,12 +73,12 @@ def predict(
     limits = limits or DEFAULT_LIMITS
     indexed = list(enumerate(items))
     if (workers > 1 or executor is not None) and len(indexed) > 1:
-        parsed = _parse_in_pool(indexed, limits, workers, executor)
+        parsed = _parse_in_pool(indexed, limits, workers, executor, conformers)
     else:
-        parsed = parse_items(indexed, limits)
+        parsed = parse_items(indexed, limits, conformers)
     outcomes = [p.outcome for p in parsed]
     valid = [m for m in outcomes if isinstance(m, Molecule)]
-    predictions = bundle.model.predictions([m.numbers for m in valid], [m.positions for m in valid])
+    predictions = predict_molecules(bundle.model, valid)  # each averaged over its conformers
     ids = [fallback_id(item, i) for i, item in indexed]
     return {"model": model_info(bundle), "results": build_results(outcomes, ids, list(predictions), columns,
                                                                   targets, context, geometry=return_geometry)}
@@ -87,12 +94,12 @@ def _as_items(molecules: Any) -> list[Any]:
 
 
 def _parse_in_pool(indexed: list[tuple[int, Any]], limits: ValidationLimits, workers: int,
-                   executor: Executor | None) -> list[Parsed]:
+                   executor: Executor | None, conformers: int) -> list[Parsed]:
     pool = executor or embedding_pool(workers)
     try:
         n = max(1, workers)
         chunks = [indexed[k::n] for k in range(n) if indexed[k::n]]
-        futures = [pool.submit(parse_items, chunk, limits) for chunk in chunks]
+        futures = [pool.submit(parse_items, chunk, limits, conformers) for chunk in chunks]
         parsed = [p for f in futures for p in f.result()]
     finally:
         if executor is None:

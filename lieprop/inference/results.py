@@ -19,7 +19,7 @@ from lieprop.data.properties import BY_NAME, PROPERTIES, atomref_matrix
 from lieprop.data.qm9 import size_bin
 from lieprop.data.validation import MoleculeError
 from lieprop.inference.columns import Column
-from lieprop.model.calibration import DEFAULT_LEVEL, Calibration, geometry_path
+from lieprop.model.calibration import DEFAULT_LEVEL, Calibration, geometry_path, path_calibration
 from lieprop.model.prediction import Prediction, as_prediction
 
 #: Item error code of a molecule that was read but the model could not predict (not a docs/DESIGN.md input code).
@@ -129,7 +129,7 @@ class ResultContext:
         calibration or a spread), and the calibration used."""
         if not self.calibrations or prediction.std is None:
             return prediction, None
-        cal, quantile = self._by_path[geometry_path(molecule.provenance, self.relaxed_with)]
+        cal, quantile = path_calibration(self._by_path, geometry_path(molecule.provenance, self.relaxed_with))
         return cal.apply(prediction, self.level, quantile), cal
 
 

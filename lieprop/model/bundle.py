@@ -33,7 +33,8 @@ import torch
 
 from lieprop.data.properties import BY_NAME
 from lieprop.model.architectures import DEFAULT_ARCHITECTURE, get_architecture
-from lieprop.model.calibration import Calibration, calibrations_from_dict
+from lieprop.model.calibration import Calibration, calibrations_from_dict, path_calibration
+from lieprop.model.prediction import predict_molecules
 from lieprop.model.predictor import EnsembleModel, PropertyModel
 from lieprop.version import __version__
 
@@ -80,9 +81,14 @@ class Bundle:
         return self.n_members > 1 or self.model.spread_poses > 1
 
     def weighs_members(self, path: str) -> bool:
-        """Whether the calibration of geometry ``path`` (``given`` / ``generated``) weights the members."""
-        cal = (self.calibration or {}).get(path)
+        """Whether the calibration of geometry ``path`` (``given`` / ``generated`` / ``forcefield``) weights the
+        members."""
+        cal = self.path_calibration(path)
         return cal is not None and cal.weights is not None
+
+    def path_calibration(self, path: str) -> Calibration | None:
+        """The calibration of geometry ``path`` (:func:`lieprop.model.calibration.path_calibration`), if any."""
+        return path_calibration(self.calibration or {}, path)
 
     def values(self, numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], path: str = "given",
                batch_size: int = 128) -> np.ndarray:
@@ -90,8 +96,17 @@ class Bundle:
         mean when its calibration weights the members (what results report), else the model's prediction."""
         if self.weighs_members(path):
             members = self.model.member_values(numbers, positions, batch_size=batch_size)
-            return self.calibration[path].center(members)
+            return self.path_calibration(path).center(members)
         return self.model.predict(numbers, positions, batch_size=batch_size)
+
+    def molecule_values(self, molecules: Sequence[Any], path: str = "given", batch_size: int = 128) -> np.ndarray:
+        """Like :meth:`values`, for molecules (objects with ``numbers`` and ``geometries``, e.g.
+        :class:`lieprop.data.molecule.Molecule`), each averaged over its conformers as results are
+        (:func:`lieprop.model.prediction.predict_molecules`)."""
+        predictions = predict_molecules(self.model, molecules, batch_size=batch_size)
+        if self.weighs_members(path):
+            return self.path_calibration(path).center(predictions.members)
+        return predictions.value
 
 
 def _digest(config: dict, fix_signs: bool, states: list[dict[str, torch.Tensor]],

@@ -15,7 +15,9 @@ molecules. The quantiles of a grid of levels are stored; other levels interpolat
 
 A calibration is fitted per *geometry path* (:data:`PATHS`): geometries a user gave (XYZ, 3D SDF, arrays; QM9's
 DFT geometries stand for them) and geometries lieprop generated (its conformer of a SMILES or a 2D MOL block; QM9's
-force-field conformers stand for them). An ensemble whose members were fine-tuned from one parent disagrees about
+force-field conformers, averaged as the service averages them, stand for them); bundles calibrated since conformer
+averaging also have :data:`FORCEFIELD`, one force-field geometry a user gives (fitted on one conformer alone). An
+ensemble whose members were fine-tuned from one parent disagrees about
 as much on either path while its error on generated geometries is larger, so one calibration for both would
 over-cover one path and under-cover the other; the result builder (:mod:`lieprop.inference.results`) picks the
 calibration by the molecule's provenance. Everything here is numpy on arrays of shape (n, T); a bundle stores its
@@ -50,9 +52,13 @@ from lieprop.model.prediction import Prediction, Predictions
 LEVELS = (0.5, 0.6, 0.68, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
 #: The level of the ``interval`` a result carries unless asked for another (REST and file scoring ``coverage``).
 DEFAULT_LEVEL = 0.9
-#: Geometry paths, each with its own calibration: ``given`` (the user's 3D geometry, DFT-relaxed like QM9's) and
-#: ``generated`` (lieprop's conformer of a SMILES or a 2D MOL block, or a geometry the user says a force field made).
+#: Geometry paths every calibrated bundle has, each with its own calibration: ``given`` (the user's 3D geometry,
+#: DFT-relaxed like QM9's) and ``generated`` (lieprop's conformers of a SMILES or a 2D MOL block, averaged).
 PATHS = ("given", "generated")
+#: The optional third path: one force-field geometry the user gave (``relaxed_with="forcefield"``). It is answered
+#: like lieprop's conformers but, one geometry and not an average of five, errs more and spreads less; a bundle
+#: calibrated before it existed answers it with ``generated``'s calibration.
+FORCEFIELD = "forcefield"
 #: What a user may say about the 3D geometries they send (REST and file scoring ``relaxed_with``): ``dft`` (the
 #: default; QM9's own geometries are B3LYP-relaxed) or ``forcefield`` (MMFF, UFF, RDKit or Open Babel conformers:
 #: answered and calibrated like lieprop's own conformers).
@@ -62,11 +68,22 @@ _FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])
 
 
 def geometry_path(provenance: Mapping[str, Any], relaxed_with: str = "dft") -> str:
-    """``generated`` when lieprop made the geometry (the provenance has a ``conformer``) or when the user says a
-    force field relaxed it (``relaxed_with="forcefield"``, :data:`RELAXED_WITH`), else ``given``."""
+    """``generated`` when lieprop made the geometries (the provenance has a ``conformer``), :data:`FORCEFIELD` when
+    the user says a force field relaxed the one geometry they gave (``relaxed_with="forcefield"``,
+    :data:`RELAXED_WITH`), else ``given``. :func:`path_calibration` finds a path's calibration."""
     if relaxed_with not in RELAXED_WITH:
         raise ValueError(f"relaxed_with must be one of {', '.join(RELAXED_WITH)}, got {relaxed_with!r}")
-    return "generated" if provenance.get("conformer") or relaxed_with == "forcefield" else "given"
+    if provenance.get("conformer"):
+        return "generated"
+    return FORCEFIELD if relaxed_with == "forcefield" else "given"
+
+
+def path_calibration(calibrations: Mapping[str, Any], path: str) -> Any:
+    """The calibration (or anything kept per path) of geometry ``path``: its own, else, for :data:`FORCEFIELD` in a
+    bundle calibrated before that path existed, ``generated``'s; None when there is none."""
+    if path in calibrations:
+        return calibrations[path]
+    return calibrations.get("generated") if path == FORCEFIELD else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,11 +160,12 @@ def calibrations_to_dict(calibrations: Mapping[str, Calibration]) -> dict[str, A
 
 
 def calibrations_from_dict(d: Mapping[str, Any]) -> dict[str, Calibration]:
-    """The inverse of :func:`calibrations_to_dict`; ``ValueError`` unless every path of :data:`PATHS` is there."""
+    """The inverse of :func:`calibrations_to_dict`; ``ValueError`` unless every path of :data:`PATHS` is there
+    (:data:`FORCEFIELD` is optional)."""
     missing = [p for p in PATHS if p not in d]
     if missing:
         raise ValueError(f"the calibration has no {missing} path")
-    return {path: Calibration.from_dict(d[path]) for path in PATHS}
+    return {path: Calibration.from_dict(d[path]) for path in (*PATHS, FORCEFIELD) if path in d}
 
 
 def _nll(err: np.ndarray, var: np.ndarray) -> float:

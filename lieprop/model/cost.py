@@ -10,7 +10,8 @@ depth 6) on one core of the 2-core CPU of docs/BENCHMARKS.md ("Under hostile loa
 as model time there. On another device or with another network the time per unit differs by a constant factor;
 the estimate stays deterministic (the same molecule always costs the same, whatever the load). With the bundled
 ensemble of 3: water 1, ethanol 1, a QM9 molecule 5 on average (99.9% under 50), cubane (96 frames) 350, QM9's
-costliest 424; a near-symmetric 24-carbon cage of 288 frames 2070.
+costliest 424; a near-symmetric 24-carbon cage of 288 frames 2070. These are per geometry: a SMILES is predicted in
+each of its conformers (lieprop.service.admission counts them all).
 
 The frame count is :func:`~lieprop.model.frames.frame_count_bound`: an upper bound of the frames before identical
 ones are merged, computed without building them (well under a millisecond for a cage whose frames take tens); on

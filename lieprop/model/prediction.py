@@ -123,3 +123,73 @@ def as_prediction(row: Prediction | np.ndarray | Sequence[float]) -> Prediction:
     """A :class:`Prediction` from a prediction or a bare row of values (what predict functions returned before
     the contract existed; still accepted from user-supplied predict functions)."""
     return row if isinstance(row, Prediction) else Prediction(np.asarray(row, dtype=np.float64))
+
+
+def conformer_inputs(molecules: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """The model's inputs for ``molecules`` (objects with ``numbers`` and ``geometries``, e.g.
+    :class:`lieprop.data.molecule.Molecule`): one (numbers, positions) per geometry, molecule after molecule, and
+    how many geometries each molecule has (for :func:`average_conformers`)."""
+    numbers: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
+    counts: list[int] = []
+    for m in molecules:
+        geometries = m.geometries
+        numbers.extend([m.numbers] * len(geometries))
+        positions.extend(geometries)
+        counts.append(len(geometries))
+    return numbers, positions, counts
+
+
+def average_conformers(rows: Sequence[Prediction | BaseException], counts: Sequence[int]
+                       ) -> list[Prediction | BaseException]:
+    """One prediction per molecule from one per geometry (``rows`` in the order of :func:`conformer_inputs`,
+    ``counts`` its counts): the mean over a molecule's conformers of the value and of each member's values.
+
+    The spread covers both the members and the conformers, ``sqrt(mean_k std_k^2 + var_k value_k)`` (the law of
+    total variance, conformers weighted equally): a molecule whose conformers disagree (a flexible chain, a
+    rotamer that moves the dipole) is less certain than its members alone say. A molecule with one geometry keeps
+    its prediction as it is; one whose geometry failed in the model fails with that exception. Intervals are made
+    after averaging (calibration), so a row that already has one is a ``ValueError``.
+    """
+    if sum(counts) != len(rows):
+        raise ValueError(f"{len(rows)} rows for {sum(counts)} geometries")
+    out: list[Prediction | BaseException] = []
+    start = 0
+    for k in counts:
+        group, start = rows[start:start + k], start + k
+        failed = next((r for r in group if isinstance(r, BaseException)), None)
+        if failed is not None or k == 1:
+            out.append(failed if failed is not None else group[0])
+            continue
+        if any(r.lower is not None for r in group):
+            raise ValueError("conformers are averaged before intervals are made; these predictions have intervals")
+        values = np.stack([r.value for r in group])
+        value = values.mean(0)
+        std = None
+        if all(r.std is not None for r in group):
+            std = np.sqrt(np.mean([r.std**2 for r in group], axis=0) + values.var(0))
+        members = np.stack([r.members for r in group]).mean(0) if all(r.members is not None for r in group) else None
+        out.append(Prediction(value, std, members=members))
+    return out
+
+
+def stack_predictions(rows: Sequence[Prediction]) -> Predictions:
+    """One molecule's predictions after another as a batch (a field is kept only when every row has it)."""
+    def stacked(name: str, axis: int = 0) -> np.ndarray | None:
+        parts = [getattr(r, name) for r in rows]
+        return None if any(p is None for p in parts) else np.stack(parts, axis=axis)
+
+    level = rows[0].level if rows else None
+    lower, upper = stacked("lower"), stacked("upper")
+    return Predictions(np.stack([r.value for r in rows]) if rows else np.zeros((0, 0)), stacked("std"),
+                       lower, upper, level if lower is not None else None, stacked("members", axis=1))
+
+
+def predict_molecules(model: Any, molecules: Sequence[Any], batch_size: int = 128) -> Predictions:
+    """``model.predictions`` of ``molecules`` (objects with ``numbers`` and ``geometries``), each averaged over its
+    geometries (:func:`average_conformers`): what a result reports before calibration."""
+    numbers, positions, counts = conformer_inputs(molecules)
+    raw = model.predictions(numbers, positions, batch_size=batch_size)
+    if not molecules:
+        return raw
+    return stack_predictions(average_conformers(list(raw), counts))  # type: ignore[arg-type]: no exceptions here

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from lieprop.data import formats
+from lieprop.data.records import DEFAULT_CONFORMERS, MAX_CONFORMERS
 from lieprop.scoring.pipeline import DEFAULT_CHUNK_SIZE, ScoreOptions
 
 #: The largest ``chunk_size``: a chunk's rows are held in memory until it is committed.
@@ -32,7 +33,7 @@ MAX_CHUNK_SIZE = 100_000
 REST_ONLY = ("filename", "model")
 #: Options kept in a REST job's record under ``options`` (``format`` and ``filename`` have their own columns; the
 #: model, by name, is the record's ``model``).
-RECORDED = ("smiles_column", "id_column", "properties", "chunk_size", "coverage", "relaxed_with")
+RECORDED = ("smiles_column", "id_column", "properties", "chunk_size", "coverage", "relaxed_with", "conformers")
 
 
 class JobOptions(BaseModel):
@@ -56,6 +57,10 @@ class JobOptions(BaseModel):
     relaxed_with: Literal["dft", "forcefield"] = Field(
         "dft", description="how the file's 3D geometries were relaxed: dft (like QM9's) or forcefield (MMFF, UFF, "
                            "RDKit, Open Babel; answered and calibrated like lieprop's conformers of a SMILES)")
+    conformers: int = Field(
+        DEFAULT_CONFORMERS, ge=1, le=MAX_CONFORMERS,
+        description=f"conformers generated per SMILES or 2D MOL block (default {DEFAULT_CONFORMERS}); the values "
+                    "average over them. 1 is several times faster and a few percent less accurate")
     filename: str | None = Field(
         None, description="the upload's file name, when the body does not carry one (its extension tells the format)")
     model: str | None = Field(
@@ -105,7 +110,7 @@ class JobOptions(BaseModel):
         return ScoreOptions(format=self.format, smiles_column=self.smiles_column, id_column=self.id_column,
                             properties=tuple(self.properties) if self.properties is not None else None,
                             chunk_size=self.chunk_size, coverage=self.coverage, relaxed_with=self.relaxed_with,
-                            **tuning)
+                            conformers=self.conformers, **tuning)
 
 
 def scalar_type(field: FieldInfo) -> type:

@@ -41,13 +41,19 @@ from lieprop.data import formats
 from lieprop.data.elements import QM9_MAX_ATOMS
 from lieprop.data.molecule import Molecule
 from lieprop.data.pool import process_pool
-from lieprop.data.records import DEFAULT_SEED, Item, SmilesRecord
+from lieprop.data.records import DEFAULT_CONFORMERS, DEFAULT_SEED, MAX_CONFORMERS, Item, SmilesRecord
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.data.views import LiveMapping
 from lieprop.inference import Column, ResultContext, build_results, select_properties
 from lieprop.model.calibration import calibrations_to_dict
 from lieprop.model.loading import as_bundle
-from lieprop.model.prediction import Prediction, Predictions, predict_each
+from lieprop.model.prediction import (
+    Prediction,
+    Predictions,
+    average_conformers,
+    conformer_inputs,
+    predict_each,
+)
 from lieprop.scoring.output import Counts, ResultFile, Table, output_format, result_row, sha256_file
 from lieprop.scoring.records import RawRecord, Source, open_source, parse_records, record_input
 from lieprop.version import __version__
@@ -84,6 +90,7 @@ class ScoreOptions:
     model_batch: int = DEFAULT_MODEL_BATCH  #: molecules per model call
     frame_batch: int = DEFAULT_FRAME_BATCH  #: frames per forward pass inside a model call
     seed: int = DEFAULT_SEED  #: conformer embedding seed
+    conformers: int = DEFAULT_CONFORMERS  #: conformers per SMILES or 2D MOL block; the values average over them
     max_atoms: int = QM9_MAX_ATOMS
     coverage: float | None = None  #: level of the prediction intervals (default: the model's, 0.9)
     relaxed_with: str = "dft"  #: how the input's 3D geometries were relaxed (lieprop.model.calibration.RELAXED_WITH)
@@ -91,6 +98,8 @@ class ScoreOptions:
     max_decompressed_bytes: int | None = None  #: bytes a ``.gz`` input may expand to (None: no limit)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.conformers <= MAX_CONFORMERS:
+            raise ValueError(f"conformers must be between 1 and {MAX_CONFORMERS}, got {self.conformers}")
         for name in ("chunk_size", "model_batch", "frame_batch", "max_atoms", "max_rows", "max_decompressed_bytes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +120,7 @@ class Plan:
     seed: int
     limits: ValidationLimits
     context: ResultContext = ResultContext()  # the model's warnings and interval coverage (lieprop.inference)
+    conformers: int = DEFAULT_CONFORMERS  # per SMILES or 2D MOL block
 
 
 @dataclass
@@ -158,7 +168,8 @@ class Engine(Protocol):
 
 def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batch: int
                    ) -> list[Prediction | BaseException]:
-    """One prediction row (or the exception it met) per molecule, ``model_batch`` molecules per call, in order.
+    """One prediction row (or the exception it met) per molecule, ``model_batch`` molecules per call, in order; a
+    molecule with several conformers is predicted in each and averaged (:func:`average_conformers`).
 
     A call that fails is retried one molecule at a time, so a molecule that breaks the model fails only itself
     (as :class:`~lieprop.service.batcher.DynamicBatcher` does). :class:`RunInterrupted` is not caught.
@@ -166,7 +177,8 @@ def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batc
     out: list[Prediction | BaseException] = []
     for s in range(0, len(molecules), model_batch):
         group = molecules[s:s + model_batch]
-        out.extend(predict_each(predict, [m.numbers for m in group], [m.positions for m in group]))
+        numbers, positions, counts = conformer_inputs(group)
+        out.extend(average_conformers(predict_each(predict, numbers, positions), counts))
     return out
 
 
@@ -185,7 +197,7 @@ def chunk_rows(pairs: Sequence[tuple[SmilesRecord | RawRecord, Item]], plan: Pla
 
 def score_records(records: list[SmilesRecord | RawRecord], plan: Plan, predict: PredictFn) -> list[dict]:
     """Parse and score one chunk in this process (a Ray actor's whole job)."""
-    items = parse_records(plan.kind, records, plan.seed, plan.limits)
+    items = parse_records(plan.kind, records, plan.seed, plan.limits, plan.conformers)
     return chunk_rows(list(zip(records, items, strict=True)), plan, predict)
 
 
@@ -281,7 +293,8 @@ class LocalEngine:
         tasks = batched(records, formats.kind(plan.kind).task_size)
         if self.in_process:
             for task in tasks:
-                yield from zip(task, parse_records(plan.kind, task, plan.seed, plan.limits), strict=True)
+                parsed = parse_records(plan.kind, task, plan.seed, plan.limits, plan.conformers)
+                yield from zip(task, parsed, strict=True)
             return
         if self._pool is None:
             self._pool = worker_pool(self.workers, self.nice)
@@ -301,7 +314,7 @@ class LocalEngine:
 
     def _submit(self, task: list, plan: Plan) -> Future:
         assert self._pool is not None
-        return self._pool.submit(parse_records, plan.kind, task, plan.seed, plan.limits)
+        return self._pool.submit(parse_records, plan.kind, task, plan.seed, plan.limits, plan.conformers)
 
     def _collect(self, task: list, future: Future, pool: Executor, plan: Plan
                  ) -> Iterator[tuple[SmilesRecord | RawRecord, Item]]:
@@ -338,7 +351,7 @@ def make_plan(source: Source, targets: Sequence[str], options: ScoreOptions,
     columns = select_properties(list(targets), options.properties)
     return Plan(source.kind, tuple(columns), tuple(targets), options.chunk_size, options.model_batch,
                 options.frame_batch, options.seed, ValidationLimits(max_atoms=options.max_atoms),
-                context or ResultContext())
+                context or ResultContext(), options.conformers)
 
 
 def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256: str, output_fmt: str
@@ -359,6 +372,9 @@ def fingerprint(source: Source, plan: Plan, options: ScoreOptions, model_sha256:
     # that an interrupted run of an older version still resumes
     if options.relaxed_with != "dft":
         found["relaxed_with"] = options.relaxed_with
+    if options.conformers != 1 and formats.kind(plan.kind).embeds:
+        # runs before conformer averaging embedded one conformer per SMILES; a kind never embedded has none
+        found["conformers"] = options.conformers
     calibrations = dict(plan.context.calibrations)
     if any(cal.weights is not None for cal in calibrations.values()):
         # member weights make the values: a bundle re-calibrated under the same sha256 must not resume a file

@@ -55,7 +55,7 @@ def _parse_batch(batch: dict[str, Any], plan_blob: bytes) -> dict[str, Any]:
     parsed = []
     for blob in batch["records"]:
         records = pickle.loads(blob)
-        items = parse_records(plan.kind, records, plan.seed, plan.limits)
+        items = parse_records(plan.kind, records, plan.seed, plan.limits, plan.conformers)
         parsed.append(pickle.dumps(list(zip(records, items, strict=True)), protocol=pickle.HIGHEST_PROTOCOL))
     return {"chunk": np.asarray(batch["chunk"]), "parsed": np.array(parsed, dtype=object)}
 
@@ -84,7 +84,8 @@ class ModelActor:
         for blob in batch["parsed"] if "parsed" in batch else batch["records"]:
             pairs = pickle.loads(blob)
             if "parsed" not in batch:  # fused: this actor parses too (CPU-only clusters)
-                pairs = list(zip(pairs, parse_records(self.plan.kind, pairs, self.plan.seed, self.plan.limits),
+                pairs = list(zip(pairs, parse_records(self.plan.kind, pairs, self.plan.seed, self.plan.limits,
+                                                        self.plan.conformers),
                                  strict=True))
             rows.append(pickle.dumps(chunk_rows(pairs, self.plan, self._predict), protocol=pickle.HIGHEST_PROTOCOL))
         return {"chunk": np.asarray(batch["chunk"]), "rows": np.array(rows, dtype=object)}

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from lieprop.data import formats
 from lieprop.data.formats import Format
 from lieprop.data.records import (
+    DEFAULT_CONFORMERS,
     DEFAULT_SEED,
     Item,
     ParseOptions,
@@ -46,7 +47,7 @@ KINDS: LiveMapping[str, str] = LiveMapping(
 #: SMILES -> embedding outcome, per worker process: a repeated SMILES is embedded once. Exact, because embedding
 #: is seeded: the cached molecule is the one a fresh embedding would give (the id is set per row).
 _CACHE_SIZE = 4096
-_cache: collections.OrderedDict[tuple[str, str, int, ValidationLimits], Any] = collections.OrderedDict()
+_cache: collections.OrderedDict[tuple[str, str, int, int, ValidationLimits], Any] = collections.OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -140,14 +141,14 @@ def record_input(record: SmilesRecord | RawRecord) -> str | None:
 
 
 def parse_records(kind: str, records: list[SmilesRecord | RawRecord], seed: int = DEFAULT_SEED,
-                  limits: ValidationLimits | None = None) -> list[Item]:
+                  limits: ValidationLimits | None = None, conformers: int = DEFAULT_CONFORMERS) -> list[Item]:
     """Parse a task's records of record kind ``kind`` into items, in order: a process-pool task and a Ray actor's
     first step.
 
     Never raises for a bad record: parsers turn every failure into the item's error.
     """
     parse = formats.kind(kind).parse
-    options = ParseOptions(limits or ValidationLimits(), seed)
+    options = ParseOptions(limits or ValidationLimits(), seed, conformers)
     items = []
     for raw in records:
         if isinstance(raw, SmilesRecord):
@@ -159,7 +160,7 @@ def parse_records(kind: str, records: list[SmilesRecord | RawRecord], seed: int 
 
 def _embed_cached(kind: str, parse: RecordParser, record: SmilesRecord, options: ParseOptions) -> Item:
     ident = record.id or str(record.index)
-    key = (kind, record.smiles, options.seed, options.limits)
+    key = (kind, record.smiles, options.seed, options.n_conformers, options.limits)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:

@@ -2,10 +2,12 @@
 
 Every valid molecule gets its estimated model time (:mod:`lieprop.model.cost`, reference milliseconds: frames x
 evaluations x the cost of a frame of its size), computed where the molecule was read (:func:`read_items`: on a
-thread for XYZ and arrays, in the embedding pool for SMILES and MOL blocks), so the estimate costs no extra hop. A
-molecule over ``max_molecule_cost_ms`` is refused with the item error ``too_expensive``; so are the molecules that
-would take the request's total past ``max_request_cost_ms`` (counted in request order) (:func:`admit`). The rest of
-the request is served. The defaults refuse no QM9 molecule and admit a full request of them (docs/API.md, "Limits").
+thread for XYZ and arrays, in the embedding pool for SMILES and MOL blocks), so the estimate costs no extra hop; a
+SMILES or 2D MOL block has one estimate per conformer, each predicted apart. A molecule with a geometry over
+``max_molecule_cost_ms`` is refused with the item error ``too_expensive``; so are the molecules that would take the
+request's total (every conformer counted) past ``max_request_cost_ms`` (in request order) (:func:`admit`). The rest
+of the request is served. The defaults refuse no QM9 molecule and admit a full request of ordinary ones
+(docs/API.md, "Cost of a molecule").
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from lieprop.data.items import Parsed, parse_items
 from lieprop.data.molecule import Molecule
+from lieprop.data.records import DEFAULT_CONFORMERS
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.model.cost import Cost, CostModel
 
@@ -36,17 +39,30 @@ class CostLimits:
 
 @dataclass(frozen=True)
 class Estimated:
-    """One read item: :func:`parse_items`' answer, and the molecule's cost (None when it is an error)."""
+    """One read item: :func:`parse_items`' answer, and the molecule's cost (None when it is an error): one
+    :class:`Cost` per geometry its prediction averages over (a SMILES: one per conformer), or a single one."""
 
     parsed: Parsed
-    cost: Cost | None
+    cost: Cost | tuple[Cost, ...] | None
+
+    @property
+    def geometry_costs(self) -> tuple[Cost, ...]:
+        """The cost of each geometry (none for an error)."""
+        return () if self.cost is None else self.cost if isinstance(self.cost, tuple) else (self.cost,)
 
 
-def read_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits, costs: CostModel) -> list[Estimated]:
-    """Read ``(index, item)`` pairs (:func:`~lieprop.data.items.parse_items`) and estimate each molecule's cost: one
-    task for a thread or a pool worker (picklable arguments and results)."""
-    return [Estimated(p, costs.estimate(p.outcome.numbers, p.outcome.positions)
-                      if isinstance(p.outcome, Molecule) else None) for p in parse_items(items, limits)]
+def read_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits, costs: CostModel,
+               conformers: int = DEFAULT_CONFORMERS) -> list[Estimated]:
+    """Read ``(index, item)`` pairs (:func:`~lieprop.data.items.parse_items`, ``conformers`` per SMILES or 2D MOL
+    block) and estimate each molecule's cost: one task for a thread or a pool worker (picklable arguments and
+    results)."""
+    return [Estimated(p, geometry_costs(costs, p.outcome) if isinstance(p.outcome, Molecule) else None)
+            for p in parse_items(items, limits, conformers)]
+
+
+def geometry_costs(costs: CostModel, molecule: Molecule) -> tuple[Cost, ...]:
+    """The estimated model time of each geometry a molecule's prediction averages over (its conformers)."""
+    return tuple(costs.estimate(molecule.numbers, x) for x in molecule.geometries)
 
 
 @dataclass(frozen=True)
@@ -55,35 +71,43 @@ class Admitted:
     and the estimated cost of each admitted molecule, in the order of the admitted molecules."""
 
     outcomes: list[Any]
-    costs: list[float]
+    costs: list[tuple[float, ...]]  # per admitted molecule, each geometry's (conformer's) estimate
 
 
 def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
     """Refuse the molecules over ``limits`` (see the module doc); errors pass through. ``estimated`` in request
     order. Cheap: no molecule is looked at again."""
     out: list[Any] = []
-    costs: list[float] = []
+    costs: list[tuple[float, ...]] = []
     total = 0.0
     for e in estimated:
-        outcome, cost = e.parsed.outcome, e.cost
-        if cost is None or not isinstance(outcome, Molecule):
+        outcome, parts = e.parsed.outcome, e.geometry_costs
+        if not parts or not isinstance(outcome, Molecule):
             out.append(outcome)
             continue
-        if limits.molecule is not None and cost.ms > limits.molecule:
-            out.append(MoleculeError("too_expensive", f"this molecule would take an estimated {cost.ms:,.0f} ms of "
-                                     f"model time ({cost.frames} frames of {outcome.n_atoms} atoms: a symmetric "
+        # the molecule limit bounds one forward pass's worth (each conformer is predicted apart); the request's
+        # budget counts every conformer
+        peak, ms = max(parts, key=lambda c: c.ms), sum(c.ms for c in parts)
+        if limits.molecule is not None and peak.ms > limits.molecule:
+            out.append(MoleculeError("too_expensive", f"this molecule would take an estimated {peak.ms:,.0f} ms of "
+                                     f"model time ({peak.frames} frames of {outcome.n_atoms} atoms: a symmetric "
                                      f"molecule is seen in many frames); the limit per molecule is "
                                      f"{limits.molecule:,.0f} ms"))
             continue
-        if limits.request is not None and total + cost.ms > limits.request:
+        if limits.request is not None and total + ms > limits.request:
             out.append(MoleculeError("too_expensive", f"the molecules before this one use the request's budget of "
                                      f"model time ({total:,.0f} of {limits.request:,.0f} ms; this one needs "
-                                     f"{cost.ms:,.0f} ms): send it in another request"))
+                                     f"{ms:,.0f} ms{_over_conformers(outcome)}): send it in another request"))
             continue
-        total += cost.ms
+        total += ms
         out.append(outcome)
-        costs.append(cost.ms)
+        costs.append(tuple(c.ms for c in parts))
     return Admitted(out, costs)
+
+
+def _over_conformers(molecule: Molecule) -> str:
+    k = len(molecule.geometries)
+    return f" for its {k} conformers" if k > 1 else ""
 
 
 def forward_frames(costs: CostModel, n_atoms: int, max_frames: int, forward_ms: float) -> int:

@@ -272,7 +272,9 @@ class JobManager:
         job_id = job["id"]
         folder = self.job_dir(job_id)
         s = self.settings
-        options = JobOptions.parse({**job["options"], "format": job["format"]}).score_options(
+        # a job recorded before conformer averaging embedded one conformer per SMILES: it goes on as it began
+        recorded = {"conformers": 1, **job["options"], "format": job["format"]}
+        options = JobOptions.parse(recorded).score_options(
             model_batch=s.max_batch_size, frame_batch=s.model_chunk, max_atoms=s.max_atoms,
             max_rows=s.job_max_rows, max_decompressed_bytes=s.job_max_decompressed_bytes)
         should_stop = functools.partial(self._should_stop, job_id)

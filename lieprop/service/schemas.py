@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from lieprop.data.records import DEFAULT_CONFORMERS, MAX_CONFORMERS
 from lieprop.data.validation import ErrorCode
 from lieprop.inference import PREDICTION_FAILED, input_kind
 
@@ -59,6 +60,11 @@ class PredictRequest(BaseModel):
     return_geometry: bool = Field(
         False, description="add each ok result's `geometry` (the atoms and positions the model saw: the given "
                            "geometry or lieprop's conformer); off by default")
+    conformers: int = Field(
+        DEFAULT_CONFORMERS, ge=1, le=MAX_CONFORMERS,
+        description=f"conformers generated for each SMILES or 2D MOL block (default {DEFAULT_CONFORMERS}); the "
+                    "values average over them. 1 is several times faster and a few percent less accurate "
+                    "(docs/BENCHMARKS.md); 3D geometries you send are answered as they are")
 
 
 class PropertyValue(BaseModel):

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lieprop.data.elements import QM9_MAX_ATOMS
+from lieprop.data.records import DEFAULT_CONFORMERS
 from lieprop.model.loading import default_model_path
 
 #: The tenant of the single ``api_key``, of a server without keys, and of jobs created before tenants existed.
@@ -50,7 +51,9 @@ class Settings(BaseSettings):
                                 "values differ from the uncompiled model by float32 rounding. Needs model_process")
     model_chunk: int = Field(128, ge=1, le=4096,
                              description="frames per forward pass inside a batch (each molecule has 1-8+ frames)")
-    max_queue: int = Field(4096, ge=1, description="molecules waiting for the model before new requests get 503")
+    max_queue: int = Field(4096 * DEFAULT_CONFORMERS, ge=1,
+                           description="model inputs waiting for the model before new requests get 503 (a SMILES "
+                                       "counts once per conformer)")
 
     # ingestion
     workers_embed: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
@@ -96,11 +99,13 @@ class Settings(BaseSettings):
 
     # model time, estimated before any model work (reference milliseconds, lieprop/model/cost.py)
     max_molecule_cost_ms: float = Field(2000.0, gt=0,
-                                        description="estimated model time of one molecule, at most; more -> item "
-                                                    "error too_expensive (QM9's costliest: 424)")
+                                        description="estimated model time of one molecule (of a SMILES, its "
+                                                    "costliest conformer), at most; more -> item error "
+                                                    "too_expensive (QM9's costliest: 424)")
     max_request_cost_ms: float = Field(30_000.0, gt=0,
-                                       description="estimated model time of one request's molecules, at most; the "
-                                                   "molecules past it -> item error too_expensive")
+                                       description="estimated model time of one request's molecules (every "
+                                                   "conformer counted), at most; the molecules past it -> item "
+                                                   "error too_expensive")
     max_batch_cost_ms: float = Field(250.0, gt=0,
                                      description="estimated model time of one model batch, at most; a costlier "
                                                  "molecule runs alone, in forward passes of a tenth of this, "

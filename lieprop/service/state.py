@@ -27,6 +27,7 @@ from fastapi import Depends, Request
 
 from lieprop.data.molecule import Molecule
 from lieprop.data.readers import embedding_pool
+from lieprop.data.records import DEFAULT_CONFORMERS
 from lieprop.data.validation import MoleculeError, ValidationLimits
 from lieprop.inference import (
     EMBEDDING_KINDS,
@@ -43,6 +44,7 @@ from lieprop.inference import (
 )
 from lieprop.model.cost import CostModel
 from lieprop.model.device import pick_device
+from lieprop.model.prediction import average_conformers, conformer_inputs
 from lieprop.service import schemas
 from lieprop.service.admission import FORWARD_SHARE, CostLimits, Estimated, admit, chunked_predict, read_items
 from lieprop.service.batcher import DynamicBatcher, Priority
@@ -242,11 +244,12 @@ class Service:
         full = molecules * max(1, self.settings.max_batch_size // 2)
         predict([m.numbers for m in full], [m.positions for m in full])
 
-    async def _run_pool(self, chunk: list[tuple[int, dict]], costs: CostModel | None = None) -> list[Estimated]:
+    async def _run_pool(self, chunk: list[tuple[int, dict]], costs: CostModel | None = None,
+                        conformers: int = DEFAULT_CONFORMERS) -> list[Estimated]:
         pool = self.pool
         future = None
         try:
-            future = pool.submit(read_items, chunk, self.limits, costs or self.costs)
+            future = pool.submit(read_items, chunk, self.limits, costs or self.costs, conformers)
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             if future is not None and future.cancel():  # not started yet: nobody will embed these
@@ -260,11 +263,12 @@ class Service:
             return [Estimated(Parsed(i, MoleculeError("embedding_failed", "the embedding worker died on this "
                                                       "request"), 0.0), None) for i, _ in chunk]
 
-    async def parse(self, items: list[dict], costs: CostModel | None = None) -> list[Estimated]:
+    async def parse(self, items: list[dict], costs: CostModel | None = None,
+                    conformers: int = DEFAULT_CONFORMERS) -> list[Estimated]:
         """Read every item: SMILES and MOL blocks in the process pool (in tasks of at most
-        :data:`EMBED_TASK_ITEMS`, spread over its workers), the rest on a thread, each molecule with its cost
-        estimate (by ``costs``, default the default model's). Returns one :class:`Estimated` per item, in order.
-        Cancelled, it drops the pool tasks that have not started."""
+        :data:`EMBED_TASK_ITEMS`, spread over its workers; ``conformers`` each), the rest on a thread, each molecule
+        with its cost estimate (by ``costs``, default the default model's). Returns one :class:`Estimated` per item,
+        in order. Cancelled, it drops the pool tasks that have not started."""
         costs = costs or self.costs
         loop = asyncio.get_running_loop()
         heavy = [(i, d) for i, d in enumerate(items) if input_kind(d) in EMBEDDING_KINDS]
@@ -274,7 +278,7 @@ class Service:
             jobs.append(loop.run_in_executor(None, read_items, light, self.limits, costs))
         if heavy:
             n = max(min(self.settings.workers_embed, len(heavy)), math.ceil(len(heavy) / EMBED_TASK_ITEMS))
-            jobs.extend(self._run_pool(heavy[k::n], costs) for k in range(n))
+            jobs.extend(self._run_pool(heavy[k::n], costs, conformers) for k in range(n))
         read = [e for chunk in await asyncio.gather(*jobs) for e in chunk]
         for e in read:
             if input_kind(items[e.parsed.index]) in EMBEDDING_KINDS:
@@ -283,10 +287,12 @@ class Service:
 
     async def predict(self, items: list[dict], columns: list[Column],
                       priority: Priority = Priority.INTERACTIVE, context: ResultContext | None = None,
-                      geometry: bool = False, model: ServedModel | None = None) -> list[dict]:
+                      geometry: bool = False, model: ServedModel | None = None,
+                      conformers: int = DEFAULT_CONFORMERS) -> list[dict]:
         """Results for REST items, in order (raises QueueFull / BatcherClosed); ``context``: another coverage than
         the model's default (:meth:`ResultContext.of`); ``geometry``: ok results carry the predicted geometry;
-        ``model``: the served model to ask (default: the default one).
+        ``model``: the served model to ask (default: the default one); ``conformers``: how many a SMILES or 2D MOL
+        block gets (the values average over them).
 
         Molecules over the cost limits get ``too_expensive`` (:mod:`lieprop.service.admission`). Cancelling the
         awaiting task (a timeout, a disconnected client) drops the work not yet started: embedding-pool tasks
@@ -294,13 +300,16 @@ class Service:
         served = model or self.default
         self.parsing += 1
         try:
-            admitted = admit(await self.parse(items, served.costs), self.cost_limits)
+            admitted = admit(await self.parse(items, served.costs, conformers), self.cost_limits)
         finally:
             self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
         outcomes = admitted.outcomes
         valid = [o for o in outcomes if isinstance(o, Molecule)]
-        future = served.batcher.submit_nowait([(m.numbers, m.positions) for m in valid], priority, admitted.costs)
-        rows = await asyncio.wrap_future(future)
+        # a molecule with several conformers (a SMILES) is one batcher entry per conformer, its cost shared
+        numbers, positions, counts = conformer_inputs(valid)
+        costs = [c for parts in admitted.costs for c in parts]
+        future = served.batcher.submit_nowait(list(zip(numbers, positions, strict=True)), priority, costs)
+        rows = average_conformers(await asyncio.wrap_future(future), counts)
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
         return build_results(outcomes, ids, rows, columns, served.bundle.model.targets, context or served.context,
                              geometry=geometry)

@@ -87,16 +87,20 @@ def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str
     """Pack QM9 molecules ``rows`` contiguously with their targets (lieprop units, total energies).
 
     ``geometries``: another source of atoms for the same rows (ragged ``numbers``, ``positions``, ``offsets``
-    row-aligned with QM9, e.g. :class:`lieprop.data.qm9_conformers.ConformerArrays`); default the DFT geometries."""
+    row-aligned with QM9, e.g. :class:`lieprop.data.qm9_conformers.ConformerArrays`, whose ``position_offsets``
+    say where each molecule's first conformer starts); default the DFT geometries."""
     rows = np.asarray(rows)
     geo = data if geometries is None else geometries
     sizes = np.diff(geo.offsets)[rows]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
+    starts = getattr(geo, "position_offsets", geo.offsets)  # several conformers per molecule: the first one's
     src = np.concatenate([np.arange(geo.offsets[r], geo.offsets[r + 1]) for r in rows]) if len(rows) else []
+    src_x = np.concatenate([np.arange(starts[r], starts[r] + n) for r, n in zip(rows, sizes, strict=True)]) \
+        if len(rows) else []
     cols = [PROPERTY_NAMES.index(t) for t in targets]
     return SplitData(
         numbers=geo.numbers[src].astype(np.int64),
-        positions=geo.positions[src].astype(np.float64),
+        positions=geo.positions[src_x].astype(np.float64),
         offsets=offsets,
         targets=data.targets_in_units()[rows][:, cols],
         qm9_rows=rows,

@@ -75,12 +75,16 @@ def evaluate(bundle_path: str | Path, split: str = "test", out_dir: str | Path |
         source = load_conformers()
         keep = source.available(rows)
         skipped, rows = int((~keep).sum()), rows[keep]
-    zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
-    # an ensemble whose calibration weights its members per geometry path is scored as it serves: weighted
+    # an ensemble whose calibration weights its members per geometry path is scored as it serves: weighted; and
+    # force-field geometries as the service's SMILES results: averaged over the conformers
     path = {geometry: path for path, geometry in PATH_GEOMETRY.items()}[geometry]
     weighted = bundle.weighs_members(path)
     t0 = time.perf_counter()
-    pred = bundle.values(zs, xs, path, batch_size=batch_size)
+    if geometry == "forcefield":
+        pred = bundle.molecule_values(source.molecules(rows), path, batch_size=batch_size)
+    else:
+        zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
+        pred = bundle.values(zs, xs, path, batch_size=batch_size)
     seconds = time.perf_counter() - t0
     cols = [PROPERTY_NAMES.index(t) for t in model.targets]
     truth = data.targets_in_units()[rows][:, cols]

@@ -150,6 +150,10 @@ class Trainer:
         self.valid_ff: SplitData | None = None  # the validation molecules in force-field geometries
         if cfg.forcefield_geometries:
             conformers = load_conformers()
+            missing = int((~conformers.built[train_rows[train_rows < len(conformers)]]).sum())
+            if missing:
+                raise ValueError(f"the conformer cache has not embedded {missing} training molecules (a --splits "
+                                 "build); embed them with python -m lieprop.data.qm9_conformers --workers N")
             self.train = concat_splits(self.train, split_data(qm9, train_rows[conformers.available(train_rows)],
                                                               cfg.targets, conformers))
             self.valid_ff = split_data(qm9, valid_rows[conformers.available(valid_rows)], cfg.targets, conformers)

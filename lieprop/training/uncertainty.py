@@ -1,8 +1,10 @@
 """``lieprop calibrate``: fit an ensemble's uncertainty on the validation split and measure it on the test split.
 
 A calibration is fitted per geometry path (:data:`lieprop.model.calibration.PATHS`): on the validation split in QM9's
-DFT geometries for geometries a user gives, and in the force-field conformers lieprop makes from each molecule's
-SMILES (:mod:`lieprop.data.qm9_conformers`) for geometries lieprop generates. The report then measures, on the test
+DFT geometries for geometries a user gives, in the force-field conformers lieprop makes from each molecule's SMILES
+(:mod:`lieprop.data.qm9_conformers`), averaged as the service averages them, for geometries lieprop generates, and in
+the lowest-energy conformer alone for one force-field geometry a user gives (``relaxed_with="forcefield"``; the
+report also says what that path's coverage would be with the averaged conformers' calibration). The report then measures, on the test
 split and per path, what a chemist relies on: the coverage of the 90% interval (and of every stored level: the
 reliability curve), its mean width, and whether the std ranks molecules by their error (Spearman correlation of
 std and |error|). It also checks that the uncertainty knows its domain: the std of the force-field geometries over
@@ -26,6 +28,7 @@ from lieprop.data.validation import ValidationLimits
 from lieprop.model.bundle import load_bundle, record_metadata
 from lieprop.model.calibration import (
     DEFAULT_LEVEL,
+    FORCEFIELD,
     LEVELS,
     Calibration,
     calibrations_to_dict,
@@ -34,7 +37,7 @@ from lieprop.model.calibration import (
     fit_member_weights,
     weighted_mean,
 )
-from lieprop.model.prediction import Predictions
+from lieprop.model.prediction import Predictions, predict_molecules
 from lieprop.model.predictor import EnsembleModel
 
 #: Molecules of CHONF with 10 to 24 heavy atoms: outside QM9 (at most 9), for the domain check. Common drugs,
@@ -50,14 +53,23 @@ OUTSIDE_QM9 = (
 )
 
 
-def ensemble_predictions(model: Any, source: Any, rows: np.ndarray, batch_size: int = 256) -> Predictions:
-    """The model's predictions (raw spread) of QM9 ``rows`` in ``source``'s geometries."""
+def ensemble_predictions(model: Any, source: Any, rows: np.ndarray, batch_size: int = 256,
+                         average: bool = True) -> Predictions:
+    """The model's predictions (raw spread) of QM9 ``rows`` in ``source``'s geometries: each averaged over its
+    conformers where ``source`` has several (the force-field conformers, as the service's SMILES results), unless
+    ``average`` is False (then the first, lowest-energy conformer alone)."""
+    if average and hasattr(source, "molecules"):
+        return predict_molecules(model, source.molecules(rows), batch_size=batch_size)
     zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
     return model.predictions(list(zs), list(xs), batch_size=batch_size)
 
 
 #: The QM9 geometries that stand for each geometry path.
 PATH_GEOMETRY = {"given": "dft", "generated": "forcefield"}
+#: What each calibrated path is fitted on: the two above, and one force-field conformer alone (the lowest in
+#: energy) for :data:`~lieprop.model.calibration.FORCEFIELD`, a force-field geometry a user gives.
+PATH_SOURCES = {"given": "dft", "generated": "forcefield, averaged over the conformers",
+                FORCEFIELD: "forcefield, one conformer"}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
@@ -88,11 +100,12 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     for split in ("valid", "test"):
         rows = parts[split][:limit] if limit else parts[split]
         rows = rows[conformers.available(rows)]  # the same molecules on both paths
-        for path, geometry in PATH_GEOMETRY.items():
+        for path, geometry in PATH_SOURCES.items():
             log(f"{split} / {geometry} geometries: {len(rows)} molecules")
-            sets[split, path] = rows, ensemble_predictions(model, data if geometry == "dft" else conformers, rows)
+            sets[split, path] = rows, ensemble_predictions(model, data if geometry == "dft" else conformers, rows,
+                                                           average=path == "generated")
     calibrations = {}
-    for path, geometry in PATH_GEOMETRY.items():
+    for path, geometry in PATH_SOURCES.items():
         rows, raw = sets["valid", path]
         weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
             else None
@@ -103,12 +116,12 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
                               "spread": {"poses": model.spread_poses},
                               "calibration": calibrations_to_dict(calibrations), "test": {}, "reliability": {}}
-    for path in PATH_GEOMETRY:
+    for path in PATH_SOURCES:
         rows, raw = sets["test", path]
         cal = calibrations[path]
         truth = truth_all[rows]
         calibrated = cal.apply(raw, DEFAULT_LEVEL)
-        report["test"][path] = {"n": len(rows), "geometry": PATH_GEOMETRY[path],
+        report["test"][path] = {"n": len(rows), "geometry": PATH_SOURCES[path],
                                 "targets": coverage_report(calibrated.value, calibrated, truth, model.targets)}
         if cal.weights is not None:  # what the weights bought: the plain mean's MAE beside the weighted one's
             plain = np.abs(raw.value - truth).mean(0)
@@ -117,6 +130,11 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
                                                           weights=[float(w) for w in cal.weights[:, j]])
         report["reliability"][path] = {
             str(level): [float(v) for v in _covered(cal.apply(raw, level), truth).mean(0)] for level in LEVELS}
+    # why one force-field geometry has a calibration of its own: the averaged conformers' one, applied to it
+    rows, raw = sets["test", FORCEFIELD]
+    borrowed = _covered(calibrations["generated"].apply(raw, DEFAULT_LEVEL), truth_all[rows]).mean(0)
+    report["test"][FORCEFIELD]["coverage_with_generated_calibration"] = {
+        t: float(borrowed[j]) for j, t in enumerate(model.targets)}
     given, generated = (calibrations[p].sigma(sets["test", p][1].std) for p in PATH_GEOMETRY)
     report["domain"] = {
         "generated_over_given_std": {t: float(np.median(generated[:, j] / given[:, j]))
@@ -169,7 +187,7 @@ def outside_domain(model: Any, inside_spread: np.ndarray) -> dict[str, Any]:
     on the same path (``inside_spread``), per target, as a ratio of medians."""
     limits = ValidationLimits(max_atoms=200)
     molecules = [from_smiles(s, limits=limits) for s in OUTSIDE_QM9]
-    raw = model.predictions([m.numbers for m in molecules], [m.positions for m in molecules])
+    raw = predict_molecules(model, molecules)
     return {"outside_qm9_molecules": len(molecules),
             "outside_over_inside_spread": {t: float(np.median(raw.std[:, j]) / np.median(inside_spread[:, j]))
                                            for j, t in enumerate(model.targets)}}

@@ -23,7 +23,8 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 
-from lieprop.inference import ResultContext, UnknownPropertyError, select_properties
+from lieprop.data.records import DEFAULT_CONFORMERS
+from lieprop.inference import EMBEDDING_KINDS, ResultContext, UnknownPropertyError, input_kind, select_properties
 from lieprop.service import schemas
 from lieprop.service.access import API_KEY
 from lieprop.service.batcher import BatcherClosed, QueueFull
@@ -94,6 +95,12 @@ async def predict(service: ServiceDep, request: Request,
     s = service.settings
     if len(body.molecules) > s.max_molecules:
         return _too_many(len(body.molecules), s.max_molecules)
+    embedded = sum(1 for m in body.molecules if input_kind(m.model_dump(exclude_none=True)) in EMBEDDING_KINDS)
+    if embedded * body.conformers > s.max_molecules * DEFAULT_CONFORMERS:
+        # embedding and model work grow with both: bounded as for a full request of SMILES at the default count
+        return error_response(413, "too_many_molecules", f"{embedded} SMILES or MOL blocks x {body.conformers} "
+                              f"conformers in one request; the limit is {s.max_molecules * DEFAULT_CONFORMERS} "
+                              f"(max_molecules x {DEFAULT_CONFORMERS}): send fewer molecules or fewer conformers")
     served = service.served(body.model)
     if served is None:
         names = ", ".join(repr(n) for n in service.models)
@@ -111,7 +118,8 @@ async def predict(service: ServiceDep, request: Request,
     items = [m.model_dump(exclude_none=True) for m in body.molecules]
     try:
         results = await until_done_or_gone(service.predict(items, columns, context=context,
-                                                           geometry=body.return_geometry, model=served), request,
+                                                           geometry=body.return_geometry, model=served,
+                                                           conformers=body.conformers), request,
                                            s.request_timeout_s)
     except TimeoutError:
         return error_response(504, "timeout", f"the request took longer than {s.request_timeout_s} s; its work "

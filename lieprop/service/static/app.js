@@ -360,7 +360,8 @@ function provenanceText(r) {
   const parts = [c.method, c.seed != null ? `seed ${c.seed}` : null,
                  c.force_field ? `force field ${c.force_field}` : "no force-field relaxation",
                  c.converged === false ? "not converged" : null].filter(Boolean);
-  return `${r.id ?? ""}: lieprop's conformer from ${source} (${parts.join(", ")}).`;
+  const averaged = c.averaged > 1 ? ` The values average over ${c.averaged} conformers; this is the lowest in energy.` : "";
+  return `${r.id ?? ""}: lieprop's conformer from ${source} (${parts.join(", ")}).${averaged}`;
 }
 
 async function geometryOf(r) {

@@ -1,0 +1,105 @@
+"""A SMILES is answered for several of lieprop's conformers of it, averaged (lieprop.data.conformers,
+lieprop.model.prediction.average_conformers): the specification."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from lieprop.data.molecule import Molecule
+from lieprop.data.readers import DEFAULT_CONFORMERS, from_smiles
+from lieprop.data.stereo import read_stereo
+from lieprop.model.prediction import Prediction, average_conformers, conformer_inputs, predict_molecules
+
+
+def test_a_smiles_gets_several_conformers_of_one_stereoisomer_the_lowest_in_energy_first():
+    mol = from_smiles("OCCCC(C)C")
+    conformer = mol.provenance["conformer"]
+    assert conformer["n_conformers"] == DEFAULT_CONFORMERS == len(mol.geometries) == conformer["averaged"]
+    np.testing.assert_array_equal(mol.geometries[0], mol.positions)
+    assert all(g.shape == mol.positions.shape and not g.flags.writeable for g in mol.geometries)
+    # a flexible chain: the conformers differ (otherwise averaging would buy nothing)
+    assert max(np.abs(g - mol.positions).max() for g in mol.other_conformers) > 0.5
+    assert len(from_smiles("OCCCC(C)C", n_conformers=1).geometries) == 1
+
+
+def test_the_averaged_conformers_are_all_the_stereoisomer_the_result_names():
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    # two ring centres left open: ETKDG may build cis and trans; only the one named is averaged
+    mol = from_smiles("CC1CCC(C)CC1", n_conformers=10)
+    named = mol.provenance["conformer"]["stereo_smiles"]
+    rd = Chem.AddHs(Chem.MolFromSmiles("CC1CCC(C)CC1"))
+    AllChem.EmbedMolecule(rd, randomSeed=1)
+    for geometry in mol.geometries:
+        conf = rd.GetConformer()
+        for i, p in enumerate(geometry):
+            conf.SetAtomPosition(i, p.tolist())
+        assert read_stereo(rd, conf.GetId())[0] == named
+    assert mol.provenance["conformer"]["averaged"] == len(mol.geometries) <= 10
+
+
+def test_a_molecule_keeps_its_conformers_through_pickling_and_new_warnings():
+    mol = from_smiles("CCCO")
+    for copy in (pickle.loads(pickle.dumps(mol)), mol.with_warnings("extra")):
+        assert len(copy.geometries) == len(mol.geometries)
+        for a, b in zip(copy.geometries, mol.geometries, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert not a.flags.writeable
+    with pytest.raises(ValueError, match="positions"):
+        Molecule(mol.numbers, mol.positions, other_conformers=(mol.positions[:-1],))
+
+
+def _row(value, std, members):
+    return Prediction(np.array(value, float), np.array(std, float), members=np.array(members, float))
+
+
+def test_averaging_takes_the_mean_and_adds_the_conformers_disagreement_to_the_spread():
+    a = _row([1.0, 10.0], [0.3, 1.0], [[0.7, 9.0], [1.3, 11.0]])
+    b = _row([3.0, 10.0], [0.4, 2.0], [[2.6, 8.0], [3.4, 12.0]])
+    single = _row([5.0, 5.0], [0.1, 0.1], [[5.0, 5.0], [5.0, 5.0]])
+    out = average_conformers([a, b, single], [2, 1])
+    np.testing.assert_allclose(out[0].value, [2.0, 10.0])
+    np.testing.assert_allclose(out[0].members, [[1.65, 8.5], [2.35, 11.5]])
+    # law of total variance: the mean member variance plus the variance of the conformers' values
+    np.testing.assert_allclose(out[0].std, np.sqrt([(0.09 + 0.16) / 2 + 1.0, (1 + 4) / 2 + 0.0]))
+    assert out[1] is single  # one geometry: the prediction as it is
+
+
+def test_a_conformer_that_fails_in_the_model_fails_its_molecule_only():
+    ok = _row([1.0], [0.1], [[1.0], [1.0]])
+    boom = RuntimeError("the model broke on this geometry")
+    out = average_conformers([ok, boom, ok, ok], [2, 2])
+    assert out[0] is boom and isinstance(out[1], Prediction)
+    with pytest.raises(ValueError, match="rows for"):
+        average_conformers([ok], [2])
+
+
+def test_model_inputs_list_every_geometry_of_every_molecule_in_order():
+    flexible, rigid = from_smiles("CCCO"), Molecule([8, 1, 1], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    numbers, positions, counts = conformer_inputs([flexible, rigid])
+    assert counts == [len(flexible.geometries), 1]
+    assert len(numbers) == len(positions) == sum(counts)
+    assert positions[-1] is rigid.positions and positions[0] is flexible.positions
+
+
+def test_the_library_answers_a_smiles_with_the_mean_over_its_conformers():
+    from lieprop.inference import predict
+    from lieprop.model.loading import as_bundle
+
+    bundle = as_bundle(None)
+    mol = from_smiles("OCCCC(C)C")
+    served = predict("OCCCC(C)C", properties=["homo"])["results"][0]["properties"]["homo"]
+    j = bundle.model.targets.index("homo")
+    each = bundle.model.predictions([mol.numbers] * len(mol.geometries), list(mol.geometries))
+    members = each.members.mean(1)  # (M, T): each member averaged over the conformers
+    expected = bundle.calibration["generated"].center(members)[j]
+    assert served["value"] == pytest.approx(expected, abs=1e-5)
+    single = predict(Molecule(mol.numbers, mol.positions, provenance=dict(mol.provenance)),
+                     properties=["homo"])["results"][0]["properties"]["homo"]
+    assert single["value"] != pytest.approx(served["value"], abs=1e-6)  # the one conformer alone differs
+    averaged = predict_molecules(bundle.model, [mol])
+    assert averaged.std[0, j] >= np.sqrt((each.std[:, j] ** 2).mean()) - 1e-9  # the conformers add spread

@@ -41,7 +41,7 @@ def from_smiles(
 
     ``n_conformers`` ETKDG conformers are optimised: the lowest-energy one is the molecule's ``positions``, the
     others of the same stereoisomer its ``other_conformers``, and a prediction averages over all of them (averaging
-    over 5 conformers is 4-7% more accurate on QM9's SMILES than one: docs/BENCHMARKS.md). The same SMILES, seed and
+    over 5 conformers is 3-8% more accurate on QM9's SMILES than one: docs/BENCHMARKS.md). The same SMILES, seed and
     ``n_conformers`` give identical coordinates in any process. Element, size and charge are checked
     before embedding, so out-of-domain molecules are refused quickly.
 

@@ -72,7 +72,7 @@ def uncertainty_description(bundle: Bundle) -> str | None:
     if bundle.calibration is None:
         return f"{spread}, uncalibrated (no interval){conformers}"
     text = (f"{spread}, calibrated on the validation split per geometry path (given 3D geometries; conformers "
-            "lieprop generates, or geometries sent with relaxed_with=forcefield), with split-conformal intervals (90% "
+            "lieprop generates; one geometry sent with relaxed_with=forcefield), with split-conformal intervals (90% "
             "unless coverage says otherwise)")
     weighted = [path for path, cal in bundle.calibration.items() if cal.weights is not None]
     if weighted:

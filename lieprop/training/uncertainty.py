@@ -1,15 +1,16 @@
 """``lieprop calibrate``: fit an ensemble's uncertainty on the validation split and measure it on the test split.
 
-A calibration is fitted per geometry path (:data:`lieprop.model.calibration.PATHS`): on the validation split in QM9's
-DFT geometries for geometries a user gives, in the force-field conformers lieprop makes from each molecule's SMILES
-(:mod:`lieprop.data.qm9_conformers`), averaged as the service averages them, for geometries lieprop generates, and in
-the lowest-energy conformer alone for one force-field geometry a user gives (``relaxed_with="forcefield"``; the
-report also says what that path's coverage would be with the averaged conformers' calibration). The report then measures, on the test
-split and per path, what a chemist relies on: the coverage of the 90% interval (and of every stored level: the
-reliability curve), its mean width, and whether the std ranks molecules by their error (Spearman correlation of
-std and |error|). It also checks that the uncertainty knows its domain: the std of the force-field geometries over
-that of the DFT geometries of the same molecules, and the raw spread of molecules outside QM9 (more than 9 heavy
-atoms; :data:`OUTSIDE_QM9`) over that of QM9's own test molecules, both on the SMILES path.
+A calibration is fitted per geometry path (:data:`lieprop.model.calibration.PATHS`): on the validation split in
+QM9's DFT geometries for geometries a user gives, in the force-field conformers lieprop makes from each molecule's
+SMILES (:mod:`lieprop.data.qm9_conformers`), averaged as the service averages them, for geometries lieprop
+generates, and in the lowest-energy conformer alone for one force-field geometry a user gives
+(``relaxed_with="forcefield"``; the report also says what that path's coverage would be with the averaged
+conformers' calibration). The report then measures, on the test split and per path, what a chemist relies on: the
+coverage of the 90% interval (and of every stored level: the reliability curve), its mean width, and whether the std
+ranks molecules by their error (Spearman correlation of std and |error|). It also checks that the uncertainty knows
+its domain: the std of the force-field geometries over that of the DFT geometries of the same molecules, and the raw
+spread of molecules outside QM9 (more than 9 heavy atoms; :data:`OUTSIDE_QM9`) over that of QM9's own test
+molecules, both on the SMILES path.
 """
 
 from __future__ import annotations

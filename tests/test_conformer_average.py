@@ -103,3 +103,24 @@ def test_the_library_answers_a_smiles_with_the_mean_over_its_conformers():
     assert single["value"] != pytest.approx(served["value"], abs=1e-6)  # the one conformer alone differs
     averaged = predict_molecules(bundle.model, [mol])
     assert averaged.std[0, j] >= np.sqrt((each.std[:, j] ** 2).mean()) - 1e-9  # the conformers add spread
+
+
+def test_one_conformer_is_calibrated_as_one_force_field_geometry_and_an_average_as_an_average():
+    """The spread of an average carries the conformers' disagreement and one geometry's does not: each has its own
+    calibration (`generated`, `forcefield`), and a SMILES asked for with `conformers=1` gets the second."""
+    from lieprop.inference import predict
+    from lieprop.model.calibration import geometry_path
+    from lieprop.model.loading import as_bundle
+
+    bundle = as_bundle(None)
+    j = bundle.model.targets.index("mu")
+    five, one = (from_smiles("OCCCC(C)C", n_conformers=k) for k in (5, 1))
+    assert geometry_path(five.provenance) == "generated" and geometry_path(one.provenance) == "forcefield"
+    raw = bundle.model.predictions([one.numbers], [one.positions])
+    served = predict("OCCCC(C)C", properties=["mu"], conformers=1)["results"][0]["properties"]["mu"]
+    assert served["std"] == pytest.approx(float(bundle.calibration["forcefield"].apply(raw).std[0, j]), rel=1e-6)
+    averaged = predict_molecules(bundle.model, [five])
+    served5 = predict("OCCCC(C)C", properties=["mu"])["results"][0]["properties"]["mu"]
+    assert served5["std"] == pytest.approx(float(bundle.calibration["generated"].apply(averaged).std[0, j]), rel=1e-6)
+    with pytest.raises(ValueError, match="conformers must be >= 1"):
+        predict("CCO", conformers=0)

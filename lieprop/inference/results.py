@@ -147,9 +147,11 @@ def property_entry(prediction: Prediction, col: Column, shift: float) -> dict[st
     return entry if all(math.isfinite(v) for v in numbers) else None
 
 
-def uncertainty_warning(prediction: Prediction, targets: Sequence[str], typical: Sequence[float]) -> str | None:
+def uncertainty_warning(prediction: Prediction, targets: Sequence[str], typical: Sequence[float],
+                        conformers: int = 1) -> str | None:
     """A warning when the molecule's std on some target is more than :data:`UNCERTAIN_FACTOR` times the typical
-    one (the worst such target is named), else None."""
+    one (the worst such target is named), else None. With ``conformers`` > 1 (a SMILES's prediction averaged over
+    them) it says that their disagreement counts too: a flexible QM9-like molecule gets such a std on r2 or mu."""
     if prediction.std is None:
         return None
     ratios = np.asarray(prediction.std, dtype=float) / np.maximum(np.asarray(typical, dtype=float), 1e-300)
@@ -159,8 +161,11 @@ def uncertainty_warning(prediction: Prediction, targets: Sequence[str], typical:
     prop = BY_NAME[targets[j]]
     unit = prop.paper_unit or prop.unit
     std, usual = _number(prediction.std[j] * prop.to_paper), _number(typical[j] * prop.to_paper)
+    why = ("molecules unlike QM9's (size, elements, bonding, geometry) get such spreads, and so do flexible ones whose "
+           f"{conformers} conformers disagree (r2 and mu depend on the conformer)" if conformers > 1 else
+           "molecules unlike QM9's (size, elements, bonding, geometry) get such spreads")
     return (f"the model is unsure about this molecule: its {targets[j]} std, {std} {unit}, is {ratios[j]:.0f}x the "
-            f"typical {usual} {unit}; molecules unlike QM9's (size, elements, bonding, geometry) get such spreads")
+            f"typical {usual} {unit}; {why}")
 
 
 def geometry_entry(molecule: Molecule) -> dict[str, list]:
@@ -197,7 +202,7 @@ def ok_result(molecule: Molecule, row: Prediction | np.ndarray, columns: Sequenc
         extra = dict(context.warnings_by_size).get(size_bin(len(molecule.numbers)))
         warnings += [extra] if extra else []
     if calibration is not None:
-        unsure = uncertainty_warning(prediction, targets, calibration.typical)
+        unsure = uncertainty_warning(prediction, targets, calibration.typical, len(molecule.geometries))
         warnings += [unsure] if unsure else []
     result = {"id": molecule.id, "ok": True, "properties": props, "provenance": provenance, "warnings": warnings}
     if geometry:

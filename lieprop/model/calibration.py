@@ -55,9 +55,9 @@ DEFAULT_LEVEL = 0.9
 #: Geometry paths every calibrated bundle has, each with its own calibration: ``given`` (the user's 3D geometry,
 #: DFT-relaxed like QM9's) and ``generated`` (lieprop's conformers of a SMILES or a 2D MOL block, averaged).
 PATHS = ("given", "generated")
-#: The optional third path: one force-field geometry the user gave (``relaxed_with="forcefield"``). It is answered
-#: like lieprop's conformers but, one geometry and not an average of five, errs more and spreads less; a bundle
-#: calibrated before it existed answers it with ``generated``'s calibration.
+#: The optional third path: one force-field geometry (the user's, ``relaxed_with="forcefield"``, or a single conformer
+#: lieprop made). It is answered like lieprop's conformers but, one geometry and not an average of five, errs more
+#: and spreads less; a bundle calibrated before it existed answers it with ``generated``'s calibration.
 FORCEFIELD = "forcefield"
 #: What a user may say about the 3D geometries they send (REST and file scoring ``relaxed_with``): ``dft`` (the
 #: default; QM9's own geometries are B3LYP-relaxed) or ``forcefield`` (MMFF, UFF, RDKit or Open Babel conformers:
@@ -68,13 +68,17 @@ _FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])
 
 
 def geometry_path(provenance: Mapping[str, Any], relaxed_with: str = "dft") -> str:
-    """``generated`` when lieprop made the geometries (the provenance has a ``conformer``), :data:`FORCEFIELD` when
-    the user says a force field relaxed the one geometry they gave (``relaxed_with="forcefield"``,
-    :data:`RELAXED_WITH`), else ``given``. :func:`path_calibration` finds a path's calibration."""
+    """``generated`` when the prediction averages several conformers lieprop made (the provenance's ``conformer``
+    says how many: ``averaged``), :data:`FORCEFIELD` for one force-field geometry (one conformer lieprop made, e.g.
+    with ``conformers: 1``, or the one geometry the user gave and says a force field relaxed:
+    ``relaxed_with="forcefield"``, :data:`RELAXED_WITH`), else ``given``. The spread of an average carries the
+    conformers' disagreement and that of one geometry does not, so each has its calibration;
+    :func:`path_calibration` finds it."""
     if relaxed_with not in RELAXED_WITH:
         raise ValueError(f"relaxed_with must be one of {', '.join(RELAXED_WITH)}, got {relaxed_with!r}")
-    if provenance.get("conformer"):
-        return "generated"
+    conformer = provenance.get("conformer")
+    if conformer:
+        return "generated" if conformer.get("averaged", 1) > 1 else FORCEFIELD
     return FORCEFIELD if relaxed_with == "forcefield" else "given"
 
 

@@ -286,6 +286,12 @@ def test_force_field_conformers_are_the_services_smiles_geometries(tmp_path, qm9
     for row in (0, 7, 41, 73, 79):
         z, x = conformers.molecule(row)
         np.testing.assert_array_equal(packed.positions[packed.offsets[row]:packed.offsets[row + 1]], x)
+    # and any other conformer k of the molecules that have one
+    rows = np.flatnonzero(conformers.n_geometries[:80] > 2)
+    third = split_data(qm9_head, rows, ["homo"], conformers, conformer=2)
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(third.positions[third.offsets[i]:third.offsets[i + 1]],
+                                      conformers.geometries(int(row))[2].astype(np.float32))
     # the cached conformer is the stereoisomer of the DFT geometry, which QM9's SMILES does not say
     assert str(qm9_head.smiles[73]) == "COC(C)=N" and conformers.smiles[73] != "COC(C)=N"
     dft_stereo = isomeric_smiles("COC(C)=N", *qm9_head.molecule(73))
@@ -334,6 +340,12 @@ def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_pa
     both = Trainer(tiny(tmp_path, forcefield_geometries=True), data=qm9_head, log=lambda *_: None)
     assert len(both.train) == 2 * len(plain.train)  # every training molecule twice: DFT and force-field geometry
     np.testing.assert_array_equal(both.train.targets[len(plain.train):], plain.train.targets)
+    three = Trainer(tiny(tmp_path, forcefield_geometries=True, forcefield_conformers=3), data=qm9_head,
+                    log=lambda *_: None)  # three conformers of each molecule (those that have them)
+    from lieprop.data.qm9_conformers import load_conformers
+
+    counts = load_conformers().n_geometries[plain.train.qm9_rows]
+    assert len(three.train) == len(plain.train) + int(np.minimum(counts, 3).sum()) > 3 * len(plain.train)
     both.fit()
     row = both.state.history[-1]
     assert row["selection_score"] == pytest.approx((row["valid_score"] + row["valid_ff_score"]) / 2)

@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     # the service's SMILES path; lieprop.data.qm9_conformers), with the DFT targets: the geometries SMILES users send.
     # Validation then scores both geometries of the validation molecules, and the best checkpoint is the best mean.
     forcefield_geometries: bool = False
+    # how many of each training molecule's force-field conformers to train on (the lowest in energy first; the service
+    # averages over 5): each is one more training example with the same DFT targets
+    forcefield_conformers: int = Field(1, ge=1)
     # optimisation
     batch_size: int = 64
     lr: float = 3e-3

@@ -83,17 +83,20 @@ class SplitData:
 
 
 def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str, ...],
-               geometries: Any = None) -> SplitData:
+               geometries: Any = None, conformer: int = 0) -> SplitData:
     """Pack QM9 molecules ``rows`` contiguously with their targets (lieprop units, total energies).
 
     ``geometries``: another source of atoms for the same rows (ragged ``numbers``, ``positions``, ``offsets``
     row-aligned with QM9, e.g. :class:`lieprop.data.qm9_conformers.ConformerArrays`, whose ``position_offsets``
-    say where each molecule's first conformer starts); default the DFT geometries."""
+    say where each molecule's conformers start); default the DFT geometries. ``conformer``: which of a molecule's
+    conformers (0: the first, the lowest in energy; every row must have that many)."""
     rows = np.asarray(rows)
     geo = data if geometries is None else geometries
     sizes = np.diff(geo.offsets)[rows]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    starts = getattr(geo, "position_offsets", geo.offsets)  # several conformers per molecule: the first one's
+    starts = getattr(geo, "position_offsets", geo.offsets)  # several conformers per molecule: where they start
+    if conformer:
+        starts = starts[:-1] + conformer * np.diff(geo.offsets)  # the k-th conformer of each: k molecules further
     src = np.concatenate([np.arange(geo.offsets[r], geo.offsets[r + 1]) for r in rows]) if len(rows) else []
     src_x = np.concatenate([np.arange(starts[r], starts[r] + n) for r, n in zip(rows, sizes, strict=True)]) \
         if len(rows) else []

@@ -154,8 +154,10 @@ class Trainer:
             if missing:
                 raise ValueError(f"the conformer cache has not embedded {missing} training molecules (a --splits "
                                  "build); embed them with python -m lieprop.data.qm9_conformers --workers N")
-            self.train = concat_splits(self.train, split_data(qm9, train_rows[conformers.available(train_rows)],
-                                                              cfg.targets, conformers))
+            for k in range(cfg.forcefield_conformers):  # the k-th conformer of the molecules that have one
+                rows = train_rows[conformers.available(train_rows)]
+                rows = rows[conformers.n_geometries[rows] > k]
+                self.train = concat_splits(self.train, split_data(qm9, rows, cfg.targets, conformers, conformer=k))
             self.valid_ff = split_data(qm9, valid_rows[conformers.available(valid_rows)], cfg.targets, conformers)
         self.small = split_data(qm9, small_molecules(qm9), cfg.targets)  # sanity set, logged, not selected on
         # an intrinsically invariant network sees each molecule as it is: frames (or rotations) would only cost time

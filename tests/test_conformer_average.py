@@ -122,5 +122,5 @@ def test_one_conformer_is_calibrated_as_one_force_field_geometry_and_an_average_
     averaged = predict_molecules(bundle.model, [five])
     served5 = predict("OCCCC(C)C", properties=["mu"])["results"][0]["properties"]["mu"]
     assert served5["std"] == pytest.approx(float(bundle.calibration["generated"].apply(averaged).std[0, j]), rel=1e-6)
-    with pytest.raises(ValueError, match="conformers must be >= 1"):
+    with pytest.raises(ValueError, match="conformers must be between 1 and 20"):
         predict("CCO", conformers=0)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lieprop.data.items import Parsed, fallback_id, item_kind, parse_items
 from lieprop.data.molecule import Molecule
 from lieprop.data.pool import embedding_pool
-from lieprop.data.records import DEFAULT_CONFORMERS
+from lieprop.data.records import DEFAULT_CONFORMERS, MAX_CONFORMERS
 from lieprop.data.validation import DEFAULT_LIMITS, ValidationLimits
 from lieprop.inference.card import model_info
 from lieprop.inference.columns import select_properties
@@ -58,8 +58,8 @@ def predict(
     input in order. Raises :class:`UnknownPropertyError` for unknown properties, ``TypeError`` / ``ValueError`` for
     inputs that describe no molecule at all, :class:`ModelNotFoundError` / ``BundleError`` for an unusable model.
     """
-    if conformers < 1:
-        raise ValueError(f"conformers must be >= 1, got {conformers}")
+    if not 1 <= conformers <= MAX_CONFORMERS:
+        raise ValueError(f"conformers must be between 1 and {MAX_CONFORMERS}, got {conformers}")
     bundle = as_bundle(model)
     targets = bundle.model.targets
     columns = select_properties(targets, properties)

@@ -78,7 +78,8 @@ def geometry_path(provenance: Mapping[str, Any], relaxed_with: str = "dft") -> s
         raise ValueError(f"relaxed_with must be one of {', '.join(RELAXED_WITH)}, got {relaxed_with!r}")
     conformer = provenance.get("conformer")
     if conformer:
-        return "generated" if conformer.get("averaged", 1) > 1 else FORCEFIELD
+        averaged = conformer.get("averaged", 1) if isinstance(conformer, Mapping) else 1
+        return "generated" if averaged > 1 else FORCEFIELD
     return FORCEFIELD if relaxed_with == "forcefield" else "given"
 
 

@@ -305,7 +305,7 @@ class Service:
             self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
         outcomes = admitted.outcomes
         valid = [o for o in outcomes if isinstance(o, Molecule)]
-        # a molecule with several conformers (a SMILES) is one batcher entry per conformer, its cost shared
+        # a molecule with several conformers (a SMILES) is one batcher entry per conformer, each with its own cost
         numbers, positions, counts = conformer_inputs(valid)
         costs = [c for parts in admitted.costs for c in parts]
         future = served.batcher.submit_nowait(list(zip(numbers, positions, strict=True)), priority, costs)

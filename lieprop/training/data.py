@@ -96,6 +96,8 @@ def split_data(data: QM9Arrays, rows: np.ndarray, targets: list[str] | tuple[str
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     starts = getattr(geo, "position_offsets", geo.offsets)  # several conformers per molecule: where they start
     if conformer:
+        if not hasattr(geo, "n_geometries") or not (geo.n_geometries[rows] > conformer).all():
+            raise ValueError(f"conformer {conformer} asked of rows that do not all have {conformer + 1} conformers")
         starts = starts[:-1] + conformer * np.diff(geo.offsets)  # the k-th conformer of each: k molecules further
     src = np.concatenate([np.arange(geo.offsets[r], geo.offsets[r + 1]) for r in rows]) if len(rows) else []
     src_x = np.concatenate([np.arange(starts[r], starts[r] + n) for r, n in zip(rows, sizes, strict=True)]) \

@@ -92,8 +92,8 @@ class ConformerArrays:
         the others as ``other_conformers`` (a prediction averages over all)."""
         out = []
         for i in rows:
-            z, x = self.molecule(int(i))
-            out.append(Molecule(z, x, other_conformers=self.geometries(int(i))[1:]))
+            first, *others = self.geometries(int(i))
+            out.append(Molecule(self.molecule(int(i))[0], first, other_conformers=tuple(others)))
         return out
 
 
@@ -113,9 +113,7 @@ def embed_chunk(smiles: list[str], geometries: list[tuple[np.ndarray, np.ndarray
     from lieprop.data.validation import ValidationLimits
 
     limits = ValidationLimits(max_atoms=1000, embed_timeout=0)  # QM9's own molecules: never refused for size or time
-    numbers: list[np.ndarray] = []
-    positions: list[np.ndarray] = []
-    counts, n_geometries, ok, errors, embedded, stereo = [], [], [], [], [], []
+    records: list[dict[str, Any]] = []
     for text, (composition, dft) in zip(smiles, geometries, strict=True):
         try:
             isomeric = isomeric_smiles(text, composition, dft)
@@ -131,25 +129,26 @@ def embed_chunk(smiles: list[str], geometries: list[tuple[np.ndarray, np.ndarray
                 m = from_smiles(text, limits=limits)
             if not np.array_equal(np.sort(m.numbers), np.sort(composition)):
                 raise MoleculeError("invalid_smiles", "the SMILES gives another composition than the QM9 geometry")
-            numbers.append(m.numbers.astype(np.int8))
-            positions.extend(g.astype(np.float32) for g in m.geometries)
-            counts.append(len(m.numbers))
-            n_geometries.append(len(m.geometries))
-            ok.append(True)
-            errors.append("")
+            record = {"numbers": m.numbers.astype(np.int8),
+                      "positions": np.concatenate(m.geometries).astype(np.float32),
+                      "counts": len(m.numbers), "n_geometries": len(m.geometries), "ok": True, "errors": ""}
         except Exception as exc:  # noqa: BLE001 - recorded per molecule; the build goes on
-            counts.append(0)
-            n_geometries.append(0)
-            ok.append(False)
-            errors.append(f"{type(exc).__name__}: {exc}"[:200])
-        embedded.append(isomeric or text)
-        stereo.append(isomeric is not None)
-    return {"numbers": np.concatenate(numbers) if numbers else np.zeros(0, np.int8),
-            "positions": np.concatenate(positions) if positions else np.zeros((0, 3), np.float32),
-            "counts": np.asarray(counts, np.int64), "n_geometries": np.asarray(n_geometries, np.int64),
-            "ok": np.asarray(ok, dtype=bool), "built": np.ones(len(ok), dtype=bool),
-            "errors": np.asarray(errors, dtype=str), "smiles": np.asarray(embedded, dtype=str),
-            "stereo": np.asarray(stereo, dtype=bool)}
+            record = {"counts": 0, "n_geometries": 0, "ok": False, "errors": f"{type(exc).__name__}: {exc}"[:200]}
+        records.append({**record, "built": True, "smiles": isomeric or text, "stereo": isomeric is not None})
+    return _pack(records)
+
+
+def _pack(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A chunk's arrays from one record per row (the per-row fields, and ``numbers``/``positions`` when embedded)."""
+    def joined(field: str, empty: np.ndarray) -> np.ndarray:
+        parts = [r[field] for r in records if field in r]
+        return np.concatenate(parts) if parts else empty
+
+    types = {"counts": np.int64, "n_geometries": np.int64, "ok": bool, "built": bool, "errors": str, "smiles": str,
+             "stereo": bool}
+    return {"numbers": joined("numbers", np.zeros(0, np.int8)),
+            "positions": joined("positions", np.zeros((0, 3), np.float32)),
+            **{f: np.asarray([r[f] for r in records], dtype=t) for f, t in types.items()}}
 
 
 #: The error of a row a ``--splits`` build left out.
@@ -173,18 +172,8 @@ def _row_records(arrays: dict[str, np.ndarray], rows: Sequence[int]) -> dict[int
 def _assemble(data: QM9Arrays, rows: range, found: dict[int, dict[str, Any]]) -> dict[str, np.ndarray]:
     """A chunk's arrays from the records ``found`` for some of its rows (:func:`_row_records`); the other rows are
     recorded as not built."""
-    out: dict[str, list] = {f: [] for f in ("numbers", "positions", *_ROW_FIELDS)}
-    for i in rows:
-        record = found.get(i) or {"counts": 0, "n_geometries": 0, "ok": False, "built": False, "errors": NOT_BUILT,
-                                  "smiles": str(data.smiles[i]), "stereo": False}
-        for f, v in record.items():
-            out[f].append(v)
-    return {"numbers": np.concatenate(out["numbers"]) if out["numbers"] else np.zeros(0, np.int8),
-            "positions": np.concatenate(out["positions"]) if out["positions"] else np.zeros((0, 3), np.float32),
-            "counts": np.asarray(out["counts"], np.int64), "n_geometries": np.asarray(out["n_geometries"], np.int64),
-            "ok": np.asarray(out["ok"], dtype=bool), "built": np.asarray(out["built"], dtype=bool),
-            "errors": np.asarray(out["errors"], dtype=str), "smiles": np.asarray(out["smiles"], dtype=str),
-            "stereo": np.asarray(out["stereo"], dtype=bool)}
+    return _pack([found.get(i) or {"counts": 0, "n_geometries": 0, "ok": False, "built": False, "errors": NOT_BUILT,
+                                   "smiles": str(data.smiles[i]), "stereo": False} for i in rows])
 
 
 def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int | None = None,

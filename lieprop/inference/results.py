@@ -161,9 +161,9 @@ def uncertainty_warning(prediction: Prediction, targets: Sequence[str], typical:
     prop = BY_NAME[targets[j]]
     unit = prop.paper_unit or prop.unit
     std, usual = _number(prediction.std[j] * prop.to_paper), _number(typical[j] * prop.to_paper)
-    why = ("molecules unlike QM9's (size, elements, bonding, geometry) get such spreads, and so do flexible ones whose "
-           f"{conformers} conformers disagree (r2 and mu depend on the conformer)" if conformers > 1 else
-           "molecules unlike QM9's (size, elements, bonding, geometry) get such spreads")
+    why = "molecules unlike QM9's (size, elements, bonding, geometry) get such spreads"
+    if conformers > 1:
+        why += f", and so do flexible ones whose {conformers} conformers disagree (r2 and mu depend on the conformer)"
     return (f"the model is unsure about this molecule: its {targets[j]} std, {std} {unit}, is {ratios[j]:.0f}x the "
             f"typical {usual} {unit}; {why}")
 

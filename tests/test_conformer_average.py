@@ -124,3 +124,62 @@ def test_one_conformer_is_calibrated_as_one_force_field_geometry_and_an_average_
     assert served5["std"] == pytest.approx(float(bundle.calibration["generated"].apply(averaged).std[0, j]), rel=1e-6)
     with pytest.raises(ValueError, match="conformers must be between 1 and 20"):
         predict("CCO", conformers=0)
+
+
+def test_each_path_is_calibrated_on_the_molecules_the_service_serves_it_to(tmp_path, qm9_head, monkeypatch):
+    """`lieprop calibrate` fits `generated` on the SMILES whose conformers are averaged, `lone_conformer` on those
+    left with one, and `forcefield` on one force-field geometry: each molecule's lowest-energy conformer, and the
+    conformer `conformers: 1` embeds (ETKDG's first)."""
+    from lieprop.data.qm9_conformers import build_conformers, load_conformers
+    from lieprop.model.calibration import FORCEFIELD, LONE_CONFORMER
+    from lieprop.model.loading import as_bundle
+    from lieprop.training.uncertainty import path_sets
+
+    monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
+    build_conformers(qm9_head, limit=30, log=lambda *_: None)  # a trial cache: the first 30 rows
+    conformers = load_conformers()
+    model = as_bundle(None).model
+    rows = np.arange(30)[conformers.available(np.arange(30))]
+    sets = path_sets(model, qm9_head, conformers, rows, workers=1)
+    several = conformers.n_geometries[rows] > 1
+    assert sets["given"][0].tolist() == rows.tolist()
+    assert sets["generated"][0].tolist() == rows[several].tolist() and len(sets["generated"][1]) == several.sum()
+    assert sets[LONE_CONFORMER][0].tolist() == rows[~several].tolist()
+    ff_rows, ff = sets[FORCEFIELD]
+    assert ff_rows.tolist() == rows.tolist() * 2 and len(ff) == 2 * len(rows)  # every one of these embeds
+    # the second half is what `conformers: 1` serves: ETKDG's first conformer of the cached (stereo) SMILES
+    k = int(np.flatnonzero(rows == 29)[0])
+    one = from_smiles(str(conformers.smiles[29]), n_conformers=1)
+    expected = model.predictions([one.numbers], [one.positions])
+    np.testing.assert_allclose(ff.value[len(rows) + k], expected.value[0], rtol=1e-6)
+    z, x = conformers.molecule(29)
+    lowest = model.predictions([z], [x])
+    np.testing.assert_allclose(ff.value[k], lowest.value[0], rtol=1e-6)
+
+
+def test_a_smiles_left_with_one_conformer_of_several_has_a_calibration_of_its_own():
+    """A strained cage whose other conformers came out as another stereoisomer keeps one: it errs about twice as much
+    as a typical molecule, so it is calibrated on such molecules (`lone_conformer`), not as any one force-field
+    geometry; a bundle calibrated before that path existed answers it with `forcefield`'s, and one older still with
+    `generated`'s."""
+    from lieprop.inference import predict
+    from lieprop.model.calibration import FORCEFIELD, LONE_CONFORMER, geometry_path, path_calibration
+    from lieprop.model.loading import as_bundle
+
+    cage = from_smiles("OC1C2CC(O2)C11CC1")
+    conformer = cage.provenance["conformer"]
+    assert conformer["requested"] == DEFAULT_CONFORMERS and conformer["averaged"] == 1
+    assert geometry_path(cage.provenance) == LONE_CONFORMER
+    assert geometry_path(from_smiles("OC1C2CC(O2)C11CC1", n_conformers=1).provenance) == FORCEFIELD  # asked for one
+    older = {"conformer": {"n_conformers": 5, "averaged": 1}}  # provenance from before `requested`
+    assert geometry_path(older) == LONE_CONFORMER
+    assert path_calibration({FORCEFIELD: "ff", "generated": "gen"}, LONE_CONFORMER) == "ff"
+    assert path_calibration({"generated": "gen"}, LONE_CONFORMER) == "gen"
+    assert path_calibration({"given": "dft"}, LONE_CONFORMER) is None
+    bundle = as_bundle(None)
+    j = bundle.model.targets.index("gap")
+    raw = bundle.model.predictions([cage.numbers], [cage.positions])
+    served = predict("OC1C2CC(O2)C11CC1", properties=["gap"])["results"][0]["properties"]["gap"]
+    expected = bundle.path_calibration(LONE_CONFORMER).apply(raw)
+    assert served["std"] == pytest.approx(float(expected.std[0, j]), rel=1e-6)
+    assert served["interval"] == pytest.approx([float(expected.lower[0, j]), float(expected.upper[0, j])], rel=1e-6)

@@ -42,7 +42,8 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
     """Embed ``mol`` (hydrogens explicit) in place: ``n_conformers`` ETKDGv3 conformers, each optimised with a
     force field. Returns the positions of those of one stereoisomer, (K, n_atoms, 3) from the lowest energy up (a
     prediction averages over them: :func:`lieprop.model.prediction.average_conformers`), the provenance
-    ``conformer`` entry (``n_conformers`` embedded, ``averaged``: the K returned) and warnings.
+    ``conformer`` entry (``requested``: ``n_conformers``; ``n_conformers`` embedded, ``averaged``: the K returned)
+    and warnings.
 
     The entry names the stereoisomer embedded (``stereo_smiles``: stereo read from the 3D geometry) and counts the
     stereo elements the input left unassigned (``unassigned_stereo``); when those allow diastereomers, a warning
@@ -148,7 +149,8 @@ def embed(mol: Any, seed: int, n_conformers: int, *, what: str, timeout: int = 0
     kept = [results[0]] + [r for r in results[1:] if not perceived or has_stereo(mol, perceived, r[1])]
     conformer = {
         "method": "ETKDGv3", "seed": int(seed), "random_coords": random_coords,
-        "n_conformers": len(ids), "averaged": len(kept), "force_field": force_field, "converged": converged,
+        "requested": int(n_conformers), "n_conformers": len(ids), "averaged": len(kept), "force_field": force_field,
+        "converged": converged,
         "energy_kcal_mol": None if np.isnan(energy) else energy,
         "stereo_smiles": chosen, "unassigned_stereo": stereo.open,
     }

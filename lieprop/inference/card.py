@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from lieprop.data.properties import BY_NAME
 from lieprop.inference.columns import select_properties
 from lieprop.inference.results import size_warnings
+from lieprop.model.calibration import FORCEFIELD, LONE_CONFORMER
 
 if TYPE_CHECKING:
     from lieprop.model.bundle import Bundle
@@ -71,9 +72,12 @@ def uncertainty_description(bundle: Bundle) -> str | None:
     conformers = "; for a SMILES or 2D MOL block, averaged over its conformers, whose disagreement adds to it"
     if bundle.calibration is None:
         return f"{spread}, uncalibrated (no interval){conformers}"
-    text = (f"{spread}, calibrated on the validation split per geometry path (given 3D geometries; conformers "
-            "lieprop generates; one geometry sent with relaxed_with=forcefield), with split-conformal intervals (90% "
-            "unless coverage says otherwise)")
+    paths = {"given": "given 3D geometries", "generated": "conformers lieprop generates, averaged",
+             FORCEFIELD: "one force-field geometry (relaxed_with=forcefield, or conformers: 1)",
+             LONE_CONFORMER: "a SMILES left with one conformer of several"}
+    calibrated = "; ".join(paths.get(path, path) for path in bundle.calibration)
+    text = (f"{spread}, calibrated on the validation split per geometry path ({calibrated}), with split-conformal "
+            "intervals (90% unless coverage says otherwise)")
     weighted = [path for path, cal in bundle.calibration.items() if cal.weights is not None]
     if weighted:
         text += (f"; the value is the members' mean weighted per target for each path ({', '.join(weighted)}), "

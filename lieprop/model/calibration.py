@@ -16,7 +16,8 @@ molecules. The quantiles of a grid of levels are stored; other levels interpolat
 A calibration is fitted per *geometry path* (:data:`PATHS`): geometries a user gave (XYZ, 3D SDF, arrays; QM9's
 DFT geometries stand for them) and geometries lieprop generated (its conformer of a SMILES or a 2D MOL block; QM9's
 force-field conformers, averaged as the service averages them, stand for them); bundles calibrated since conformer
-averaging also have :data:`FORCEFIELD`, one force-field geometry a user gives (fitted on one conformer alone). An
+averaging also have :data:`FORCEFIELD`, one force-field geometry a user gives (fitted on one conformer alone), and
+since bundle 8 :data:`LONE_CONFORMER`, a SMILES left with one conformer of several (fitted on such molecules). An
 ensemble whose members were fine-tuned from one parent disagrees about
 as much on either path while its error on generated geometries is larger, so one calibration for both would
 over-cover one path and under-cover the other; the result builder (:mod:`lieprop.inference.results`) picks the
@@ -59,6 +60,14 @@ PATHS = ("given", "generated")
 #: lieprop made). It is answered like lieprop's conformers but, one geometry and not an average of five, errs more
 #: and spreads less; a bundle calibrated before it existed answers it with ``generated``'s calibration.
 FORCEFIELD = "forcefield"
+#: The optional fourth path: a SMILES or 2D MOL block for which lieprop embedded several conformers and could keep
+#: only one (the others were another stereoisomer, or broken). In QM9 these are strained polycyclic cages whose
+#: stereo ETKDG cannot enforce, and they err about twice as much as other molecules on one force-field geometry, so
+#: :data:`FORCEFIELD`'s intervals under-cover them (80-86% for the energies at the 90% level, bundle 7); a bundle
+#: without this path answers it with :data:`FORCEFIELD`'s calibration.
+LONE_CONFORMER = "lone_conformer"
+#: Which path's calibration answers a path a bundle was not calibrated for (bundles calibrated before it existed).
+FALLBACK = {LONE_CONFORMER: FORCEFIELD, FORCEFIELD: "generated"}
 #: What a user may say about the 3D geometries they send (REST and file scoring ``relaxed_with``): ``dft`` (the
 #: default; QM9's own geometries are B3LYP-relaxed) or ``forcefield`` (MMFF, UFF, RDKit or Open Babel conformers:
 #: answered and calibrated like lieprop's own conformers).
@@ -69,26 +78,31 @@ _FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])
 
 def geometry_path(provenance: Mapping[str, Any], relaxed_with: str = "dft") -> str:
     """``generated`` when the prediction averages several conformers lieprop made (the provenance's ``conformer``
-    says how many: ``averaged``), :data:`FORCEFIELD` for one force-field geometry (one conformer lieprop made, e.g.
-    with ``conformers: 1``, or the one geometry the user gave and says a force field relaxed:
-    ``relaxed_with="forcefield"``, :data:`RELAXED_WITH`), else ``given``. The spread of an average carries the
-    conformers' disagreement and that of one geometry does not, so each has its calibration;
+    says how many: ``averaged``), :data:`LONE_CONFORMER` when several were asked for (``requested``; before that
+    field, ``n_conformers`` embedded) and one was kept, :data:`FORCEFIELD` for one force-field geometry (one
+    conformer lieprop made, e.g. with ``conformers: 1``, or the one geometry the user gave and says a force field
+    relaxed: ``relaxed_with="forcefield"``, :data:`RELAXED_WITH`), else ``given``. The spread of an average carries
+    the conformers' disagreement and that of one geometry does not, so each has its calibration;
     :func:`path_calibration` finds it."""
     if relaxed_with not in RELAXED_WITH:
         raise ValueError(f"relaxed_with must be one of {', '.join(RELAXED_WITH)}, got {relaxed_with!r}")
     conformer = provenance.get("conformer")
     if conformer:
-        averaged = conformer.get("averaged", 1) if isinstance(conformer, Mapping) else 1
-        return "generated" if averaged > 1 else FORCEFIELD
+        averaged, asked = ((conformer.get("averaged", 1), conformer.get("requested", conformer.get("n_conformers", 1)))
+                           if isinstance(conformer, Mapping) else (1, 1))
+        if averaged > 1:
+            return "generated"
+        return LONE_CONFORMER if asked > 1 else FORCEFIELD
     return FORCEFIELD if relaxed_with == "forcefield" else "given"
 
 
 def path_calibration(calibrations: Mapping[str, Any], path: str) -> Any:
-    """The calibration (or anything kept per path) of geometry ``path``: its own, else, for :data:`FORCEFIELD` in a
-    bundle calibrated before that path existed, ``generated``'s; None when there is none."""
-    if path in calibrations:
-        return calibrations[path]
-    return calibrations.get("generated") if path == FORCEFIELD else None
+    """The calibration (or anything kept per path) of geometry ``path``: its own, else that of the path it falls
+    back to in a bundle calibrated before it existed (:data:`FALLBACK`: :data:`LONE_CONFORMER` to
+    :data:`FORCEFIELD`, that to ``generated``); None when there is none."""
+    while path not in calibrations and path in FALLBACK:
+        path = FALLBACK[path]
+    return calibrations.get(path)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,11 +1,14 @@
 """``lieprop calibrate``: fit an ensemble's uncertainty on the validation split and measure it on the test split.
 
-A calibration is fitted per geometry path (:data:`lieprop.model.calibration.PATHS`): on the validation split in
-QM9's DFT geometries for geometries a user gives, in the force-field conformers lieprop makes from each molecule's
-SMILES (:mod:`lieprop.data.qm9_conformers`), averaged as the service averages them, for geometries lieprop
-generates, and in the lowest-energy conformer alone for one force-field geometry a user gives
-(``relaxed_with="forcefield"``; the report also says what that path's coverage would be with the averaged
-conformers' calibration). The report then measures, on the test split and per path, what a chemist relies on: the
+A calibration is fitted per geometry path (:data:`lieprop.model.calibration.PATHS`) on the validation split, each on
+the molecules the service serves that path to (:func:`path_sets`): QM9's DFT geometries for geometries a user gives;
+the force-field conformers lieprop makes from each molecule's SMILES (:mod:`lieprop.data.qm9_conformers`), averaged
+as the service averages them, for the SMILES that keep several conformers; and one force-field geometry alone (the
+lowest-energy conformer, and the one ``conformers: 1`` embeds) for a user's force-field geometry
+(``relaxed_with="forcefield"``) and ``conformers: 1``; and, apart, the SMILES left with one conformer of several,
+strained cages that err twice as much (the report also says what these two paths' coverage would be with the
+calibration they would otherwise borrow).
+The report then measures, on the test split and per path, what a chemist relies on: the
 coverage of the 90% interval (and of every stored level: the reliability curve), its mean width, and whether the std
 ranks molecules by their error (Spearman correlation of std and |error|). It also checks that the uncertainty knows
 its domain: the std of the force-field geometries over that of the DFT geometries of the same molecules, and the raw
@@ -21,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lieprop.data.molecule import Molecule
+from lieprop.data.pool import embed_many
 from lieprop.data.properties import BY_NAME, PROPERTY_NAMES
 from lieprop.data.qm9 import load_qm9, split_indices
 from lieprop.data.qm9_conformers import load_conformers
@@ -31,6 +36,7 @@ from lieprop.model.calibration import (
     DEFAULT_LEVEL,
     FORCEFIELD,
     LEVELS,
+    LONE_CONFORMER,
     Calibration,
     calibrations_to_dict,
     coverage_report,
@@ -67,10 +73,34 @@ def ensemble_predictions(model: Any, source: Any, rows: np.ndarray, batch_size: 
 
 #: The QM9 geometries that stand for each geometry path.
 PATH_GEOMETRY = {"given": "dft", "generated": "forcefield"}
-#: What each calibrated path is fitted on: the two above, and one force-field conformer alone (the lowest in
-#: energy) for :data:`~lieprop.model.calibration.FORCEFIELD`, a force-field geometry a user gives.
-PATH_SOURCES = {"given": "dft", "generated": "forcefield, averaged over the conformers",
-                FORCEFIELD: "forcefield, one conformer"}
+#: What each calibrated path is fitted on: the molecules the service serves it to. The DFT geometries; the SMILES
+#: whose conformers are averaged; one force-field geometry (:data:`~lieprop.model.calibration.FORCEFIELD`: a
+#: user's, ``relaxed_with="forcefield"``, or the one conformer ``conformers: 1`` makes), for which each molecule
+#: stands twice, in its lowest-energy conformer and in the one ``conformers: 1`` embeds (ETKDG's first); and the
+#: SMILES left with one conformer of several (:data:`~lieprop.model.calibration.LONE_CONFORMER`).
+PATH_SOURCES = {"given": "dft", "generated": "forcefield, averaged over the conformers (molecules with several)",
+                FORCEFIELD: "forcefield, one conformer (the lowest-energy one, and the one conformers: 1 embeds)",
+                LONE_CONFORMER: "forcefield, the molecules left with one conformer"}
+
+
+def path_sets(model: Any, data: Any, conformers: Any, rows: np.ndarray, workers: int = 2
+              ) -> dict[str, tuple[np.ndarray, Predictions]]:
+    """For each calibrated path (:data:`PATH_SOURCES`), the QM9 ``rows`` (repeated where a molecule stands twice)
+    the path is fitted or measured on and the model's raw predictions of them (``rows`` must have conformers)."""
+    molecules = conformers.molecules(rows)
+    several = np.array([len(m.geometries) > 1 for m in molecules], dtype=bool)
+    limits = ValidationLimits(max_atoms=1000, embed_timeout=0)  # QM9's own molecules: never refused
+    first = [(k, None, str(conformers.smiles[r])) for k, r in enumerate(rows)]
+    single = list(embed_many(first, workers, n_conformers=1, limits=limits))
+    embedded = np.array([item.ok for item in single], dtype=bool)
+    lowest = [Molecule(m.numbers, m.positions) for m in molecules]
+    one = lowest + [Molecule(item.molecule.numbers, item.molecule.positions) for item in single if item.ok]
+    return {"given": (rows, ensemble_predictions(model, data, rows)),
+            "generated": (rows[several], predict_molecules(model, [m for m, s in zip(molecules, several,
+                                                                                   strict=True) if s])),
+            FORCEFIELD: (np.concatenate([rows, rows[embedded]]), predict_molecules(model, one)),
+            LONE_CONFORMER: (rows[~several], predict_molecules(model, [m for m, s in zip(lowest, several,
+                                                                                       strict=True) if not s]))}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
@@ -100,16 +130,18 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     sets: dict[tuple[str, str], tuple[np.ndarray, Predictions]] = {}
     for split in ("valid", "test"):
         rows = parts[split][:limit] if limit else parts[split]
-        rows = rows[conformers.available(rows)]  # the same molecules on both paths
-        for path, geometry in PATH_SOURCES.items():
-            log(f"{split} / {geometry} geometries: {len(rows)} molecules")
-            sets[split, path] = rows, ensemble_predictions(model, data if geometry == "dft" else conformers, rows,
-                                                           average=path == "generated")
+        rows = rows[conformers.available(rows)]  # the same molecules on every path
+        for path, (path_rows, raw) in path_sets(model, data, conformers, rows).items():
+            log(f"{split} / {PATH_SOURCES[path]} geometries: {len(path_rows)} predictions")
+            sets[split, path] = path_rows, raw
     calibrations = {}
     for path, geometry in PATH_SOURCES.items():
         rows, raw = sets["valid", path]
-        weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
-            else None
+        if path == LONE_CONFORMER:  # a few hundred molecules: one force-field geometry's member weights
+            weights = calibrations[FORCEFIELD].weights
+        else:
+            weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
+                else None
         values = raw.value if weights is None else weighted_mean(raw.members, weights)
         calibrations[path] = fit_calibration(values, raw.std, truth_all[rows], model.targets,
                                              source=f"validation split, {geometry} geometries ({len(rows)} molecules)",
@@ -136,7 +168,13 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     borrowed = _covered(calibrations["generated"].apply(raw, DEFAULT_LEVEL), truth_all[rows]).mean(0)
     report["test"][FORCEFIELD]["coverage_with_generated_calibration"] = {
         t: float(borrowed[j]) for j, t in enumerate(model.targets)}
+    # and why a SMILES left with one conformer has one: one force-field geometry's calibration, applied to it
+    rows, raw = sets["test", LONE_CONFORMER]
+    borrowed = _covered(calibrations[FORCEFIELD].apply(raw, DEFAULT_LEVEL), truth_all[rows]).mean(0)
+    report["test"][LONE_CONFORMER]["coverage_with_forcefield_calibration"] = {
+        t: float(borrowed[j]) for j, t in enumerate(model.targets)}
     given, generated = (calibrations[p].sigma(sets["test", p][1].std) for p in PATH_GEOMETRY)
+    given = given[np.isin(sets["test", "given"][0], sets["test", "generated"][0])]  # the same molecules
     report["domain"] = {
         "generated_over_given_std": {t: float(np.median(generated[:, j] / given[:, j]))
                                      for j, t in enumerate(model.targets)},

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         ("SMILES, as served: one conformer left (lone_conformer)", LONE_CONFORMER, subset(averaged, ~several),
          ~several),
         ("`conformers: 1`: ETKDG's first conformer (forcefield)", FORCEFIELD, first, one),
-        ("one force-field geometry, the lowest-energy conformer (forcefield, as fitted)", FORCEFIELD, lowest, every),
-        ("all SMILES averaged, the generated calibration (as fitted)", "generated", averaged, every),
+        ("one force-field geometry: the lowest-energy conformer (forcefield)", FORCEFIELD, lowest, every),
+        ("every SMILES averaged, those left with one too (generated; bundle 7's fit)", "generated", averaged, every),
     ]
     shown = [t for t in SHOWN if t in targets]
     print(f"{args.split} split, {len(rows)} molecules with conformers; {int(several.sum())} keep several, "

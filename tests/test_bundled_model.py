@@ -66,9 +66,10 @@ def test_a_1e_5_angstrom_move_of_symmetric_molecules_changes_no_value_by_more_th
 
 def test_the_bundled_model_carries_its_calibration_and_its_measured_coverage():
     bundle = load_model()
-    assert bundle.n_members >= 2 and set(bundle.calibration) == {"given", "generated", "forcefield"}
+    paths = {"given", "generated", "forcefield", "lone_conformer"}
+    assert bundle.n_members >= 2 and set(bundle.calibration) == paths
     measured = bundle.meta["uncertainty_evaluation"]["test"]
-    for path in ("given", "generated", "forcefield"):
+    for path in paths:
         for target, row in measured[path]["targets"].items():
             assert 0.85 <= row["coverage"] <= 0.95, f"{path} {target}: 90% intervals cover {row['coverage']:.3f}"
 

@@ -66,6 +66,8 @@ FORCEFIELD = "forcefield"
 #: :data:`FORCEFIELD`'s intervals under-cover them (80-86% for the energies at the 90% level, bundle 7); a bundle
 #: without this path answers it with :data:`FORCEFIELD`'s calibration.
 LONE_CONFORMER = "lone_conformer"
+#: The paths a bundle may be calibrated for beside :data:`PATHS`.
+OPTIONAL_PATHS = (FORCEFIELD, LONE_CONFORMER)
 #: Which path's calibration answers a path a bundle was not calibrated for (bundles calibrated before it existed).
 FALLBACK = {LONE_CONFORMER: FORCEFIELD, FORCEFIELD: "generated"}
 #: What a user may say about the 3D geometries they send (REST and file scoring ``relaxed_with``): ``dft`` (the
@@ -180,11 +182,11 @@ def calibrations_to_dict(calibrations: Mapping[str, Calibration]) -> dict[str, A
 
 def calibrations_from_dict(d: Mapping[str, Any]) -> dict[str, Calibration]:
     """The inverse of :func:`calibrations_to_dict`; ``ValueError`` unless every path of :data:`PATHS` is there
-    (:data:`FORCEFIELD` is optional)."""
+    (:data:`OPTIONAL_PATHS` may be)."""
     missing = [p for p in PATHS if p not in d]
     if missing:
         raise ValueError(f"the calibration has no {missing} path")
-    return {path: Calibration.from_dict(d[path]) for path in (*PATHS, FORCEFIELD) if path in d}
+    return {path: Calibration.from_dict(d[path]) for path in (*PATHS, *OPTIONAL_PATHS) if path in d}
 
 
 def _nll(err: np.ndarray, var: np.ndarray) -> float:

@@ -60,17 +60,6 @@ OUTSIDE_QM9 = (
 )
 
 
-def ensemble_predictions(model: Any, source: Any, rows: np.ndarray, batch_size: int = 256,
-                         average: bool = True) -> Predictions:
-    """The model's predictions (raw spread) of QM9 ``rows`` in ``source``'s geometries: each averaged over its
-    conformers where ``source`` has several (the force-field conformers, as the service's SMILES results), unless
-    ``average`` is False (then the first, lowest-energy conformer alone)."""
-    if average and hasattr(source, "molecules"):
-        return predict_molecules(model, source.molecules(rows), batch_size=batch_size)
-    zs, xs = zip(*(source.molecule(int(r)) for r in rows), strict=True)
-    return model.predictions(list(zs), list(xs), batch_size=batch_size)
-
-
 #: The QM9 geometries that stand for each geometry path.
 PATH_GEOMETRY = {"given": "dft", "generated": "forcefield"}
 #: What each calibrated path is fitted on: the molecules the service serves it to. The DFT geometries; the SMILES
@@ -95,7 +84,8 @@ def path_sets(model: Any, data: Any, conformers: Any, rows: np.ndarray, workers:
     embedded = np.array([item.ok for item in single], dtype=bool)
     lowest = [Molecule(m.numbers, m.positions) for m in molecules]
     one = lowest + [Molecule(item.molecule.numbers, item.molecule.positions) for item in single if item.ok]
-    return {"given": (rows, ensemble_predictions(model, data, rows)),
+    numbers, positions = zip(*(data.molecule(int(r)) for r in rows), strict=True)
+    return {"given": (rows, model.predictions(list(numbers), list(positions))),
             "generated": (rows[several], predict_molecules(model, [m for m, s in zip(molecules, several,
                                                                                    strict=True) if s])),
             FORCEFIELD: (np.concatenate([rows, rows[embedded]]), predict_molecules(model, one)),

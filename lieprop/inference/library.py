@@ -49,8 +49,9 @@ def predict(
     (or pass a long-lived ``executor``, e.g. :func:`lieprop.data.readers.embedding_pool`). ``coverage``: the level
     of the prediction intervals (default 0.9; a model with calibrated uncertainty only). ``relaxed_with``: how the 3D
     geometries you give were relaxed, ``"dft"`` (default) or ``"forcefield"`` (MMFF, UFF, RDKit or Open Babel: they
-    are then answered and calibrated like lieprop's own conformers of a SMILES). ``return_geometry``: each
-    ok result also carries ``"geometry": {"numbers", "positions"}``, the geometry the model saw (as the REST field).
+    are then answered like lieprop's own conformers of a SMILES and calibrated as one force-field geometry).
+    ``return_geometry``: each ok result also carries ``"geometry": {"numbers", "positions"}``, the geometry the
+    model saw (as the REST field).
     ``conformers``: how many conformers a SMILES or 2D MOL block gets; the values average over them (as the REST
     option).
 

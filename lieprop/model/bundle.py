@@ -81,7 +81,8 @@ class Bundle:
         return self.n_members > 1 or self.model.spread_poses > 1
 
     def weighs_members(self, path: str) -> bool:
-        """Whether the calibration of geometry ``path`` (``given`` / ``generated`` / ``forcefield``) weights the
+        """Whether the calibration of geometry ``path`` (``given`` / ``generated`` / ``forcefield`` /
+        ``lone_conformer``) weights the
         members."""
         cal = self.path_calibration(path)
         return cal is not None and cal.weights is not None

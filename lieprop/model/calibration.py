@@ -16,7 +16,9 @@ molecules. The quantiles of a grid of levels are stored; other levels interpolat
 A calibration is fitted per *geometry path* (:data:`PATHS`): geometries a user gave (XYZ, 3D SDF, arrays; QM9's
 DFT geometries stand for them) and geometries lieprop generated (its conformer of a SMILES or a 2D MOL block; QM9's
 force-field conformers, averaged as the service averages them, stand for them); bundles calibrated since conformer
-averaging also have :data:`FORCEFIELD`, one force-field geometry a user gives (fitted on one conformer alone), and
+averaging also have :data:`FORCEFIELD`, one force-field geometry (a user's, or the one ``conformers: 1`` makes;
+fitted on each molecule's lowest-energy conformer and ETKDG's first, two correlated geometries per molecule, so its
+conformal guarantee is approximate), and
 since bundle 8 :data:`LONE_CONFORMER`, a SMILES left with one conformer of several (fitted on such molecules). An
 ensemble whose members were fine-tuned from one parent disagrees about
 as much on either path while its error on generated geometries is larger, so one calibration for both would
@@ -72,7 +74,7 @@ OPTIONAL_PATHS = (FORCEFIELD, LONE_CONFORMER)
 FALLBACK = {LONE_CONFORMER: FORCEFIELD, FORCEFIELD: "generated"}
 #: What a user may say about the 3D geometries they send (REST and file scoring ``relaxed_with``): ``dft`` (the
 #: default; QM9's own geometries are B3LYP-relaxed) or ``forcefield`` (MMFF, UFF, RDKit or Open Babel conformers:
-#: answered and calibrated like lieprop's own conformers).
+#: answered like lieprop's own conformers, and calibrated as one force-field geometry, :data:`FORCEFIELD`).
 RELAXED_WITH = ("dft", "forcefield")
 #: Floors tried, as multiples of the target's median spread.
 _FLOOR_GRID = np.concatenate([[0.0], np.geomspace(0.02, 20.0, 61)])

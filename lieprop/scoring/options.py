@@ -56,7 +56,8 @@ class JobOptions(BaseModel):
                                            "(default 0.9)")
     relaxed_with: Literal["dft", "forcefield"] = Field(
         "dft", description="how the file's 3D geometries were relaxed: dft (like QM9's) or forcefield (MMFF, UFF, "
-                           "RDKit, Open Babel; answered and calibrated like lieprop's conformers of a SMILES)")
+                           "RDKit, Open Babel; answered like lieprop's conformers of a SMILES, calibrated as one "
+                           "force-field geometry)")
     conformers: int = Field(
         DEFAULT_CONFORMERS, ge=1, le=MAX_CONFORMERS,
         description=f"conformers generated per SMILES or 2D MOL block (default {DEFAULT_CONFORMERS}); the values "

@@ -54,7 +54,7 @@ class PredictRequest(BaseModel):
     relaxed_with: Literal["dft", "forcefield"] = Field(
         "dft", description="how the 3D geometries you send (numbers + positions, XYZ, 3D SDF) were relaxed: `dft` "
                            "(default; like QM9's own) or `forcefield` (MMFF, UFF, RDKit, Open Babel): then answered "
-                           "and calibrated like lieprop's conformers of a SMILES (wider intervals on average). "
+                           "and calibrated as one force-field geometry (wider intervals on average). "
                            "Geometries lieprop makes are force-field ones whatever this says; a model without "
                            "calibrated uncertainty answers both alike")
     return_geometry: bool = Field(

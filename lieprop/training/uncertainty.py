@@ -42,6 +42,7 @@ from lieprop.model.calibration import (
     coverage_report,
     fit_calibration,
     fit_member_weights,
+    path_calibration,
     weighted_mean,
 )
 from lieprop.model.prediction import Predictions, predict_molecules
@@ -124,8 +125,15 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         for path, (path_rows, raw) in path_sets(model, data, conformers, rows).items():
             log(f"{split} / {PATH_SOURCES[path]} geometries: {len(path_rows)} predictions")
             sets[split, path] = path_rows, raw
+    # a path no molecule of a split takes (lone_conformer within a small --limit) is not fitted: the bundle then
+    # answers it with the path it falls back to
+    paths = [p for p in PATH_SOURCES if all(len(sets[split, p][0]) for split in ("valid", "test"))]
+    for path in PATH_SOURCES:
+        if path not in paths:
+            log(f"no molecule takes the {path} path in these splits: it is not calibrated")
     calibrations = {}
-    for path, geometry in PATH_SOURCES.items():
+    for path in paths:
+        geometry = PATH_SOURCES[path]
         rows, raw = sets["valid", path]
         if path == LONE_CONFORMER:  # a few hundred molecules: one force-field geometry's member weights
             weights = calibrations[FORCEFIELD].weights
@@ -133,17 +141,21 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
             weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
                 else None
         values = raw.value if weights is None else weighted_mean(raw.members, weights)
+        count = f"{len(np.unique(rows))} molecules" + (f", {len(rows)} geometries" if len(np.unique(rows)) < len(rows)
+                                                       else "")
         calibrations[path] = fit_calibration(values, raw.std, truth_all[rows], model.targets,
-                                             source=f"validation split, {geometry} geometries ({len(rows)} molecules)",
+                                             source=f"validation split, {geometry} geometries ({count})",
                                              weights=weights)
     report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
                               "spread": {"poses": model.spread_poses},
                               "calibration": calibrations_to_dict(calibrations), "test": {}, "reliability": {}}
-    for path in PATH_SOURCES:
+    served: dict[str, np.ndarray] = {}  # each path's test values, as results report them
+    for path in paths:
         rows, raw = sets["test", path]
         cal = calibrations[path]
         truth = truth_all[rows]
         calibrated = cal.apply(raw, DEFAULT_LEVEL)
+        served[path] = calibrated.value
         report["test"][path] = {"n": len(rows), "geometry": PATH_SOURCES[path],
                                 "targets": coverage_report(calibrated.value, calibrated, truth, model.targets)}
         if cal.weights is not None:  # what the weights bought: the plain mean's MAE beside the weighted one's
@@ -158,18 +170,20 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     borrowed = _covered(calibrations["generated"].apply(raw, DEFAULT_LEVEL), truth_all[rows]).mean(0)
     report["test"][FORCEFIELD]["coverage_with_generated_calibration"] = {
         t: float(borrowed[j]) for j, t in enumerate(model.targets)}
-    # and why a SMILES left with one conformer has one: one force-field geometry's calibration, applied to it
-    rows, raw = sets["test", LONE_CONFORMER]
-    borrowed = _covered(calibrations[FORCEFIELD].apply(raw, DEFAULT_LEVEL), truth_all[rows]).mean(0)
-    report["test"][LONE_CONFORMER]["coverage_with_forcefield_calibration"] = {
-        t: float(borrowed[j]) for j, t in enumerate(model.targets)}
+    if LONE_CONFORMER in paths:  # and why a SMILES left with one conformer has one: forcefield's, applied to it
+        rows, raw = sets["test", LONE_CONFORMER]
+        borrowed = _covered(calibrations[FORCEFIELD].apply(raw, DEFAULT_LEVEL), truth_all[rows]).mean(0)
+        report["test"][LONE_CONFORMER]["coverage_with_forcefield_calibration"] = {
+            t: float(borrowed[j]) for j, t in enumerate(model.targets)}
     given, generated = (calibrations[p].sigma(sets["test", p][1].std) for p in PATH_GEOMETRY)
-    given = given[np.isin(sets["test", "given"][0], sets["test", "generated"][0])]  # the same molecules
+    same = np.isin(sets["test", "given"][0], sets["test", "generated"][0])  # the molecules both paths serve
+    given = given[same]
+    given_mae = np.abs(served["given"][same] - truth_all[sets["test", "generated"][0]]).mean(0)
+    generated_mae = np.abs(served["generated"] - truth_all[sets["test", "generated"][0]]).mean(0)
     report["domain"] = {
         "generated_over_given_std": {t: float(np.median(generated[:, j] / given[:, j]))
                                      for j, t in enumerate(model.targets)},
-        "generated_over_given_mae": {t: report["test"]["generated"]["targets"][t]["mae"]
-                                     / report["test"]["given"]["targets"][t]["mae"] for t in model.targets},
+        "generated_over_given_mae": {t: float(generated_mae[j] / given_mae[j]) for j, t in enumerate(model.targets)},
         **outside_domain(model, sets["test", "generated"][1].std),
     }
     log(format_report(report))
@@ -180,7 +194,8 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         _plots(report, sets, calibrations, truth_all, model.targets, out)
     if record:
         before = bundle.calibration or {}
-        changed = any(not _same_weights(before.get(path), cal) for path, cal in calibrations.items())
+        # a path new to the bundle was served by the one it falls back to: compare with that one's weights
+        changed = any(not _same_weights(path_calibration(before, path), cal) for path, cal in calibrations.items())
         if changed:  # the served values changed: accuracy recorded for the old ones no longer describes the bundle
             log(f"the member weights changed the values {bundle_path} serves: its recorded test MAE is removed; "
                 "record it again with lieprop evaluate --record (--split test, --split test --geometry forcefield, "
@@ -228,7 +243,7 @@ def format_report(report: dict[str, Any]) -> str:
     for path, part in report["test"].items():
         weighted = all("weights" in row for row in part["targets"].values())
         extra = " member weights | MAE of the plain mean |" if weighted else ""
-        lines += [f"test split, {path} geometries ({part['geometry']}, {part['n']} molecules), 90% intervals", "",
+        lines += [f"test split, {path} geometries ({part['geometry']}, {part['n']} results), 90% intervals", "",
                   "| target | unit | MAE | mean std | coverage | mean width | Spearman(std, abs error) |" + extra,
                   "|---|---|---|---|---|---|---|" + ("---|---|" if weighted else "")]
         for t, row in part["targets"].items():

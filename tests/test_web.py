@@ -100,7 +100,9 @@ def test_return_geometry_is_opt_in(http):
             "return_geometry": True}
     results = http.post("/v1/predict", json=body, headers=head).json()["results"]
     assert results[0]["geometry"] == {"numbers": item["numbers"], "positions": item["positions"]}
-    assert results[0]["properties"] == plain["results"][0]["properties"]
+    # the same values (to float32 rounding: batched with other molecules, the network's sums may run in another order)
+    alone, batched = plain["results"][0]["properties"]["homo"], results[0]["properties"]["homo"]
+    assert batched["unit"] == alone["unit"] and batched["value"] == pytest.approx(alone["value"], rel=1e-6)
     assert results[1]["geometry"]["numbers"] == [6, 8, 1, 1, 1, 1]
     assert len(results[1]["geometry"]["positions"]) == 6 and results[1]["provenance"]["conformer"]["method"]
     assert "geometry" not in results[2] and results[2]["error"]["code"] == "invalid_smiles"

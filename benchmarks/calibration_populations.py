@@ -42,13 +42,6 @@ from lieprop.model.prediction import Predictions, predict_molecules
 SHOWN = ("homo", "gap", "u0", "mu", "r2")
 
 
-def subset(predictions: Predictions, mask: np.ndarray) -> Predictions:
-    """The molecules of ``predictions`` where ``mask`` holds."""
-    members = None if predictions.members is None else predictions.members[:, mask]
-    return Predictions(predictions.value[mask], None if predictions.std is None else predictions.std[mask],
-                       members=members)
-
-
 def coverage(bundle, path: str, raw: Predictions, truth: np.ndarray, level: float = DEFAULT_LEVEL
              ) -> tuple[np.ndarray, np.ndarray]:
     """(T,) coverage of the ``level`` interval and (T,) MAE when ``raw`` is served on ``path``."""
@@ -87,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     every = np.ones(len(rows), dtype=bool)
     groups = [
         ("DFT geometry (given)", "given", dft, every),
-        ("SMILES, as served: several conformers averaged (generated)", "generated", subset(averaged, several),
+        ("SMILES, as served: several conformers averaged (generated)", "generated", averaged.select(several),
          several),
-        ("SMILES, as served: one conformer left (lone_conformer)", LONE_CONFORMER, subset(averaged, ~several),
+        ("SMILES, as served: one conformer left (lone_conformer)", LONE_CONFORMER, averaged.select(~several),
          ~several),
         ("`conformers: 1`: ETKDG's first conformer (forcefield)", FORCEFIELD, first, one),
         ("one force-field geometry: the lowest-energy conformer (forcefield)", FORCEFIELD, lowest, every),

@@ -11,7 +11,13 @@ import pytest
 from lieprop.data.molecule import Molecule
 from lieprop.data.readers import DEFAULT_CONFORMERS, from_smiles
 from lieprop.data.stereo import read_stereo
-from lieprop.model.prediction import Prediction, average_conformers, conformer_inputs, predict_molecules
+from lieprop.model.prediction import (
+    Prediction,
+    Predictions,
+    average_conformers,
+    conformer_inputs,
+    predict_molecules,
+)
 
 
 def test_a_smiles_gets_several_conformers_of_one_stereoisomer_the_lowest_in_energy_first():
@@ -183,3 +189,14 @@ def test_a_smiles_left_with_one_conformer_of_several_has_a_calibration_of_its_ow
     expected = bundle.path_calibration(LONE_CONFORMER).apply(raw)
     assert served["std"] == pytest.approx(float(expected.std[0, j]), rel=1e-6)
     assert served["interval"] == pytest.approx([float(expected.lower[0, j]), float(expected.upper[0, j])], rel=1e-6)
+
+
+def test_a_batch_of_predictions_keeps_the_molecules_a_mask_or_indices_pick():
+    members = np.arange(2 * 4 * 3, dtype=float).reshape(2, 4, 3)  # 2 members, 4 molecules, 3 targets
+    batch = Predictions.from_members(members)
+    keep = np.array([True, False, True, False])
+    picked = batch.select(keep)
+    assert len(picked) == 2 and picked.members.shape == (2, 2, 3)
+    np.testing.assert_array_equal(picked.value, batch.value[[0, 2]])
+    np.testing.assert_array_equal(picked.std, batch.std[[0, 2]])
+    np.testing.assert_array_equal(batch.select(np.array([3])).members[:, 0], members[:, 3])

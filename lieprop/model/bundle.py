@@ -82,8 +82,7 @@ class Bundle:
 
     def weighs_members(self, path: str) -> bool:
         """Whether the calibration of geometry ``path`` (``given`` / ``generated`` / ``forcefield`` /
-        ``lone_conformer``) weights the
-        members."""
+        ``lone_conformer``) weights the members."""
         cal = self.path_calibration(path)
         return cal is not None and cal.weights is not None
 

@@ -73,6 +73,14 @@ class Predictions(_Estimates):
     def __iter__(self) -> Iterator[Prediction]:
         return (self[i] for i in range(len(self)))
 
+    def select(self, which: np.ndarray) -> Predictions:
+        """The molecules ``which`` picks (a boolean mask or indices), as a batch of their own."""
+        def part(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[which]
+
+        return Predictions(self.value[which], part(self.std), part(self.lower), part(self.upper), self.level,
+                           None if self.members is None else self.members[:, which])
+
     @classmethod
     def from_members(cls, members: np.ndarray) -> Predictions:
         """(M, n, T) member values -> their mean, and their sample standard deviation when M > 1."""

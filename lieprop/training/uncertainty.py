@@ -79,6 +79,7 @@ def path_sets(model: Any, data: Any, conformers: Any, rows: np.ndarray, workers:
     the path is fitted or measured on and the model's raw predictions of them (``rows`` must have conformers)."""
     molecules = conformers.molecules(rows)
     several = np.array([len(m.geometries) > 1 for m in molecules], dtype=bool)
+    averaged = predict_molecules(model, molecules)  # as the service answers each SMILES
     limits = ValidationLimits(max_atoms=1000, embed_timeout=0)  # QM9's own molecules: never refused
     first = [(k, None, str(conformers.smiles[r])) for k, r in enumerate(rows)]
     single = list(embed_many(first, workers, n_conformers=1, limits=limits))
@@ -87,11 +88,9 @@ def path_sets(model: Any, data: Any, conformers: Any, rows: np.ndarray, workers:
     one = lowest + [Molecule(item.molecule.numbers, item.molecule.positions) for item in single if item.ok]
     numbers, positions = zip(*(data.molecule(int(r)) for r in rows), strict=True)
     return {"given": (rows, model.predictions(list(numbers), list(positions))),
-            "generated": (rows[several], predict_molecules(model, [m for m, s in zip(molecules, several,
-                                                                                   strict=True) if s])),
+            "generated": (rows[several], averaged.select(several)),
             FORCEFIELD: (np.concatenate([rows, rows[embedded]]), predict_molecules(model, one)),
-            LONE_CONFORMER: (rows[~several], predict_molecules(model, [m for m, s in zip(lowest, several,
-                                                                                       strict=True) if not s]))}
+            LONE_CONFORMER: (rows[~several], averaged.select(~several))}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
@@ -141,8 +140,8 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
             weights = fit_member_weights(raw.members, truth_all[rows]) if member_weights and raw.members is not None \
                 else None
         values = raw.value if weights is None else weighted_mean(raw.members, weights)
-        count = f"{len(np.unique(rows))} molecules" + (f", {len(rows)} geometries" if len(np.unique(rows)) < len(rows)
-                                                       else "")
+        n = len(np.unique(rows))
+        count = f"{n} molecules" + (f", {len(rows)} geometries" if n < len(rows) else "")
         calibrations[path] = fit_calibration(values, raw.std, truth_all[rows], model.targets,
                                              source=f"validation split, {geometry} geometries ({count})",
                                              weights=weights)

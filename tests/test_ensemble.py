@@ -62,6 +62,27 @@ def test_the_ensemble_bundle_verifies_and_records_its_members(ensemble_path):
     assert card["members"] == 2 and card["uncertainty"].startswith("the spread of 2 ensemble members, uncalibrated")
 
 
+def test_an_ensemble_member_can_be_kept_alone_and_replaced(ensemble_path, tmp_path):
+    """``ENSEMBLE.pt#K`` takes member K only: a new ensemble keeps one member and swaps the other."""
+    ens = load_bundle(ensemble_path)
+    save_bundle(member(3), tmp_path / "m3.pt", "m3", {"split": "cormorant"})
+    assert main(["ensemble", f"{ensemble_path}#1", str(tmp_path / "m3.pt"), "--out", str(tmp_path / "e.pt")]) == 0
+    swapped = load_bundle(tmp_path / "e.pt")
+    kept, new = swapped.model.members
+    for name, value in kept.state_dict().items():
+        torch.testing.assert_close(value, ens.model.members[1].state_dict()[name], msg=name)
+    first = swapped.meta["members"][0]
+    assert first["sha256"] == ens.meta["members"][1]["sha256"]
+    assert first["member_of"] == {"name": ens.name, "sha256": ens.sha256, "member": 1}
+    assert swapped.meta["members"][1]["sha256"] == load_bundle(tmp_path / "m3.pt").sha256
+    whole = make_ensemble([ensemble_path, tmp_path / "m3.pt"], tmp_path / "w.pt", "w")  # every member, one record each
+    assert len(load_bundle(tmp_path / "w.pt").meta["members"]) == 3 and whole
+    with pytest.raises(BundleError, match="has 2 members"):
+        make_ensemble([f"{ensemble_path}#2", tmp_path / "m3.pt"], tmp_path / "x.pt", "x")
+    with pytest.raises(BundleError, match="at least 2 networks"):
+        make_ensemble([f"{ensemble_path}#0"], tmp_path / "x.pt", "x")
+
+
 def test_members_of_different_networks_are_refused(tmp_path):
     save_bundle(member(1), tmp_path / "a.pt", "a")
     save_bundle(member(2, depth=2), tmp_path / "b.pt", "b")

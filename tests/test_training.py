@@ -351,14 +351,52 @@ def test_a_run_with_force_field_geometries_trains_on_both_and_scores_both(tmp_pa
     assert row["selection_score"] == pytest.approx((row["valid_score"] + row["valid_ff_score"]) / 2)
 
 
-def test_a_warm_start_from_an_ensemble_is_refused_with_the_reason(tmp_path, qm9_head):
+def test_a_warm_start_from_an_ensemble_takes_the_member_it_names(tmp_path, qm9_head):
     from lieprop.model.bundle import make_ensemble, save_bundle
-    from lieprop.model.network import NetworkConfig
     from lieprop.model.predictor import PropertyModel
 
+    quiet = {"data": qm9_head, "log": lambda *_: None}
+    cfg = Trainer(tiny(tmp_path), **quiet).model.cfg
     for k in (1, 2):
-        save_bundle(PropertyModel(NetworkConfig(width=32, depth=2, targets=["homo", "u0", "mu"])),
-                    tmp_path / f"m{k}.pt", f"m{k}")
+        torch.manual_seed(k)
+        save_bundle(PropertyModel(cfg), tmp_path / f"m{k}.pt", f"m{k}")
     make_ensemble([tmp_path / "m1.pt", tmp_path / "m2.pt"], tmp_path / "ens.pt", "ens")
-    with pytest.raises(ValueError, match="ensemble of 2 models; warm-start from one member"):
-        Trainer(tiny(tmp_path, init_from=str(tmp_path / "ens.pt")), data=qm9_head, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"ensemble of 2 models; warm-start from one member \(init_member=0..1\)"):
+        Trainer(tiny(tmp_path, init_from=str(tmp_path / "ens.pt")), **quiet)
+    with pytest.raises(ValueError, match="init_member=2, but .* has 2 members"):
+        Trainer(tiny(tmp_path, init_from=str(tmp_path / "ens.pt"), init_member=2), **quiet)
+    with pytest.raises(ValueError, match="set init_from too"):
+        Trainer(tiny(tmp_path, init_member=1), **quiet)
+    second = Trainer(tiny(tmp_path, init_from=str(tmp_path / "ens.pt"), init_member=1), **quiet)
+    theirs = load_bundle(tmp_path / "m2.pt").model.state_dict()
+    for name, value in second.model.state_dict().items():
+        torch.testing.assert_close(value, theirs[name], msg=name)
+    assert second.parent["name"] == "m2" and second.parent["member_of"]["member"] == 1
+    assert second.parent["sha256"] == load_bundle(tmp_path / "m2.pt").sha256
+
+
+def test_a_fraction_build_embeds_a_nested_random_subset_that_training_can_use(tmp_path, qm9_head, monkeypatch):
+    from lieprop.data.qm9 import split_indices
+    from lieprop.data.qm9_conformers import build_conformers, load_conformers, subset
+
+    monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "cache"))
+    n = 120
+    assert (subset(n, 0.25) <= subset(n, 0.5)).all()  # nested: a larger fraction keeps every smaller one's rows
+    assert 0.35 < subset(130_831, 0.5).mean() < 0.65 and subset(n, 1.0).all()
+    with pytest.raises(ValueError, match="fraction must be in"):
+        subset(n, 0.0)
+    build_conformers(qm9_head, limit=n, splits=["train"], fraction=0.5, log=lambda *_: None)
+    built = load_conformers().built
+    train_rows = split_indices(len(qm9_head))["train"]
+    expected = np.zeros(n, dtype=bool)
+    expected[train_rows[train_rows < n]] = True
+    np.testing.assert_array_equal(built, expected & subset(n, 0.5))
+    assert 0 < built.sum() < expected.sum()
+    run = {"forcefield_geometries": True, "limit_train": None}
+    with pytest.raises(ValueError, match="forcefield_embedded_only=true"):
+        Trainer(tiny(tmp_path, **run), data=qm9_head, log=lambda *_: None)
+    logged: list[str] = []
+    partial = Trainer(tiny(tmp_path, forcefield_embedded_only=True, **run), data=qm9_head, log=logged.append)
+    n_train = len(train_rows)
+    assert len(partial.train) == n_train + int(built.sum())  # every DFT geometry, and the conformers embedded
+    assert any(f"conformers of {int(built.sum())} of {n_train} training molecules" in m for m in logged)

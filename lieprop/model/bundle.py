@@ -165,29 +165,54 @@ def save_bundle(model: Model, path: str | Path, name: str, meta: dict[str, Any] 
     return sha
 
 
-def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
-    """Combine bundles of one architecture and config into an ensemble bundle at ``out``; returns its sha256.
+def member_reference(ref: str | Path) -> tuple[Path, int | None]:
+    """Split an ensemble argument into the bundle's path and, for ``PATH#K``, the index of that ensemble's member K
+    (None: every member). A path that itself ends in ``#K`` and exists is taken as it is."""
+    text = str(ref)
+    path, sep, index = text.rpartition("#")
+    if not sep or not index.isdigit() or Path(text).exists():
+        return Path(text), None
+    return Path(path), int(index)
 
-    The ensemble's metadata records each member's name, sha256 and training facts (``members``) and the split
-    of the first; test MAE must be measured again (``lieprop evaluate --record``)."""
-    if len(paths) < 2:
-        raise BundleError(f"an ensemble needs at least 2 bundles, got {len(paths)}")
-    bundles = [load_bundle(p) for p in paths]
+
+def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
+    """Combine bundles of one architecture and config into an ensemble bundle at ``out``; returns its sha256. An
+    ensemble bundle adds all its members, ``PATH#K`` only its member K (0 the first).
+
+    The ensemble's metadata records each network's name, sha256 and training facts (``members``, one per network;
+    one taken from an ensemble also names that ensemble and its index, ``member_of``) and the split of the first;
+    test MAE must be measured again (``lieprop evaluate --record``)."""
+    refs = [member_reference(p) for p in paths]
+    bundles = [load_bundle(path) for path, _ in refs]
     models: list[PropertyModel] = []
-    for path, b in zip(paths, bundles, strict=True):
-        if isinstance(b.model, EnsembleModel):
-            models.extend(b.model.members)  # type: ignore[arg-type]
-        else:
-            models.append(b.model)
+    records: list[dict[str, Any]] = []
+    for (path, index), b in zip(refs, bundles, strict=True):
         if b.meta.get("split") != bundles[0].meta.get("split"):
-            raise BundleError(f"{path} was trained on split {b.meta.get('split')!r}, {paths[0]} on "
+            raise BundleError(f"{path} was trained on split {b.meta.get('split')!r}, {refs[0][0]} on "
                               f"{bundles[0].meta.get('split')!r}: an ensemble's test MAE needs one split")
+        own = {"name": b.name, "sha256": b.sha256, "training": b.meta.get("training")}
+        if not isinstance(b.model, EnsembleModel):
+            if index not in (None, 0):
+                raise BundleError(f"{path}#{index}: {path} is a single network, not an ensemble")
+            models.append(b.model)
+            records.append(own)
+            continue
+        members = list(b.model.members)
+        kept = range(len(members)) if index is None else [index]
+        if index is not None and index >= len(members):
+            raise BundleError(f"{path}#{index}: {path} has {len(members)} members (0..{len(members) - 1})")
+        theirs = b.meta.get("members") or []
+        if len(theirs) != len(members):  # an ensemble made of ensembles before records were per network
+            theirs = [{"name": b.name, "sha256": None, "training": None}] * len(members)
+        models.extend(members[k] for k in kept)  # type: ignore[misc]
+        records.extend({**theirs[k], "member_of": {"name": b.name, "sha256": b.sha256, "member": k}} for k in kept)
+    if len(models) < 2:
+        raise BundleError(f"an ensemble needs at least 2 networks, got {len(models)}")
     try:
         ensemble = EnsembleModel(models)
     except ValueError as exc:
         raise BundleError(str(exc)) from None
-    record = {"members": [{"name": b.name, "sha256": b.sha256, "training": b.meta.get("training")}
-                          for b in bundles], "split": bundles[0].meta.get("split", "cormorant"), **(meta or {})}
+    record = {"members": records, "split": bundles[0].meta.get("split", "cormorant"), **(meta or {})}
     return save_bundle(ensemble, out, name, record)
 
 

@@ -17,6 +17,7 @@ def add_train(sub: Any) -> None:
   lieprop train --preset paper --device cuda --out runs/paper     # the paper's sizes, for a GPU
   lieprop train --out runs/homo --resume                          # continue exactly where it stopped
   lieprop train --out runs/more --set init_from=runs/homo/best.pt --max-minutes 60  # warm start from one network
+  lieprop train --out runs/m2 --set init_from=ensemble.pt --set init_member=2        # ... or from an ensemble's member
   lieprop train --nproc 2 --out runs/ddp --max-minutes 30         # data-parallel: 2 processes (torchrun), same steps
   torchrun --nproc_per_node=4 -m lieprop.cli train --device cuda --out runs/gpu4     # 4 GPUs (NCCL)""")
     p.add_argument("--preset", default="default", help="default | budget | paper | se3 | tiny")
@@ -129,19 +130,21 @@ def add_ensemble(sub: Any) -> None:
   lieprop train --out runs/s0 --set seed=0 --max-minutes 60
   lieprop train --out runs/s1 --set seed=1 --max-minutes 60
   lieprop ensemble runs/s0/best.pt runs/s1/best.pt --out models/ens.pt --name lieprop-qm9-ens
+  lieprop ensemble models/ens.pt#0 runs/s2/best.pt --out models/ens2.pt   # keep member 0, replace member 1
   lieprop evaluate models/ens.pt --record            # the ensemble's own test MAE into its card
   lieprop serve --model models/ens.pt                # every value now comes with a std""")
-    p.add_argument("bundles", nargs="+", help="member bundles (an ensemble bundle adds all its members)")
+    p.add_argument("bundles", nargs="+", help="member bundles (an ensemble bundle adds all its members, "
+                   "ENSEMBLE.pt#K only its member K, 0 the first)")
     p.add_argument("--out", required=True, help="the ensemble bundle to write")
     p.add_argument("--name", default=None, help="its name (default: the first member's name + '-ensemble')")
     p.set_defaults(func=run_ensemble)
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
-    from lieprop.model.bundle import BundleError, load_bundle, make_ensemble
+    from lieprop.model.bundle import BundleError, load_bundle, make_ensemble, member_reference
 
     try:
-        name = args.name or f"{load_bundle(args.bundles[0]).name}-ensemble"
+        name = args.name or f"{load_bundle(member_reference(args.bundles[0])[0]).name}-ensemble"
         sha = make_ensemble(args.bundles, args.out, name)
         n = load_bundle(args.out).n_members
     except BundleError as exc:

@@ -56,6 +56,10 @@ class TrainConfig(BaseModel):
     # how many of each training molecule's force-field conformers to train on (the lowest in energy first; the service
     # averages over 5): each is one more training example with the same DFT targets
     forcefield_conformers: int = Field(1, ge=1)
+    # train on the force-field conformers of those training molecules the cache has embedded (a build with
+    # --fraction: python -m lieprop.data.qm9_conformers --splits train --fraction 0.2) instead of refusing a cache
+    # that lacks some; the DFT geometries of every training molecule are trained on either way
+    forcefield_embedded_only: bool = False
     # optimisation
     batch_size: int = 64
     lr: float = 3e-3
@@ -80,6 +84,7 @@ class TrainConfig(BaseModel):
     tensorboard: bool = True  # also write OUT/tensorboard event files when the tensorboard package is installed
     name: str = "lieprop-qm9"
     init_from: str | None = None  # start from this bundle's weights and normalisation (a new schedule)
+    init_member: int | None = Field(None, ge=0)  # with init_from an ensemble: start from this member (0 the first)
 
     @model_validator(mode="before")
     @classmethod

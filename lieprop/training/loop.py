@@ -30,7 +30,7 @@ from lieprop.model.architectures import get_architecture
 from lieprop.model.bundle import load_bundle, save_bundle
 from lieprop.model.device import bf16_autocast, pick_device, uses_bf16_autocast
 from lieprop.model.norm import fold_batch_norm
-from lieprop.model.predictor import PropertyModel
+from lieprop.model.predictor import EnsembleModel, PropertyModel
 from lieprop.training import distributed
 from lieprop.training.config import TrainConfig
 from lieprop.training.data import SplitData, concat_splits, split_data
@@ -70,9 +70,16 @@ def fit_normalisation(model: PropertyModel, train: SplitData) -> None:
     model.scale.copy_(torch.as_tensor(scale))
 
 
-def parent_record(bundle) -> dict:
+def parent_record(bundle, member: int | None = None) -> dict:
     """What a warm-started bundle records of the bundle it started from: its sha256 and its own training facts
-    (which include that bundle's parent in turn), so the whole history of a model stays in the file."""
+    (which include that bundle's parent in turn), so the whole history of a model stays in the file. From an
+    ensemble's ``member``, that member's record (its name, sha256 and training) with the ensemble's and the index."""
+    if member is not None and bundle.n_members > 1:
+        records = bundle.meta.get("members") or []
+        record = records[member] if len(records) == bundle.n_members else {}
+        return {"name": record.get("name", bundle.name), "sha256": record.get("sha256"),
+                "training": record.get("training") or {},
+                "member_of": {"name": bundle.name, "sha256": bundle.sha256, "member": member}}
     return {"name": bundle.name, "sha256": bundle.sha256, "training": bundle.meta.get("training", {})}
 
 
@@ -151,9 +158,14 @@ class Trainer:
         if cfg.forcefield_geometries:
             conformers = load_conformers()
             missing = int((~conformers.built[train_rows[train_rows < len(conformers)]]).sum())
-            if missing:
+            if missing and cfg.forcefield_embedded_only:
+                self.log(f"force-field conformers of {int(conformers.available(train_rows).sum())} of "
+                         f"{len(train_rows)} training molecules (forcefield_embedded_only: the others train in their "
+                         "DFT geometry alone)")
+            elif missing:
                 raise ValueError(f"the conformer cache has not embedded {missing} training molecules (a --splits "
-                                 "build); embed them with python -m lieprop.data.qm9_conformers --workers N")
+                                 "or --fraction build); embed them with python -m lieprop.data.qm9_conformers "
+                                 "--workers N, or train on those it has with forcefield_embedded_only=true")
             for k in range(cfg.forcefield_conformers):  # the k-th conformer of the molecules that have one
                 rows = train_rows[conformers.available(train_rows)]
                 rows = rows[conformers.n_geometries[rows] > k]
@@ -170,7 +182,9 @@ class Trainer:
         fit_normalisation(self.model, self.train)
         self.parent: dict | None = None  # the bundle this run started from, for the lineage in best.pt
         if cfg.init_from:
-            self.warm_start(cfg.init_from)
+            self.warm_start(cfg.init_from, cfg.init_member)
+        elif cfg.init_member is not None:
+            raise ValueError("init_member names a member of the init_from ensemble; set init_from too")
         self.model.to(self.device)
         self.net = self._parallel(self.model.net)  # what the steps call: the network, or its DDP wrapper
         self.opt = torch.optim.Adam(self.model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -190,16 +204,25 @@ class Trainer:
         ids = [self.device] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-    def warm_start(self, path: str) -> None:
-        """Continue from a bundle: same architecture and network config required; its weights and normalisation are
-        taken."""
+    def warm_start(self, path: str, member: int | None = None) -> None:
+        """Continue from a bundle (from its ``member``-th network when it is an ensemble): same architecture and
+        network config required; its weights and normalisation are taken."""
         bundle = load_bundle(path)
-        if not isinstance(bundle.model, PropertyModel):
-            raise ValueError(f"{path} is an ensemble of {bundle.n_members} models; warm-start from one member")
+        model = bundle.model
+        if isinstance(model, EnsembleModel):
+            if member is None:
+                raise ValueError(f"{path} is an ensemble of {bundle.n_members} models; warm-start from one member "
+                                 f"(init_member=0..{bundle.n_members - 1})")
+            if member >= bundle.n_members:
+                raise ValueError(f"init_member={member}, but {path} has {bundle.n_members} members "
+                                 f"(0..{bundle.n_members - 1})")
+            model = model.members[member]
+        elif member not in (None, 0):
+            raise ValueError(f"init_member={member}, but {path} is a single network")
         if bundle.architecture != self.model.architecture:
             raise ValueError(f"{path} is a {bundle.architecture} model, this run trains {self.model.architecture}")
-        theirs, ours = bundle.model.cfg.to_dict(), self.model.cfg.to_dict()
-        state = bundle.model.state_dict()
+        theirs, ours = model.cfg.to_dict(), self.model.cfg.to_dict()
+        state = model.state_dict()
         if theirs["norm"] == "batch" and ours["norm"] == "affine":
             # the same function as the batch-norm bundle in eval mode, now without batch statistics
             state, theirs = fold_batch_norm(state), {**theirs, "norm": "affine"}
@@ -207,8 +230,9 @@ class Trainer:
             raise ValueError(f"{path} has network config {theirs}, this run {ours}: warm starts need the same "
                              "network (a batch-norm bundle may also warm-start a run with norm='affine')")
         self.model.load_state_dict(state)
-        self.parent = parent_record(bundle)
-        self.log(f"weights and normalisation from {path} ({bundle.sha256[:12]})")
+        self.parent = parent_record(bundle, member)
+        which = f"member {member} of " if member is not None and bundle.n_members > 1 else ""
+        self.log(f"weights and normalisation from {which}{path} ({bundle.sha256[:12]})")
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:

@@ -7,6 +7,8 @@ import pytest
 
 from lieprop.model.calibration import (
     LEVELS,
+    MIN_GROUP,
+    RING_GROUPS,
     Calibration,
     coverage_report,
     fit_calibration,
@@ -154,3 +156,60 @@ def test_a_calibration_without_weights_reports_the_plain_mean():
     cal = fit_calibration(raw.value, raw.std, truth, ["a", "b"])
     assert cal.weights is None and "weights" not in cal.to_dict()
     np.testing.assert_allclose(cal.apply(raw).value, raw.value)
+
+
+def ringed(n: int, seed: int):
+    """Synthetic molecules in ring groups 0, 1 and 4+ whose errors the spread sees as equally large, though those of
+    group 4+ are twice, and those of group 0 half, what the spread says (as cages err more than the ensemble
+    admits); plus a handful in group 2, fewer than a group needs to be fitted."""
+    values, spread, truth = synthetic(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    groups = rng.choice([0, 1, 4], size=n)
+    groups[:MIN_GROUP // 4] = 2
+    factor = np.array([0.5, 1.0, 1.0, 1.0, 2.0])[groups][:, None]
+    return truth + (values - truth) * factor, spread, truth, groups
+
+
+def test_a_ring_grouped_calibration_holds_its_level_in_every_group():
+    values, spread, truth, groups = ringed(12000, seed=11)
+    cal = fit_calibration(values, spread, truth, ["a", "b"], groups=groups)
+    assert cal.grouped and cal.group_n.tolist() == np.bincount(groups, minlength=len(RING_GROUPS)).tolist()
+    # relative to the path's sigma, which sees the mixture: group 4+ errs four times what group 0 does
+    assert cal.group_scale[4] / cal.group_scale[0] == pytest.approx([4.0, 4.0], rel=0.15)
+    assert (cal.group_scale[4] > 1).all() and (cal.group_scale[0] < 1).all()
+    values, spread, truth, groups = ringed(30000, seed=12)
+    raw = Predictions(values, spread)
+    grouped, plain = cal.apply(raw, 0.9, groups=groups), cal.apply(raw, 0.9)
+    for g in (0, 1, 4):
+        inside = groups == g
+        covered = coverage_report(values[inside], grouped.select(inside), truth[inside], ["a", "b"])
+        assert all(row["coverage"] == pytest.approx(0.9, abs=0.02) for row in covered.values()), g
+    cages = coverage_report(values[groups == 4], plain.select(groups == 4), truth[groups == 4], ["a", "b"])
+    assert all(row["coverage"] < 0.8 for row in cages.values())  # one calibration for all under-covers them
+    np.testing.assert_allclose(grouped.std[groups == 4], plain.std[groups == 4] * cal.group_scale[4])  # a larger std
+
+
+def test_a_thin_group_keeps_the_paths_calibration_and_no_group_means_the_path():
+    values, spread, truth, groups = ringed(6000, seed=13)
+    cal = fit_calibration(values, spread, truth, ["a", "b"], groups=groups)
+    assert cal.group_n[2] < MIN_GROUP and cal.group_n[3] == 0
+    np.testing.assert_array_equal(cal.group_scale[[2, 3]], 1.0)
+    np.testing.assert_array_equal(cal.quantile(0.9, 2), cal.quantile(0.9))
+    one = Predictions(values[:1], spread[:1])
+    np.testing.assert_allclose(cal.apply(one, 0.9, groups=np.array([3])).upper, cal.apply(one, 0.9).upper)
+    assert cal.quantile_table(0.9).shape == (len(RING_GROUPS), 2)
+    single = cal.apply(one[0], 0.9, quantile=cal.quantile(0.9, 4), groups=4)  # one molecule, as results do it
+    np.testing.assert_allclose(single.std, cal.apply(one, 0.9, groups=np.array([4])).std[0])
+
+
+def test_a_grouped_calibration_survives_the_bundle_json_and_older_ones_load_ungrouped():
+    values, spread, truth, groups = ringed(3000, seed=14)
+    cal = fit_calibration(values, spread, truth, ["a", "b"], groups=groups)
+    back = Calibration.from_dict(cal.to_dict())
+    assert back.grouped and back.to_dict() == cal.to_dict()
+    old = {k: v for k, v in cal.to_dict().items() if not k.startswith("group")}
+    assert not Calibration.from_dict(old).grouped
+    np.testing.assert_allclose(Calibration.from_dict(old).sigma(spread, groups), cal.sigma(spread))
+    other = {**cal.to_dict(), "group_by": {"rings": ["0", "1", "2+"]}}
+    with pytest.raises(ValueError, match="grouped by"):
+        Calibration.from_dict(other)

@@ -223,6 +223,38 @@ def test_the_calibration_follows_where_the_geometry_came_from(calibrated_path):
         assert result["properties"]["gap"]["std"] == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_ring_grouped_calibration_gives_each_molecule_its_ring_groups_std_and_interval(calibrated_path, tmp_path):
+    """A path's calibration grouped by rings: benzene (one ring) gets group 1's factor on its std and group 1's
+    quantile, ethanol (no ring) group 0's, from the same path's calibration."""
+    import dataclasses
+    import shutil
+
+    from lieprop.model.bundle import record_metadata
+    from lieprop.model.calibration import RING_GROUPS, calibrations_to_dict
+
+    path = tmp_path / "grouped.pt"
+    shutil.copy(calibrated_path, path)
+    bundle = load_bundle(path)
+    plain = bundle.calibration["generated"]
+    n_groups, n_targets = len(RING_GROUPS), len(plain.targets)
+    scale = np.ones((n_groups, n_targets))
+    scale[1] = 3.0
+    quantiles = np.repeat(plain.quantiles[None], n_groups, 0)
+    quantiles[1] *= 1.5
+    grouped = dataclasses.replace(plain, group_scale=scale, group_quantiles=quantiles,
+                                  group_n=np.full(n_groups, 500))
+    record_metadata(path, calibration=calibrations_to_dict({**bundle.calibration, "generated": grouped}))
+    ethanol, benzene = lieprop.predict(["CCO", "c1ccccc1"], properties=["gap"], model=path)["results"]
+    j = bundle.model.targets.index("gap")
+    for result, smiles, group in ((ethanol, "CCO", 0), (benzene, "c1ccccc1", 1)):
+        molecule = lieprop.inference.parse_item(smiles, 0)
+        raw = predict_molecules(bundle.model, [molecule])
+        gap = result["properties"]["gap"]
+        assert gap["std"] == pytest.approx(plain.sigma(raw.std)[0, j] * scale[group, j], rel=1e-6)
+        half = gap["interval"][1] - gap["value"]  # the upper side: a gap's interval stops at 0 below
+        assert half == pytest.approx(gap["std"] * plain.quantile(0.9)[j] * (1.5 if group else 1.0), rel=1e-6)
+
+
 def test_file_scoring_of_a_calibrated_ensemble_writes_interval_columns(tmp_path, calibrated_path):
     source = tmp_path / "in.csv"
     source.write_text("name,smiles\nethanol,CCO\n")

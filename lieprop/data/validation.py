@@ -216,7 +216,7 @@ def check_geometry(numbers: np.ndarray, positions: np.ndarray,
     reached = _reachable_from_first(dist <= limits.max_fragment_gap)
     if not reached.all():
         gap = dist[np.ix_(reached, ~reached)].min()
-        pieces = _count_components(dist <= limits.max_fragment_gap)
+        pieces = count_components(dist <= limits.max_fragment_gap)
         stray = np.flatnonzero(~reached)
         shown = ", ".join(str(k) for k in stray[:10]) + (", ..." if stray.size > 10 else "")
         raise MoleculeError(
@@ -262,7 +262,8 @@ def _reachable_from_first(adjacency: np.ndarray) -> np.ndarray:
     return reached
 
 
-def _count_components(adjacency: np.ndarray) -> int:
+def count_components(adjacency: np.ndarray) -> int:
+    """The connected pieces of a graph given by its boolean adjacency matrix."""
     remaining = np.arange(adjacency.shape[0])
     count = 0
     while remaining.size:

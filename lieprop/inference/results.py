@@ -19,7 +19,7 @@ from lieprop.data.properties import BY_NAME, PROPERTIES, atomref_matrix
 from lieprop.data.qm9 import size_bin
 from lieprop.data.validation import MoleculeError
 from lieprop.inference.columns import Column
-from lieprop.model.calibration import DEFAULT_LEVEL, Calibration, geometry_path, path_calibration
+from lieprop.model.calibration import DEFAULT_LEVEL, Calibration, geometry_path, path_calibration, ring_group
 from lieprop.model.prediction import Prediction, as_prediction
 
 #: Item error code of a molecule that was read but the model could not predict (not a docs/DESIGN.md input code).
@@ -122,15 +122,19 @@ class ResultContext:
 
     @functools.cached_property
     def _by_path(self) -> dict[str, tuple[Calibration, np.ndarray]]:
-        return {path: (cal, cal.quantile(self.level)) for path, cal in self.calibrations}
+        return {path: (cal, cal.quantile_table(self.level)) for path, cal in self.calibrations}
 
     def calibrate(self, prediction: Prediction, molecule: Molecule) -> tuple[Prediction, Calibration | None]:
-        """The prediction with its spread calibrated for the molecule's geometry path (as it is without a
+        """The prediction with its spread calibrated for the molecule's geometry path and, when that path's
+        calibration is grouped by rings, for the ring group of the geometry the model saw (as it is without a
         calibration or a spread), and the calibration used."""
         if not self.calibrations or prediction.std is None:
             return prediction, None
-        cal, quantile = path_calibration(self._by_path, geometry_path(molecule.provenance, self.relaxed_with))
-        return cal.apply(prediction, self.level, quantile), cal
+        cal, table = path_calibration(self._by_path, geometry_path(molecule.provenance, self.relaxed_with))
+        if not cal.grouped:
+            return cal.apply(prediction, self.level, table[0]), cal
+        group = ring_group(molecule.numbers, molecule.positions)
+        return cal.apply(prediction, self.level, table[group], groups=group), cal
 
 
 def property_entry(prediction: Prediction, col: Column, shift: float) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lieprop.data.elements import COVALENT_RADII, ELEMENT_INDEX
+from lieprop.data.elements import COVALENT_RADII, ELEMENT_INDEX, QM9_ELEMENTS
 from lieprop.data.validation import count_components
 
 #: Bonded when closer than this times the sum of the two covalent radii. In QM9's DFT geometries bonds reach about
@@ -29,12 +29,20 @@ BOND_FACTOR = 1.15
 OTHER_RADIUS = 0.76
 
 
+def _radius_table() -> np.ndarray:
+    table = np.full(len(ELEMENT_INDEX), OTHER_RADIUS)
+    table[list(QM9_ELEMENTS)] = COVALENT_RADII
+    return table
+
+
+_RADIUS_BY_Z = _radius_table()
+
+
 def covalent_radii(numbers: np.ndarray) -> np.ndarray:
     """(n,) covalent radii (Å) of atomic ``numbers`` (:data:`OTHER_RADIUS` outside H, C, N, O, F)."""
     numbers = np.asarray(numbers, dtype=np.int64)
-    known = (numbers > 0) & (numbers < len(ELEMENT_INDEX))
-    index = np.where(known, ELEMENT_INDEX[np.where(known, numbers, 0)], -1)
-    return np.where(index >= 0, np.asarray(COVALENT_RADII)[np.maximum(index, 0)], OTHER_RADIUS)
+    return np.where((numbers > 0) & (numbers < len(_RADIUS_BY_Z)),
+                    _RADIUS_BY_Z[np.clip(numbers, 0, len(_RADIUS_BY_Z) - 1)], OTHER_RADIUS)
 
 
 def bonds(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 from lieprop.data.molecule import Molecule
 from lieprop.data.readers import DEFAULT_CONFORMERS, from_smiles
 from lieprop.data.stereo import read_stereo
+from lieprop.model.calibration import ring_group
 from lieprop.model.prediction import (
     Prediction,
     Predictions,
@@ -124,10 +125,14 @@ def test_one_conformer_is_calibrated_as_one_force_field_geometry_and_an_average_
     assert geometry_path(five.provenance) == "generated" and geometry_path(one.provenance) == "forcefield"
     raw = bundle.model.predictions([one.numbers], [one.positions])
     served = predict("OCCCC(C)C", properties=["mu"], conformers=1)["results"][0]["properties"]["mu"]
-    assert served["std"] == pytest.approx(float(bundle.calibration["forcefield"].apply(raw).std[0, j]), rel=1e-6)
+    acyclic = np.array([ring_group(one.numbers, one.positions)])  # ring group 0, calibrated as such
+    assert acyclic[0] == 0
+    assert served["std"] == pytest.approx(float(bundle.calibration["forcefield"].apply(raw, groups=acyclic).std[0, j]),
+                                          rel=1e-6)
     averaged = predict_molecules(bundle.model, [five])
     served5 = predict("OCCCC(C)C", properties=["mu"])["results"][0]["properties"]["mu"]
-    assert served5["std"] == pytest.approx(float(bundle.calibration["generated"].apply(averaged).std[0, j]), rel=1e-6)
+    assert served5["std"] == pytest.approx(
+        float(bundle.calibration["generated"].apply(averaged, groups=acyclic).std[0, j]), rel=1e-6)
     with pytest.raises(ValueError, match="conformers must be between 1 and 20"):
         predict("CCO", conformers=0)
 
@@ -186,7 +191,9 @@ def test_a_smiles_left_with_one_conformer_of_several_has_a_calibration_of_its_ow
     j = bundle.model.targets.index("gap")
     raw = bundle.model.predictions([cage.numbers], [cage.positions])
     served = predict("OC1C2CC(O2)C11CC1", properties=["gap"])["results"][0]["properties"]["gap"]
-    expected = bundle.path_calibration(LONE_CONFORMER).apply(raw)
+    rings = np.array([ring_group(cage.numbers, cage.positions)])  # a cage: three rings
+    assert rings[0] == 3
+    expected = bundle.path_calibration(LONE_CONFORMER).apply(raw, groups=rings)
     assert served["std"] == pytest.approx(float(expected.std[0, j]), rel=1e-6)
     assert served["interval"] == pytest.approx([float(expected.lower[0, j]), float(expected.upper[0, j])], rel=1e-6)
 

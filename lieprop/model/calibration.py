@@ -91,7 +91,7 @@ RELAXED_WITH = ("dft", "forcefield")
 #: (:func:`lieprop.data.rings.ring_count`), four and more together.
 RING_GROUPS = ("0", "1", "2", "3", "4+")
 #: A ring group with fewer calibration molecules than this keeps the path's scale and quantiles.
-MIN_GROUP = 200
+MIN_GROUP = 400
 
 
 def ring_group(numbers: np.ndarray, positions: np.ndarray) -> int:

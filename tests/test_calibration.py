@@ -200,6 +200,11 @@ def test_a_thin_group_keeps_the_paths_calibration_and_no_group_means_the_path():
     assert cal.quantile_table(0.9).shape == (len(RING_GROUPS), 2)
     single = cal.apply(one[0], 0.9, quantile=cal.quantile(0.9, 4), groups=4)  # one molecule, as results do it
     np.testing.assert_allclose(single.std, cal.apply(one, 0.9, groups=np.array([4])).std[0])
+    few = fit_calibration(values[:MIN_GROUP], spread[:MIN_GROUP], truth[:MIN_GROUP], ["a", "b"],
+                          groups=groups[:MIN_GROUP])
+    assert not few.grouped  # no group is large enough: one calibration for the path
+    with pytest.raises(ValueError, match="indices into RING_GROUPS"):
+        fit_calibration(values, spread, truth, ["a", "b"], groups=groups + 5)
 
 
 def test_a_grouped_calibration_survives_the_bundle_json_and_older_ones_load_ungrouped():
@@ -213,3 +218,7 @@ def test_a_grouped_calibration_survives_the_bundle_json_and_older_ones_load_ungr
     other = {**cal.to_dict(), "group_by": {"rings": ["0", "1", "2+"]}}
     with pytest.raises(ValueError, match="grouped by"):
         Calibration.from_dict(other)
+    with pytest.raises(ValueError, match="ring groups are malformed"):
+        Calibration.from_dict({**cal.to_dict(), "group_scale": cal.group_scale[:3].tolist()})
+    with pytest.raises(ValueError, match="ring groups are malformed"):
+        Calibration.from_dict({k: v for k, v in cal.to_dict().items() if k != "group_n"})

@@ -156,7 +156,7 @@ def test_each_path_is_calibrated_on_the_molecules_the_service_serves_it_to(tmp_p
     assert sets["given"][0].tolist() == rows.tolist()
     assert sets["generated"][0].tolist() == rows[several].tolist() and len(sets["generated"][1]) == several.sum()
     assert sets[LONE_CONFORMER][0].tolist() == rows[~several].tolist()
-    ff_rows, ff = sets[FORCEFIELD]
+    ff_rows, ff, ff_rings = sets[FORCEFIELD]
     assert ff_rows.tolist() == rows.tolist() * 2 and len(ff) == 2 * len(rows)  # every one of these embeds
     # the second half is what `conformers: 1` serves: ETKDG's first conformer of the cached (stereo) SMILES
     k = int(np.flatnonzero(rows == 29)[0])
@@ -166,6 +166,9 @@ def test_each_path_is_calibrated_on_the_molecules_the_service_serves_it_to(tmp_p
     z, x = conformers.molecule(29)
     lowest = model.predictions([z], [x])
     np.testing.assert_allclose(ff.value[k], lowest.value[0], rtol=1e-6)
+    # each result's ring group is its own geometry's, as the service counts it
+    assert ff_rings[k] == ring_group(z, x) and ff_rings[len(rows) + k] == ring_group(one.numbers, one.positions)
+    assert sets["given"][2].tolist() == [ring_group(*qm9_head.molecule(int(r))) for r in rows]
 
 
 def test_a_smiles_left_with_one_conformer_of_several_has_a_calibration_of_its_own():

@@ -395,8 +395,14 @@ def test_a_fraction_build_embeds_a_nested_random_subset_that_training_can_use(tm
     run = {"forcefield_geometries": True, "limit_train": None}
     with pytest.raises(ValueError, match="forcefield_embedded_only=true"):
         Trainer(tiny(tmp_path, **run), data=qm9_head, log=lambda *_: None)
+    with pytest.raises(ValueError, match="no validation molecules"):  # force-field validation needs them
+        Trainer(tiny(tmp_path, forcefield_embedded_only=True, **run), data=qm9_head, log=lambda *_: None)
+    build_conformers(qm9_head, limit=n, splits=["valid"], log=lambda *_: None)
     logged: list[str] = []
     partial = Trainer(tiny(tmp_path, forcefield_embedded_only=True, **run), data=qm9_head, log=logged.append)
     n_train = len(train_rows)
     assert len(partial.train) == n_train + int(built.sum())  # every DFT geometry, and the conformers embedded
     assert any(f"conformers of {int(built.sum())} of {n_train} training molecules" in m for m in logged)
+    monkeypatch.setenv("LIEPROP_CACHE_DIR", str(tmp_path / "none"))
+    build_conformers(qm9_head, limit=10, fraction=0.01, log=lambda *_: None)  # nothing selected: a cache all the same
+    assert len(load_conformers()) == 10 and not load_conformers().built.any()

@@ -157,7 +157,7 @@ def _pack(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 #: The error of a row a ``--splits`` build left out.
-NOT_BUILT = "not built: python -m lieprop.data.qm9_conformers (without --splits) embeds every row"
+NOT_BUILT = "not built: python -m lieprop.data.qm9_conformers (without --splits or --fraction) embeds every row"
 
 
 #: The per-row fields of a chunk's arrays (beside the ragged ``numbers`` and ``positions``).
@@ -226,6 +226,9 @@ def build_conformers(data: QM9Arrays | None = None, workers: int = 1, limit: int
 
     kept = {s: earlier(s) for s in starts}
     missing = {s: [i for i in range(s, min(s + CHUNK, n)) if selected[i] and i not in kept[s]] for s in starts}
+    for s in starts:  # a chunk with nothing selected still needs its file, of rows not built, for the merge
+        if not missing[s] and not _part(s, n).exists():
+            np.savez(_part(s, n), **_assemble(data, range(s, min(s + CHUNK, n)), kept[s]))
     todo = [s for s in starts if missing[s]]
     log(f"conformers: {len(starts) - len(todo)} of {len(starts)} chunks done; embedding "
         f"{sum(len(missing[s]) for s in todo)} molecules on {workers} worker(s)")

@@ -79,8 +79,8 @@ def uncertainty_description(bundle: Bundle) -> str | None:
     text = (f"{spread}, calibrated on the validation split per geometry path ({calibrated}), with split-conformal "
             "intervals (90% unless coverage says otherwise)")
     if any(cal.grouped for cal in bundle.calibration.values()):
-        text += (", within each path by the molecule's ring count (0, 1, 2, 3, 4+), so polycyclic molecules get "
-                 "wider ones")
+        text += (", within each path by the molecule's ring count (0, 1, 2, 3, 4+), so that each ring group's "
+                 "intervals hold")
     weighted = [path for path, cal in bundle.calibration.items() if cal.weights is not None]
     if weighted:
         text += (f"; the value is the members' mean weighted per target for each path ({', '.join(weighted)}), "

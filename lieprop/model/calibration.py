@@ -228,6 +228,13 @@ class Calibration:
         if d.get("group_by") is not None and list(d["group_by"].get("rings", ())) != list(RING_GROUPS):
             raise ValueError(f"the calibration is grouped by {d['group_by']}; this lieprop groups by rings "
                              f"{list(RING_GROUPS)}")
+        shapes = {"group_scale": (len(RING_GROUPS), len(d["targets"])),
+                  "group_quantiles": (len(RING_GROUPS), len(d["levels"]), len(d["targets"])),
+                  "group_n": (len(RING_GROUPS),)}
+        present = [k for k in shapes if d.get(k) is not None]
+        if present and (len(present) < len(shapes) or any(np.shape(d[k]) != shapes[k] for k in shapes)):
+            raise ValueError(f"the calibration's ring groups are malformed: {', '.join(shapes)} must all be there, "
+                             f"shaped {', '.join(str(v) for v in shapes.values())}")
         return cls(tuple(d["targets"]), np.asarray(d["scale"], float), np.asarray(d["floor"], float),
                    np.asarray(d["levels"], float), np.asarray(d["quantiles"], float),
                    np.asarray(d["typical"], float), int(d["n"]), str(d.get("source", "")), optional("weights"),
@@ -302,7 +309,8 @@ def fit_calibration(values: np.ndarray, spread: np.ndarray, truth: np.ndarray, t
     """Fit scale, floor and conformal quantiles per target on a calibration set ((n, T) arrays). ``values`` are the
     values results will report: with member ``weights`` (kept in the calibration), the weighted mean. With the
     molecules' ring ``groups`` ((n,) indices into :data:`RING_GROUPS`) it is also grouped: per group of at least
-    :data:`MIN_GROUP` molecules a factor on sigma and the conformal quantiles of that group's normalised errors."""
+    :data:`MIN_GROUP` molecules a factor on sigma and the conformal quantiles of that group's normalised errors
+    (when no group has that many, it stays ungrouped)."""
     values, spread, truth = (np.asarray(a, dtype=np.float64) for a in (values, spread, truth))
     err = truth - values
     n, t = err.shape
@@ -326,7 +334,10 @@ def fit_calibration(values: np.ndarray, spread: np.ndarray, truth: np.ndarray, t
     grouped: dict[str, Any] = {}
     if groups is not None:
         groups = np.asarray(groups, dtype=np.int64)
+        if groups.shape != (n,) or groups.min(initial=0) < 0 or groups.max(initial=0) >= len(RING_GROUPS):
+            raise ValueError(f"groups must be {n} indices into RING_GROUPS (0..{len(RING_GROUPS) - 1})")
         count = np.bincount(groups, minlength=len(RING_GROUPS))
+    if groups is not None and count.max() >= MIN_GROUP:  # else no group is fitted: the calibration stays plain
         group_scale, group_quantiles = np.ones((len(RING_GROUPS), t)), np.repeat(quantiles[None], len(RING_GROUPS), 0)
         for g in np.flatnonzero(count >= MIN_GROUP):
             inside = scores[groups == g]

@@ -157,7 +157,8 @@ class Trainer:
         self.valid_ff: SplitData | None = None  # the validation molecules in force-field geometries
         if cfg.forcefield_geometries:
             conformers = load_conformers()
-            missing = int((~conformers.built[train_rows[train_rows < len(conformers)]]).sum())
+            inside = train_rows < len(conformers)  # rows past a trial cache's end have none either
+            missing = int((~conformers.built[train_rows[inside]]).sum()) + int((~inside).sum())
             if missing and cfg.forcefield_embedded_only:
                 self.log(f"force-field conformers of {int(conformers.available(train_rows).sum())} of "
                          f"{len(train_rows)} training molecules (forcefield_embedded_only: the others train in their "
@@ -170,7 +171,11 @@ class Trainer:
                 rows = train_rows[conformers.available(train_rows)]
                 rows = rows[conformers.n_geometries[rows] > k]
                 self.train = concat_splits(self.train, split_data(qm9, rows, cfg.targets, conformers, conformer=k))
-            self.valid_ff = split_data(qm9, valid_rows[conformers.available(valid_rows)], cfg.targets, conformers)
+            scored = valid_rows[conformers.available(valid_rows)]
+            if not len(scored):
+                raise ValueError("the conformer cache has no validation molecules to score force-field geometries "
+                                 "on; embed them with python -m lieprop.data.qm9_conformers --splits valid,test")
+            self.valid_ff = split_data(qm9, scored, cfg.targets, conformers)
         self.small = split_data(qm9, small_molecules(qm9), cfg.targets)  # sanity set, logged, not selected on
         # an intrinsically invariant network sees each molecule as it is: frames (or rotations) would only cost time
         intrinsic = get_architecture(cfg.architecture).invariance == "intrinsic"

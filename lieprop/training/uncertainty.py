@@ -8,9 +8,9 @@ lowest-energy conformer, and the one ``conformers: 1`` embeds) for a user's forc
 (``relaxed_with="forcefield"``) and ``conformers: 1``; and, apart, the SMILES left with one conformer of several,
 strained cages that err twice as much (the report also says what these two paths' coverage would be with the
 calibration they would otherwise borrow). Every path's calibration is grouped by the molecules' ring count
-(:data:`lieprop.model.calibration.RING_GROUPS`, from the DFT geometry here, from the geometry the model saw in the
-service; the two agree for 99.8% of molecules, :mod:`lieprop.data.rings`), and the report gives each ring group's
-coverage, grouped and as the path's one calibration would give it.
+(:data:`lieprop.model.calibration.RING_GROUPS`, from the geometry each result is predicted from, as the service
+takes it), and the report gives each ring group's coverage, grouped and as the path's one calibration would give
+it.
 The report then measures, on the test split and per path, what a chemist relies on: the
 coverage of the 90% interval (and of every stored level: the reliability curve), its mean width, and whether the std
 ranks molecules by their error (Spearman correlation of std and |error|). It also checks that the uncertainty knows
@@ -79,9 +79,11 @@ PATH_SOURCES = {"given": "dft", "generated": "forcefield, averaged over the conf
 
 
 def path_sets(model: Any, data: Any, conformers: Any, rows: np.ndarray, workers: int = 2
-              ) -> dict[str, tuple[np.ndarray, Predictions]]:
+              ) -> dict[str, tuple[np.ndarray, Predictions, np.ndarray]]:
     """For each calibrated path (:data:`PATH_SOURCES`), the QM9 ``rows`` (repeated where a molecule stands twice)
-    the path is fitted or measured on and the model's raw predictions of them (``rows`` must have conformers)."""
+    the path is fitted or measured on, the model's raw predictions of them and their ring groups
+    (:func:`~lieprop.model.calibration.ring_group` of the geometry predicted, as the service takes it; ``rows``
+    must have conformers)."""
     molecules = conformers.molecules(rows)
     several = np.array([len(m.geometries) > 1 for m in molecules], dtype=bool)
     averaged = predict_molecules(model, molecules)  # as the service answers each SMILES
@@ -92,10 +94,12 @@ def path_sets(model: Any, data: Any, conformers: Any, rows: np.ndarray, workers:
     lowest = [Molecule(m.numbers, m.positions) for m in molecules]
     one = lowest + [Molecule(item.molecule.numbers, item.molecule.positions) for item in single if item.ok]
     numbers, positions = zip(*(data.molecule(int(r)) for r in rows), strict=True)
-    return {"given": (rows, model.predictions(list(numbers), list(positions))),
-            "generated": (rows[several], averaged.select(several)),
-            FORCEFIELD: (np.concatenate([rows, rows[embedded]]), predict_molecules(model, one)),
-            LONE_CONFORMER: (rows[~several], averaged.select(~several))}
+    dft = np.array([ring_group(z, x) for z, x in zip(numbers, positions, strict=True)], dtype=np.int64)
+    served = np.array([ring_group(m.numbers, m.positions) for m in one], dtype=np.int64)
+    return {"given": (rows, model.predictions(list(numbers), list(positions)), dft),
+            "generated": (rows[several], averaged.select(several), served[: len(rows)][several]),
+            FORCEFIELD: (np.concatenate([rows, rows[embedded]]), predict_molecules(model, one), served),
+            LONE_CONFORMER: (rows[~several], averaged.select(~several), served[: len(rows)][~several])}
 
 
 def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit: int | None = None,
@@ -123,14 +127,14 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
     cols = [PROPERTY_NAMES.index(t) for t in model.targets]
     truth_all = data.targets_in_units()[:, cols]
     sets: dict[tuple[str, str], tuple[np.ndarray, Predictions]] = {}
-    rings = np.full(len(data), -1, dtype=np.int64)  # each molecule's ring group (its DFT geometry's)
+    rings: dict[tuple[str, str], np.ndarray] = {}  # the ring groups of each set's geometries, as served
     for split in ("valid", "test"):
         rows = parts[split][:limit] if limit else parts[split]
         rows = rows[conformers.available(rows)]  # the same molecules on every path
-        rings[rows] = [ring_group(*data.molecule(int(r))) for r in rows]
-        for path, (path_rows, raw) in path_sets(model, data, conformers, rows).items():
+        for path, (path_rows, raw, groups) in path_sets(model, data, conformers, rows).items():
             log(f"{split} / {PATH_SOURCES[path]} geometries: {len(path_rows)} predictions")
             sets[split, path] = path_rows, raw
+            rings[split, path] = groups
     # a path no molecule of a split takes (lone_conformer within a small --limit) is not fitted: the bundle then
     # answers it with the path it falls back to
     paths = [p for p in PATH_SOURCES if all(len(sets[split, p][0]) for split in ("valid", "test"))]
@@ -151,7 +155,7 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         count = f"{n} molecules" + (f", {len(rows)} geometries" if n < len(rows) else "")
         calibrations[path] = fit_calibration(values, raw.std, truth_all[rows], model.targets,
                                              source=f"validation split, {geometry} geometries ({count})",
-                                             weights=weights, groups=rings[rows])
+                                             weights=weights, groups=rings["valid", path])
     report: dict[str, Any] = {"bundle": str(bundle_path), "sha256": bundle.sha256, "members": bundle.n_members,
                               "spread": {"poses": model.spread_poses},
                               "calibration": calibrations_to_dict(calibrations), "test": {}, "reliability": {}}
@@ -160,32 +164,32 @@ def calibrate(bundle_path: str | Path, out_dir: str | Path | None = None, limit:
         rows, raw = sets["test", path]
         cal = calibrations[path]
         truth = truth_all[rows]
-        calibrated = cal.apply(raw, DEFAULT_LEVEL, groups=rings[rows])
+        groups = rings["test", path]
+        calibrated = cal.apply(raw, DEFAULT_LEVEL, groups=groups)
         served[path] = calibrated.value
         report["test"][path] = {"n": len(rows), "geometry": PATH_SOURCES[path],
                                 "targets": coverage_report(calibrated.value, calibrated, truth, model.targets),
-                                "by_rings": by_rings(cal, raw, truth, rings[rows], model.targets)}
+                                "by_rings": by_rings(cal, raw, truth, groups, model.targets)}
         if cal.weights is not None:  # what the weights bought: the plain mean's MAE beside the weighted one's
             plain = np.abs(raw.value - truth).mean(0)
             for j, t in enumerate(model.targets):
                 report["test"][path]["targets"][t].update(mae_plain_mean=float(plain[j]),
                                                           weights=[float(w) for w in cal.weights[:, j]])
         report["reliability"][path] = {str(level): [float(v) for v in _covered(
-            cal.apply(raw, level, groups=rings[rows]), truth).mean(0)] for level in LEVELS}
+            cal.apply(raw, level, groups=groups), truth).mean(0)] for level in LEVELS}
     # why one force-field geometry has a calibration of its own: the averaged conformers' one, applied to it
     rows, raw = sets["test", FORCEFIELD]
-    borrowed = _covered(calibrations["generated"].apply(raw, DEFAULT_LEVEL, groups=rings[rows]),
+    borrowed = _covered(calibrations["generated"].apply(raw, DEFAULT_LEVEL, groups=rings["test", FORCEFIELD]),
                         truth_all[rows]).mean(0)
     report["test"][FORCEFIELD]["coverage_with_generated_calibration"] = {
         t: float(borrowed[j]) for j, t in enumerate(model.targets)}
     if LONE_CONFORMER in paths:  # and why a SMILES left with one conformer has one: forcefield's, applied to it
         rows, raw = sets["test", LONE_CONFORMER]
-        borrowed = _covered(calibrations[FORCEFIELD].apply(raw, DEFAULT_LEVEL, groups=rings[rows]),
+        borrowed = _covered(calibrations[FORCEFIELD].apply(raw, DEFAULT_LEVEL, groups=rings["test", LONE_CONFORMER]),
                             truth_all[rows]).mean(0)
         report["test"][LONE_CONFORMER]["coverage_with_forcefield_calibration"] = {
             t: float(borrowed[j]) for j, t in enumerate(model.targets)}
-    given, generated = (calibrations[p].sigma(sets["test", p][1].std, rings[sets["test", p][0]])
-                        for p in PATH_GEOMETRY)
+    given, generated = (calibrations[p].sigma(sets["test", p][1].std, rings["test", p]) for p in PATH_GEOMETRY)
     same = np.isin(sets["test", "given"][0], sets["test", "generated"][0])  # the molecules both paths serve
     given = given[same]
     given_mae = np.abs(served["given"][same] - truth_all[sets["test", "generated"][0]]).mean(0)
@@ -301,7 +305,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _plots(report: dict[str, Any], sets: dict, calibrations: dict[str, Calibration], truth_all: np.ndarray,
-           targets: list[str], out: Path, rings: np.ndarray) -> None:
+           targets: list[str], out: Path, rings: dict[tuple[str, str], np.ndarray]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,7 +331,7 @@ def _plots(report: dict[str, Any], sets: dict, calibrations: dict[str, Calibrati
         k = BY_NAME[t].to_paper
         for path in PATH_GEOMETRY:
             rows, raw = sets["test", path]
-            sigma = calibrations[path].sigma(raw.std, rings[rows])[:, j] * k
+            sigma = calibrations[path].sigma(raw.std, rings["test", path])[:, j] * k
             err = np.abs(truth_all[rows, j] - values[path][:, j]) * k
             bins = np.quantile(sigma, np.linspace(0, 1, 11))
             which = np.clip(np.searchsorted(bins, sigma, side="right") - 1, 0, 9)

@@ -175,6 +175,15 @@ def member_reference(ref: str | Path) -> tuple[Path, int | None]:
     return Path(path), int(index)
 
 
+def member_record(bundle: Bundle, k: int) -> dict[str, Any]:
+    """Network ``k`` of an ensemble bundle as its ``members`` record (name, sha256, training facts), with where it
+    was taken from (``member_of``: the ensemble's name, sha256 and the index)."""
+    records = bundle.meta.get("members") or []
+    if len(records) != bundle.n_members:  # an ensemble made of ensembles before records were per network
+        records = [{"name": bundle.name, "sha256": None, "training": None}] * bundle.n_members
+    return {**records[k], "member_of": {"name": bundle.name, "sha256": bundle.sha256, "member": k}}
+
+
 def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
     """Combine bundles of one architecture and config into an ensemble bundle at ``out``; returns its sha256. An
     ensemble bundle adds all its members, ``PATH#K`` only its member K (0 the first).
@@ -201,11 +210,8 @@ def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dic
         kept = range(len(members)) if index is None else [index]
         if index is not None and index >= len(members):
             raise BundleError(f"{path}#{index}: {path} has {len(members)} members (0..{len(members) - 1})")
-        theirs = b.meta.get("members") or []
-        if len(theirs) != len(members):  # an ensemble made of ensembles before records were per network
-            theirs = [{"name": b.name, "sha256": None, "training": None}] * len(members)
         models.extend(members[k] for k in kept)  # type: ignore[misc]
-        records.extend({**theirs[k], "member_of": {"name": b.name, "sha256": b.sha256, "member": k}} for k in kept)
+        records.extend(member_record(b, k) for k in kept)
     if len(models) < 2:
         raise BundleError(f"an ensemble needs at least 2 networks, got {len(models)}")
     try:

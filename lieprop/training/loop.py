@@ -27,7 +27,7 @@ from lieprop.data.elements import ELEMENT_INDEX
 from lieprop.data.qm9 import SMALL_MAX_ATOMS, load_qm9, small_molecules, split_indices
 from lieprop.data.qm9_conformers import load_conformers
 from lieprop.model.architectures import get_architecture
-from lieprop.model.bundle import load_bundle, save_bundle
+from lieprop.model.bundle import load_bundle, member_record, save_bundle
 from lieprop.model.device import bf16_autocast, pick_device, uses_bf16_autocast
 from lieprop.model.norm import fold_batch_norm
 from lieprop.model.predictor import EnsembleModel, PropertyModel
@@ -75,11 +75,8 @@ def parent_record(bundle, member: int | None = None) -> dict:
     (which include that bundle's parent in turn), so the whole history of a model stays in the file. From an
     ensemble's ``member``, that member's record (its name, sha256 and training) with the ensemble's and the index."""
     if member is not None and bundle.n_members > 1:
-        records = bundle.meta.get("members") or []
-        record = records[member] if len(records) == bundle.n_members else {}
-        return {"name": record.get("name", bundle.name), "sha256": record.get("sha256"),
-                "training": record.get("training") or {},
-                "member_of": {"name": bundle.name, "sha256": bundle.sha256, "member": member}}
+        record = member_record(bundle, member)
+        return {**record, "training": record.get("training") or {}}
     return {"name": bundle.name, "sha256": bundle.sha256, "training": bundle.meta.get("training", {})}
 
 

@@ -200,6 +200,10 @@ def test_a_thin_group_keeps_the_paths_calibration_and_no_group_means_the_path():
     assert cal.quantile_table(0.9).shape == (len(RING_GROUPS), 2)
     single = cal.apply(one[0], 0.9, quantile=cal.quantile(0.9, 4), groups=4)  # one molecule, as results do it
     np.testing.assert_allclose(single.std, cal.apply(one, 0.9, groups=np.array([4])).std[0])
+    as_array = cal.apply(one[0], 0.9, groups=np.array([4]))  # one molecule's group as a one-element array
+    assert as_array.std.shape == single.std.shape and np.allclose(as_array.upper, single.upper)
+    with pytest.raises(ValueError, match="ring groups"):
+        cal.apply(one, 0.9, groups=np.array([4, 4]))
     few = fit_calibration(values[:MIN_GROUP], spread[:MIN_GROUP], truth[:MIN_GROUP], ["a", "b"],
                           groups=groups[:MIN_GROUP])
     assert not few.grouped  # no group is large enough: one calibration for the path

@@ -81,6 +81,21 @@ def test_an_ensemble_member_can_be_kept_alone_and_replaced(ensemble_path, tmp_pa
         make_ensemble([f"{ensemble_path}#2", tmp_path / "m3.pt"], tmp_path / "x.pt", "x")
     with pytest.raises(BundleError, match="at least 2 networks"):
         make_ensemble([f"{ensemble_path}#0"], tmp_path / "x.pt", "x")
+    with pytest.raises(BundleError, match="same network as"):  # a member given twice would shrink the spread
+        make_ensemble([ensemble_path, f"{ensemble_path}#1"], tmp_path / "x.pt", "x")
+
+
+def test_a_member_taken_twice_keeps_its_whole_lineage(ensemble_path, tmp_path):
+    """A network taken from an ensemble that had itself taken it from another names both, innermost deepest."""
+    ens = load_bundle(ensemble_path)
+    save_bundle(member(3), tmp_path / "m3.pt", "m3", {"split": "cormorant"})
+    save_bundle(member(4), tmp_path / "m4.pt", "m4", {"split": "cormorant"})
+    make_ensemble([f"{ensemble_path}#1", tmp_path / "m3.pt"], tmp_path / "e.pt", "e")
+    middle = load_bundle(tmp_path / "e.pt")
+    make_ensemble([f"{tmp_path / 'e.pt'}#0", tmp_path / "m4.pt"], tmp_path / "f.pt", "f")
+    lineage = load_bundle(tmp_path / "f.pt").meta["members"][0]["member_of"]
+    assert lineage == {"name": "e", "sha256": middle.sha256, "member": 0,
+                       "member_of": {"name": ens.name, "sha256": ens.sha256, "member": 1}}
 
 
 def test_members_of_different_networks_are_refused(tmp_path):

@@ -181,7 +181,10 @@ def member_record(bundle: Bundle, k: int) -> dict[str, Any]:
     records = bundle.meta.get("members") or []
     if len(records) != bundle.n_members:  # an ensemble made of ensembles before records were per network
         records = [{"name": bundle.name, "sha256": None, "training": None}] * bundle.n_members
-    return {**records[k], "member_of": {"name": bundle.name, "sha256": bundle.sha256, "member": k}}
+    taken: dict[str, Any] = {"name": bundle.name, "sha256": bundle.sha256, "member": k}
+    if records[k].get("member_of"):  # taken from an ensemble before: that lineage stays, one level further down
+        taken["member_of"] = records[k]["member_of"]
+    return {**records[k], "member_of": taken}
 
 
 def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dict[str, Any] | None = None) -> str:
@@ -195,6 +198,7 @@ def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dic
     bundles = [load_bundle(path) for path, _ in refs]
     models: list[PropertyModel] = []
     records: list[dict[str, Any]] = []
+    sources: list[str] = []  # which argument gave each network, to name a network given twice
     for (path, index), b in zip(refs, bundles, strict=True):
         if b.meta.get("split") != bundles[0].meta.get("split"):
             raise BundleError(f"{path} was trained on split {b.meta.get('split')!r}, {refs[0][0]} on "
@@ -205,6 +209,7 @@ def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dic
                 raise BundleError(f"{path}#{index}: {path} is a single network, not an ensemble")
             models.append(b.model)
             records.append(own)
+            sources.append(str(path))
             continue
         members = list(b.model.members)
         kept = range(len(members)) if index is None else [index]
@@ -212,6 +217,13 @@ def make_ensemble(paths: list[str | Path], out: str | Path, name: str, meta: dic
             raise BundleError(f"{path}#{index}: {path} has {len(members)} members (0..{len(members) - 1})")
         models.extend(members[k] for k in kept)  # type: ignore[misc]
         records.extend(member_record(b, k) for k in kept)
+        sources.extend(f"{path}#{k}" for k in kept)
+    seen: dict[str, str] = {}
+    for model, source in zip(models, sources, strict=True):
+        digest = _digest({}, False, [model.state_dict()])
+        if digest in seen:  # the same weights twice would count one network double and shrink the spread
+            raise BundleError(f"{source} is the same network as {seen[digest]}: an ensemble's members must differ")
+        seen[digest] = source
     if len(models) < 2:
         raise BundleError(f"an ensemble needs at least 2 networks, got {len(models)}")
     try:

@@ -192,6 +192,8 @@ class Calibration:
         claims the impossible."""
         if predictions.std is None:
             raise ValueError("calibration needs a spread: only ensembles give one")
+        if groups is not None:
+            groups = _groups_of(predictions, groups)
         value = predictions.value
         if self.weights is not None:
             if predictions.members is None:
@@ -240,6 +242,20 @@ class Calibration:
                    np.asarray(d["typical"], float), int(d["n"]), str(d.get("source", "")), optional("weights"),
                    optional("group_scale"), optional("group_quantiles"), optional("group_n", np.int64))
 
+
+def _groups_of(predictions: Predictions | Prediction, groups: np.ndarray | int) -> np.ndarray | int:
+    """``groups`` as :meth:`Calibration.apply` uses them: one int for one molecule (given as an int or a one-element
+    array), (n,) ints for a batch of n; ``ValueError`` when they do not match the predictions."""
+    array = np.asarray(groups, dtype=np.int64)
+    if isinstance(predictions, Prediction):
+        if array.size != 1:
+            raise ValueError(f"one molecule takes one ring group, got {array.size}")
+        return int(array.reshape(()))
+    if array.ndim == 0:
+        return np.full(len(predictions), int(array))
+    if array.shape != (len(predictions),):
+        raise ValueError(f"{len(predictions)} molecules need {len(predictions)} ring groups, got shape {array.shape}")
+    return array
 
 def calibrations_to_dict(calibrations: Mapping[str, Calibration]) -> dict[str, Any]:
     """{path: calibration} as the JSON a bundle's metadata keeps."""

@@ -12,8 +12,8 @@ on the test molecules with several conformers, ways to combine them:
 * the equal mean (what the service serves), the median, the lowest-energy conformer alone;
 * weights by energy rank, fitted per target on the validation split (minimum MAE over a simplex grid of five
   weights, renormalised over the conformers a molecule has);
-* an **oracle** that knows the label and takes the conformer whose value is nearest to it: no method can do
-  better with these conformers and this network, so it bounds every way of choosing or weighting them.
+* an **oracle** that knows the label and takes the conformer whose value is nearest to it: no way of choosing one
+  of these conformers can do better with this network (a weighting could, but only one fitted to the label).
 
 It also prints how much the property itself moves between a molecule's conformers, as the network that only knows
 DFT geometries (member 0, bundle 3) sees it: the mean |conformer value - median over the conformers|. An answer
@@ -51,8 +51,9 @@ K = 5
 def conformer_table(bundle: Bundle, molecules: list) -> tuple[np.ndarray, np.ndarray]:
     """(n, K, T) SMILES-path values of each molecule's conformers (NaN past its count), and (n, K, T) the first
     member's (the DFT-geometry network's) values of them."""
-    numbers, positions, counts = conformer_inputs(molecules)
-    raw = bundle.model.predictions(numbers, positions, batch_size=128)
+    inputs = conformer_inputs(molecules, distinct=False)  # every conformer, copies too
+    counts = inputs.counts
+    raw = bundle.model.predictions(inputs.numbers, inputs.positions, batch_size=128)
     cal = bundle.path_calibration("generated")
     served = weighted_mean(raw.members, None if cal is None else cal.weights)
     first = raw.members[0]

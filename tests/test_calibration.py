@@ -204,6 +204,9 @@ def test_a_thin_group_keeps_the_paths_calibration_and_no_group_means_the_path():
     assert as_array.std.shape == single.std.shape and np.allclose(as_array.upper, single.upper)
     with pytest.raises(ValueError, match="ring groups"):
         cal.apply(one, 0.9, groups=np.array([4, 4]))
+    for bad in (-1, len(RING_GROUPS), 2.5):
+        with pytest.raises(ValueError, match="ring groups must be integers"):
+            cal.apply(one[0], 0.9, groups=bad)
     few = fit_calibration(values[:MIN_GROUP], spread[:MIN_GROUP], truth[:MIN_GROUP], ["a", "b"],
                           groups=groups[:MIN_GROUP])
     assert not few.grouped  # no group is large enough: one calibration for the path

@@ -87,10 +87,53 @@ def test_a_conformer_that_fails_in_the_model_fails_its_molecule_only():
 
 def test_model_inputs_list_every_geometry_of_every_molecule_in_order():
     flexible, rigid = from_smiles("CCCO"), Molecule([8, 1, 1], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
-    numbers, positions, counts = conformer_inputs([flexible, rigid])
-    assert counts == [len(flexible.geometries), 1]
-    assert len(numbers) == len(positions) == sum(counts)
-    assert positions[-1] is rigid.positions and positions[0] is flexible.positions
+    inputs = conformer_inputs([flexible, rigid], distinct=False)
+    assert inputs.counts == [len(flexible.geometries), 1]
+    assert len(inputs.numbers) == len(inputs.positions) == sum(inputs.counts)
+    assert inputs.positions[-1] is rigid.positions and inputs.positions[0] is flexible.positions
+    assert inputs.kept == inputs.source == list(range(sum(inputs.counts)))
+
+
+def test_a_conformer_that_copies_another_costs_no_model_pass_and_changes_nothing():
+    """Benzene's five MMFF conformers are one geometry, turned or with like atoms swapped: one model pass stands for
+    all five. A flexible chain keeps its distinct conformers, and the averaged prediction is the one every conformer
+    gives."""
+    from lieprop.model.loading import as_bundle
+
+    benzene, chain = from_smiles("c1ccccc1"), from_smiles("OCCCC(C)C")
+    inputs = conformer_inputs([benzene, chain])
+    assert inputs.counts == [len(benzene.geometries), len(chain.geometries)] and inputs.counts[0] > 1
+    assert inputs.source[: inputs.counts[0]] == [0] * inputs.counts[0]  # benzene: one pass for every conformer
+    distinct = len(inputs.numbers) - 1
+    assert 1 < distinct <= len(chain.geometries)
+    model = as_bundle(None).model
+    every = conformer_inputs([benzene, chain], distinct=False)
+    full = every.average(list(model.predictions(every.numbers, every.positions)))
+    fast = inputs.average(list(model.predictions(inputs.numbers, inputs.positions)))
+    for a, b in zip(full, fast, strict=True):  # copies predict alike to well under a meV
+        np.testing.assert_allclose(a.value, b.value, atol=1e-5)
+        np.testing.assert_allclose(a.std, b.std, atol=1e-4)
+    with pytest.raises(ValueError, match="model inputs"):
+        inputs.average(list(fast))
+
+
+def test_kept_names_each_input_among_all_geometries_so_per_conformer_costs_line_up():
+    """The service prices each geometry (admission) and hands the batcher the prices of the inputs it keeps:
+    ``kept`` must name, for each input, its place among all the molecules' geometries."""
+    molecules = [from_smiles("c1ccccc1"), from_smiles("OCCCC(C)C"), from_smiles("CC(C)(C)C")]
+    inputs = conformer_inputs(molecules)
+    every = [g for m in molecules for g in m.geometries]
+    assert all(every[k] is inputs.positions[i] for i, k in enumerate(inputs.kept))
+    assert len(inputs.source) == len(every) and sorted(set(inputs.source)) == list(range(len(inputs.numbers)))
+
+
+def test_a_conformer_that_fails_in_the_model_fails_its_copies_and_its_molecule_only():
+    benzene, chain = from_smiles("c1ccccc1"), from_smiles("OCCCC(C)C")
+    inputs = conformer_inputs([benzene, chain])
+    boom = RuntimeError("the model broke on this geometry")
+    ok = _row([1.0], [0.1], [[1.0], [1.0]])
+    out = inputs.average([boom] + [ok] * (len(inputs.numbers) - 1))  # benzene's one pass fails
+    assert out[0] is boom and isinstance(out[1], Prediction)
 
 
 def test_the_library_answers_a_smiles_with_the_mean_over_its_conformers():

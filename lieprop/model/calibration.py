@@ -246,7 +246,9 @@ class Calibration:
 def _groups_of(predictions: Predictions | Prediction, groups: np.ndarray | int) -> np.ndarray | int:
     """``groups`` as :meth:`Calibration.apply` uses them: one int for one molecule (given as an int or a one-element
     array), (n,) ints for a batch of n; ``ValueError`` when they do not match the predictions."""
-    array = np.asarray(groups, dtype=np.int64)
+    array = np.asarray(groups)
+    if array.dtype.kind not in "iu" or array.min(initial=0) < 0 or array.max(initial=0) >= len(RING_GROUPS):
+        raise ValueError(f"ring groups must be integers 0..{len(RING_GROUPS) - 1} (RING_GROUPS), got {groups!r}")
     if isinstance(predictions, Prediction):
         if array.size != 1:
             raise ValueError(f"one molecule takes one ring group, got {array.size}")
@@ -256,6 +258,7 @@ def _groups_of(predictions: Predictions | Prediction, groups: np.ndarray | int) 
     if array.shape != (len(predictions),):
         raise ValueError(f"{len(predictions)} molecules need {len(predictions)} ring groups, got shape {array.shape}")
     return array
+
 
 def calibrations_to_dict(calibrations: Mapping[str, Calibration]) -> dict[str, Any]:
     """{path: calibration} as the JSON a bundle's metadata keeps."""

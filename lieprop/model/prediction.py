@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from lieprop.data.duplicates import copy_of
+
 
 @dataclass(frozen=True)
 class _Estimates:
@@ -133,19 +135,56 @@ def as_prediction(row: Prediction | np.ndarray | Sequence[float]) -> Prediction:
     return row if isinstance(row, Prediction) else Prediction(np.asarray(row, dtype=np.float64))
 
 
-def conformer_inputs(molecules: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+@dataclass(frozen=True)
+class ConformerInputs:
+    """The model's inputs for a batch of molecules with their conformers (:func:`conformer_inputs`): each distinct
+    geometry once, ``numbers[i]`` and ``positions[i]``, molecule after molecule.
+
+    ``counts`` says how many geometries each molecule has (copies included), ``kept`` which of all the geometries
+    (numbered molecule after molecule, as :attr:`Molecule.geometries` lists them) each input is, and ``source``,
+    for every geometry, the input whose prediction stands for it. :meth:`average` turns one prediction per input
+    into one per molecule."""
+
+    numbers: list[np.ndarray]
+    positions: list[np.ndarray]
+    counts: list[int]
+    kept: list[int]
+    source: list[int]
+
+    def average(self, rows: Sequence[Prediction | BaseException]) -> list[Prediction | BaseException]:
+        """One prediction per molecule from one per input (:func:`average_conformers`, each copy of a geometry
+        counted with the prediction of the geometry it copies)."""
+        if len(rows) != len(self.numbers):
+            raise ValueError(f"{len(rows)} rows for {len(self.numbers)} model inputs")
+        return average_conformers([rows[i] for i in self.source], self.counts)
+
+
+def conformer_inputs(molecules: Sequence[Any], distinct: bool = True) -> ConformerInputs:
     """The model's inputs for ``molecules`` (objects with ``numbers`` and ``geometries``, e.g.
-    :class:`lieprop.data.molecule.Molecule`): one (numbers, positions) per geometry, molecule after molecule, and
-    how many geometries each molecule has (for :func:`average_conformers`)."""
+    :class:`lieprop.data.molecule.Molecule`): one (numbers, positions) per geometry, molecule after molecule; with
+    ``distinct`` (the default) a geometry that copies an earlier one of its molecule (the same conformer turned,
+    mirrored or with like atoms swapped: :mod:`lieprop.data.duplicates`) is left out, and the earlier one's
+    prediction counts for it."""
     numbers: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     counts: list[int] = []
+    kept: list[int] = []
+    source: list[int] = []
+    start = 0
     for m in molecules:
         geometries = m.geometries
-        numbers.extend([m.numbers] * len(geometries))
-        positions.extend(geometries)
+        copies = copy_of(m.numbers, geometries) if distinct and len(geometries) > 1 else range(len(geometries))
+        first: dict[int, int] = {}
+        for k, (g, c) in enumerate(zip(geometries, copies, strict=True)):
+            if c == k:
+                first[k] = len(numbers)
+                numbers.append(m.numbers)
+                positions.append(g)
+                kept.append(start + k)
+            source.append(first[c])
         counts.append(len(geometries))
-    return numbers, positions, counts
+        start += len(geometries)
+    return ConformerInputs(numbers, positions, counts, kept, source)
 
 
 def average_conformers(rows: Sequence[Prediction | BaseException], counts: Sequence[int]
@@ -196,8 +235,8 @@ def stack_predictions(rows: Sequence[Prediction]) -> Predictions:
 def predict_molecules(model: Any, molecules: Sequence[Any], batch_size: int = 128) -> Predictions:
     """``model.predictions`` of ``molecules`` (objects with ``numbers`` and ``geometries``), each averaged over its
     geometries (:func:`average_conformers`): what a result reports before calibration."""
-    numbers, positions, counts = conformer_inputs(molecules)
-    raw = model.predictions(numbers, positions, batch_size=batch_size)
+    inputs = conformer_inputs(molecules)
+    raw = model.predictions(inputs.numbers, inputs.positions, batch_size=batch_size)
     if not molecules:
         return raw
-    return stack_predictions(average_conformers(list(raw), counts))  # type: ignore[arg-type]: no exceptions here
+    return stack_predictions(inputs.average(list(raw)))  # type: ignore[arg-type]: no exceptions here

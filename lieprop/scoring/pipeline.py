@@ -50,7 +50,6 @@ from lieprop.model.loading import as_bundle
 from lieprop.model.prediction import (
     Prediction,
     Predictions,
-    average_conformers,
     conformer_inputs,
     predict_each,
 )
@@ -169,7 +168,8 @@ class Engine(Protocol):
 def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batch: int
                    ) -> list[Prediction | BaseException]:
     """One prediction row (or the exception it met) per molecule, ``model_batch`` molecules per call, in order; a
-    molecule with several conformers is predicted in each and averaged (:func:`average_conformers`).
+    molecule with several conformers is predicted in each distinct one and averaged
+    (:meth:`~lieprop.model.prediction.ConformerInputs.average`).
 
     A call that fails is retried one molecule at a time, so a molecule that breaks the model fails only itself
     (as :class:`~lieprop.service.batcher.DynamicBatcher` does). :class:`RunInterrupted` is not caught.
@@ -177,8 +177,8 @@ def predict_groups(predict: PredictFn, molecules: Sequence[Molecule], model_batc
     out: list[Prediction | BaseException] = []
     for s in range(0, len(molecules), model_batch):
         group = molecules[s:s + model_batch]
-        numbers, positions, counts = conformer_inputs(group)
-        out.extend(average_conformers(predict_each(predict, numbers, positions), counts))
+        inputs = conformer_inputs(group)
+        out.extend(inputs.average(predict_each(predict, inputs.numbers, inputs.positions)))
     return out
 
 

@@ -70,7 +70,7 @@ class BatcherClosed(RuntimeError):
 
 
 class QueueFull(RuntimeError):
-    """More model inputs (molecules; a SMILES once per conformer) are waiting than ``max_queue`` allows."""
+    """More model inputs (molecules; a SMILES once per distinct conformer) are waiting than ``max_queue`` allows."""
 
 
 class BatchAbandoned(BaseException):  # noqa: N818 - not an error: a BaseException so that predict_each passes it on
@@ -202,8 +202,8 @@ class DynamicBatcher:
             if self._closing:
                 raise BatcherClosed("the model worker is shutting down")
             if self.max_queue is not None and self.queued + len(molecules) > self.max_queue:
-                raise QueueFull(f"{self.queued} model inputs (a SMILES counts once per conformer) are waiting for "
-                                f"the model (limit {self.max_queue})")
+                raise QueueFull(f"{self.queued} model inputs (a SMILES counts once per distinct conformer) are "
+                                f"waiting for the model (limit {self.max_queue})")
             queue = self._queues[priority]
             for slot, (numbers, positions) in enumerate(molecules):
                 cost = 0.0 if costs is None else float(costs[slot])

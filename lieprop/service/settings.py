@@ -53,7 +53,7 @@ class Settings(BaseSettings):
                              description="frames per forward pass inside a batch (each molecule has 1-8+ frames)")
     max_queue: int = Field(4096 * DEFAULT_CONFORMERS, ge=1,
                            description="model inputs waiting for the model before new requests get 503 (a SMILES "
-                                       "counts once per conformer)")
+                                       "counts once per distinct conformer)")
 
     # ingestion
     workers_embed: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,

@@ -44,7 +44,7 @@ from lieprop.inference import (
 )
 from lieprop.model.cost import CostModel
 from lieprop.model.device import pick_device
-from lieprop.model.prediction import average_conformers, conformer_inputs
+from lieprop.model.prediction import conformer_inputs
 from lieprop.service import schemas
 from lieprop.service.admission import FORWARD_SHARE, CostLimits, Estimated, admit, chunked_predict, read_items
 from lieprop.service.batcher import DynamicBatcher, Priority
@@ -301,15 +301,19 @@ class Service:
         self.parsing += 1
         try:
             admitted = admit(await self.parse(items, served.costs, conformers), self.cost_limits)
+            valid = [o for o in admitted.outcomes if isinstance(o, Molecule)]
+            # a molecule with several conformers (a SMILES) is one batcher entry per distinct conformer, each with
+            # its own cost (a copy of another conformer is answered by that one's pass). Finding the copies takes
+            # ~0.2 ms per SMILES: off the event loop when there are any to look for, and still counted as parsing
+            several = any(len(m.geometries) > 1 for m in valid)
+            inputs = await asyncio.to_thread(conformer_inputs, valid) if several else conformer_inputs(valid)
         finally:
             self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
         outcomes = admitted.outcomes
-        valid = [o for o in outcomes if isinstance(o, Molecule)]
-        # a molecule with several conformers (a SMILES) is one batcher entry per conformer, each with its own cost
-        numbers, positions, counts = conformer_inputs(valid)
         costs = [c for parts in admitted.costs for c in parts]
-        future = served.batcher.submit_nowait(list(zip(numbers, positions, strict=True)), priority, costs)
-        rows = average_conformers(await asyncio.wrap_future(future), counts)
+        future = served.batcher.submit_nowait(list(zip(inputs.numbers, inputs.positions, strict=True)), priority,
+                                              [costs[k] for k in inputs.kept])
+        rows = inputs.average(await asyncio.wrap_future(future))
         ids = [fallback_id(item, i) for i, item in enumerate(items)]
         return build_results(outcomes, ids, rows, columns, served.bundle.model.targets, context or served.context,
                              geometry=geometry)

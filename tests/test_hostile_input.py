@@ -321,9 +321,12 @@ def test_the_default_limits_admit_qm9s_costliest_molecule_and_a_full_request_of_
     cubane = from_smiles(CUBANE)
     request = [cubane] + [from_arrays(*qm9_head.molecule(i)) for i in range(defaults.max_molecules - 1)]
     read = [Estimated(Parsed(i, m, 0.0), geometry_costs(BUNDLED_COSTS, m)) for i, m in enumerate(request)]
-    # cubane's SMILES: each of its conformers is seen in 96 frames, each well under the per-molecule limit
-    assert len(read[0].geometry_costs) == len(cubane.geometries) > 1
-    assert all(c.frames == 96 and c.ms < defaults.max_molecule_cost_ms / 4 for c in read[0].geometry_costs)
+    # cubane's SMILES: its conformers are one rigid cage, seen in 96 frames, well under the per-molecule limit, and
+    # the copies of it cost nothing (they get no model pass)
+    first, *copies = read[0].geometry_costs
+    assert len(copies) == len(cubane.geometries) - 1 > 0
+    assert first.frames == 96 and first.ms < defaults.max_molecule_cost_ms / 4
+    assert all(c.ms == 0 and c.frames == 0 for c in copies)
     admitted = admit(read, limits)
     assert admitted.outcomes == request
     assert admitted.costs[0] == tuple(c.ms for c in read[0].geometry_costs)  # the batcher gets each conformer's
@@ -355,6 +358,17 @@ def test_the_request_budget_counts_every_conformer_of_a_smiles_and_the_molecule_
     assert sum(parts) > max(parts) * 1.01
     refused = admit([read], CostLimits(request=sum(parts) * 0.99)).outcomes[0]
     assert refused.code == "too_expensive" and "for its 5 conformers" in refused.message
+
+
+def test_a_conformer_that_copies_another_costs_nothing_against_the_request_budget():
+    benzene = from_smiles("c1ccccc1")
+    read = Estimated(Parsed(0, benzene, 0.0), geometry_costs(BUNDLED_COSTS, benzene))
+    one = BUNDLED_COSTS.estimate(benzene.numbers, benzene.positions).ms
+    assert [c.ms for c in read.geometry_costs] == [one] + [0.0] * (len(benzene.geometries) - 1)
+    assert admit([read], CostLimits(request=one * 1.01)).outcomes == [benzene]  # one pass's worth is enough
+    refused = admit([read], CostLimits(request=one * 0.99)).outcomes[0]
+    assert refused.code == "too_expensive" and f"for its {len(benzene.geometries)} conformers, 1 of them distinct" \
+        in refused.message
 
 
 def _chunked_fake(log: list[str], chunks: dict[int, int], told: list[bool] | None = None):

@@ -3,9 +3,10 @@
 Every valid molecule gets its estimated model time (:mod:`lieprop.model.cost`, reference milliseconds: frames x
 evaluations x the cost of a frame of its size), computed where the molecule was read (:func:`read_items`: on a
 thread for XYZ and arrays, in the embedding pool for SMILES and MOL blocks), so the estimate costs no extra hop; a
-SMILES or 2D MOL block has one estimate per conformer, each predicted apart. A molecule with a geometry over
+SMILES or 2D MOL block has one estimate per conformer, each predicted apart, and nothing for a conformer that
+copies another (it gets no model pass: :mod:`lieprop.data.duplicates`). A molecule with a geometry over
 ``max_molecule_cost_ms`` is refused with the item error ``too_expensive``; so are the molecules that would take the
-request's total (every conformer counted) past ``max_request_cost_ms`` (in request order) (:func:`admit`). The rest
+request's total (every distinct conformer counted) past ``max_request_cost_ms`` (in request order) (:func:`admit`). The rest
 of the request is served. The defaults refuse no QM9 molecule and admit a full request of ordinary ones
 (docs/API.md, "Cost of a molecule").
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lieprop.data.duplicates import copy_of
 from lieprop.data.items import Parsed, parse_items
 from lieprop.data.molecule import Molecule
 from lieprop.data.records import DEFAULT_CONFORMERS
@@ -61,8 +63,13 @@ def read_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits, costs
 
 
 def geometry_costs(costs: CostModel, molecule: Molecule) -> tuple[Cost, ...]:
-    """The estimated model time of each geometry a molecule's prediction averages over (its conformers)."""
-    return tuple(costs.estimate(molecule.numbers, x) for x in molecule.geometries)
+    """The estimated model time of each geometry a molecule's prediction averages over (its conformers); a conformer
+    that copies an earlier one costs nothing (it gets no model pass: :func:`lieprop.data.duplicates.copy_of`, as
+    :func:`lieprop.model.prediction.conformer_inputs` finds them)."""
+    geometries = molecule.geometries
+    copies = copy_of(molecule.numbers, geometries) if len(geometries) > 1 else [0]
+    return tuple(costs.estimate(molecule.numbers, x) if c == k else Cost(0, 0.0)
+                 for k, (x, c) in enumerate(zip(geometries, copies, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
             out.append(outcome)
             continue
         # the molecule limit bounds one forward pass's worth (each conformer is predicted apart); the request's
-        # budget counts every conformer
+        # budget counts every distinct conformer
         peak, ms = max(parts, key=lambda c: c.ms), sum(c.ms for c in parts)
         if limits.molecule is not None and peak.ms > limits.molecule:
             out.append(MoleculeError("too_expensive", f"this molecule would take an estimated {peak.ms:,.0f} ms of "
@@ -97,7 +104,7 @@ def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
         if limits.request is not None and total + ms > limits.request:
             out.append(MoleculeError("too_expensive", f"the molecules before this one use the request's budget of "
                                      f"model time ({total:,.0f} of {limits.request:,.0f} ms; this one needs "
-                                     f"{ms:,.0f} ms{_over_conformers(outcome)}): send it in another request"))
+                                     f"{ms:,.0f} ms{_over_conformers(outcome, parts)}): send it in another request"))
             continue
         total += ms
         out.append(outcome)
@@ -105,9 +112,11 @@ def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
     return Admitted(out, costs)
 
 
-def _over_conformers(molecule: Molecule) -> str:
-    k = len(molecule.geometries)
-    return f" for its {k} conformers" if k > 1 else ""
+def _over_conformers(molecule: Molecule, parts: Sequence[Cost]) -> str:
+    k, distinct = len(molecule.geometries), sum(c.frames > 0 for c in parts)
+    if k == 1:
+        return ""
+    return f" for its {k} conformers" + (f", {distinct} of them distinct" if distinct < k else "")
 
 
 def forward_frames(costs: CostModel, n_atoms: int, max_frames: int, forward_ms: float) -> int:

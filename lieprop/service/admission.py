@@ -6,9 +6,9 @@ thread for XYZ and arrays, in the embedding pool for SMILES and MOL blocks), so 
 SMILES or 2D MOL block has one estimate per conformer, each predicted apart, and nothing for a conformer that
 copies another (it gets no model pass: :mod:`lieprop.data.duplicates`). A molecule with a geometry over
 ``max_molecule_cost_ms`` is refused with the item error ``too_expensive``; so are the molecules that would take the
-request's total (every distinct conformer counted) past ``max_request_cost_ms`` (in request order) (:func:`admit`). The rest
-of the request is served. The defaults refuse no QM9 molecule and admit a full request of ordinary ones
-(docs/API.md, "Cost of a molecule").
+request's total (every distinct conformer counted) past ``max_request_cost_ms`` (in request order)
+(:func:`admit`). The rest of the request is served. The defaults refuse no QM9 molecule and admit a full request of
+ordinary ones (docs/API.md, "Cost of a molecule").
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ def copy_of(numbers: np.ndarray, geometries: Sequence[np.ndarray], tolerance: fl
     """For each of one molecule's ``geometries`` (same atoms, same order), the index of the first geometry it is a
     copy of (its own index when it is the first of its kind; a geometry with a non-finite coordinate is always its
     own). Memory grows with the number of geometries, not its square."""
+    if len(geometries) < 2:
+        return list(range(len(geometries)))
     stacked = np.stack([np.asarray(g, dtype=np.float64) for g in geometries])
     finite = np.isfinite(stacked).all(axis=(1, 2))
     spectra = np.full((len(stacked), len(numbers) * (len(numbers) - 1) // 2), np.nan)

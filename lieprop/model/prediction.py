@@ -159,23 +159,26 @@ class ConformerInputs:
         return average_conformers([rows[i] for i in self.source], self.counts)
 
 
-def conformer_inputs(molecules: Sequence[Any], distinct: bool = True) -> ConformerInputs:
+def conformer_inputs(molecules: Sequence[Any], distinct: bool = True,
+                     copies: Sequence[Sequence[int] | None] | None = None) -> ConformerInputs:
     """The model's inputs for ``molecules`` (objects with ``numbers`` and ``geometries``, e.g.
     :class:`lieprop.data.molecule.Molecule`): one (numbers, positions) per geometry, molecule after molecule; with
     ``distinct`` (the default) a geometry that copies an earlier one of its molecule (the same conformer turned,
-    mirrored or with like atoms swapped: :mod:`lieprop.data.duplicates`) is left out, and the earlier one's
-    prediction counts for it."""
+    mirrored or with like atoms swapped: :func:`lieprop.data.duplicates.copy_of`) is left out, and the earlier
+    one's prediction counts for it. ``copies``: each molecule's :func:`~lieprop.data.duplicates.copy_of`, when
+    already known (None, or a None entry: found here)."""
     numbers: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     counts: list[int] = []
     kept: list[int] = []
     source: list[int] = []
     start = 0
-    for m in molecules:
+    for i, m in enumerate(molecules):
         geometries = m.geometries
-        copies = copy_of(m.numbers, geometries) if distinct and len(geometries) > 1 else range(len(geometries))
+        known = None if copies is None else copies[i]
+        kinds = range(len(geometries)) if not distinct else copy_of(m.numbers, geometries) if known is None else known
         first: dict[int, int] = {}
-        for k, (g, c) in enumerate(zip(geometries, copies, strict=True)):
+        for k, (g, c) in enumerate(zip(geometries, kinds, strict=True)):
             if c == k:
                 first[k] = len(numbers)
                 numbers.append(m.numbers)

@@ -42,10 +42,12 @@ class CostLimits:
 @dataclass(frozen=True)
 class Estimated:
     """One read item: :func:`parse_items`' answer, and the molecule's cost (None when it is an error): one
-    :class:`Cost` per geometry its prediction averages over (a SMILES: one per conformer), or a single one."""
+    :class:`Cost` per geometry its prediction averages over (a SMILES: one per conformer), or a single one; and,
+    when they were looked for, which earlier geometry each one copies (:func:`~lieprop.data.duplicates.copy_of`)."""
 
     parsed: Parsed
     cost: Cost | tuple[Cost, ...] | None
+    copies: tuple[int, ...] | None = None
 
     @property
     def geometry_costs(self) -> tuple[Cost, ...]:
@@ -57,17 +59,24 @@ def read_items(items: Sequence[tuple[int, Any]], limits: ValidationLimits, costs
                conformers: int = DEFAULT_CONFORMERS) -> list[Estimated]:
     """Read ``(index, item)`` pairs (:func:`~lieprop.data.items.parse_items`, ``conformers`` per SMILES or 2D MOL
     block) and estimate each molecule's cost: one task for a thread or a pool worker (picklable arguments and
-    results)."""
-    return [Estimated(p, geometry_costs(costs, p.outcome) if isinstance(p.outcome, Molecule) else None)
-            for p in parse_items(items, limits, conformers)]
+    results). A molecule's copied conformers are found here, once: its estimate leaves them out and the batcher
+    reuses them (:attr:`Admitted.copies`)."""
+    out = []
+    for p in parse_items(items, limits, conformers):
+        if not isinstance(p.outcome, Molecule):
+            out.append(Estimated(p, None))
+            continue
+        copies = tuple(copy_of(p.outcome.numbers, p.outcome.geometries))
+        out.append(Estimated(p, geometry_costs(costs, p.outcome, copies), copies))
+    return out
 
 
-def geometry_costs(costs: CostModel, molecule: Molecule) -> tuple[Cost, ...]:
+def geometry_costs(costs: CostModel, molecule: Molecule, copies: Sequence[int] | None = None) -> tuple[Cost, ...]:
     """The estimated model time of each geometry a molecule's prediction averages over (its conformers); a conformer
-    that copies an earlier one costs nothing (it gets no model pass: :func:`lieprop.data.duplicates.copy_of`, as
-    :func:`lieprop.model.prediction.conformer_inputs` finds them)."""
+    that copies an earlier one costs nothing (it gets no model pass: ``copies``, found with
+    :func:`lieprop.data.duplicates.copy_of` when not given)."""
     geometries = molecule.geometries
-    copies = copy_of(molecule.numbers, geometries) if len(geometries) > 1 else [0]
+    copies = copy_of(molecule.numbers, geometries) if copies is None else copies
     return tuple(costs.estimate(molecule.numbers, x) if c == k else Cost(0, 0.0)
                  for k, (x, c) in enumerate(zip(geometries, copies, strict=True)))
 
@@ -79,6 +88,7 @@ class Admitted:
 
     outcomes: list[Any]
     costs: list[tuple[float, ...]]  # per admitted molecule, each geometry's (conformer's) estimate
+    copies: list[tuple[int, ...] | None]  # per admitted molecule, Estimated.copies
 
 
 def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
@@ -86,6 +96,7 @@ def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
     order. Cheap: no molecule is looked at again."""
     out: list[Any] = []
     costs: list[tuple[float, ...]] = []
+    copies: list[tuple[int, ...] | None] = []
     total = 0.0
     for e in estimated:
         outcome, parts = e.parsed.outcome, e.geometry_costs
@@ -109,7 +120,8 @@ def admit(estimated: Sequence[Estimated], limits: CostLimits) -> Admitted:
         total += ms
         out.append(outcome)
         costs.append(tuple(c.ms for c in parts))
-    return Admitted(out, costs)
+        copies.append(e.copies)
+    return Admitted(out, costs, copies)
 
 
 def _over_conformers(molecule: Molecule, parts: Sequence[Cost]) -> str:

@@ -301,15 +301,13 @@ class Service:
         self.parsing += 1
         try:
             admitted = admit(await self.parse(items, served.costs, conformers), self.cost_limits)
-            valid = [o for o in admitted.outcomes if isinstance(o, Molecule)]
-            # a molecule with several conformers (a SMILES) is one batcher entry per distinct conformer, each with
-            # its own cost (a copy of another conformer is answered by that one's pass). Finding the copies takes
-            # ~0.2 ms per SMILES: off the event loop when there are any to look for, and still counted as parsing
-            several = any(len(m.geometries) > 1 for m in valid)
-            inputs = await asyncio.to_thread(conformer_inputs, valid) if several else conformer_inputs(valid)
         finally:
             self.parsing -= 1  # before enqueueing, so the worker never waits for this request itself
         outcomes = admitted.outcomes
+        valid = [o for o in outcomes if isinstance(o, Molecule)]
+        # a molecule with several conformers (a SMILES) is one batcher entry per distinct conformer, each with its
+        # own cost (a copy of another conformer is answered by that one's pass; the copies were found with the cost)
+        inputs = conformer_inputs(valid, copies=admitted.copies)
         costs = [c for parts in admitted.costs for c in parts]
         future = served.batcher.submit_nowait(list(zip(inputs.numbers, inputs.positions, strict=True)), priority,
                                               [costs[k] for k in inputs.kept])
